@@ -1,0 +1,14 @@
+"""Build hook: generate the protobuf/gRPC Python code from proto/ with grpcio-tools."""
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithProtos(build_py):
+    def run(self) -> None:
+        from sidecar.protogen import generate
+
+        generate()
+        super().run()
+
+
+setup(cmdclass={"build_py": BuildWithProtos})

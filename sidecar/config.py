@@ -1,0 +1,245 @@
+"""Configuration: one frozen, typed tree, loaded in ONE place (:func:`load`).
+
+Sources, later wins: defaults below < optional TOML file (``CERTUS_CONFIG`` or ``--config``)
+< environment variables < explicit overrides (CLI flags). No other module reads ``os.environ``.
+
+Every field documents its default and trade-off. Env var names are given beside each field;
+where the seed spec named a variable (LOG_LEVEL, CIRCUIT_BREAKER_FAILURE_THRESHOLD, ...) that name
+is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_HOME = Path(os.environ.get("CERTUS_HOME", str(Path.home() / ".certus")))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    address: str = "127.0.0.1:50051"  # CERTUS_ADDRESS; loopback by default (no auth needed there)
+    grace_s: float = 10.0  # CERTUS_GRACE_S: SIGTERM drain period for in-flight calls
+    max_message_bytes: int = 4 * 1024 * 1024  # CERTUS_MAX_MESSAGE_BYTES: 50 chunks x 10k chars fit
+    max_concurrent_rpcs: int = 2048  # CERTUS_MAX_CONCURRENT_RPCS: beyond this, RESOURCE_EXHAUSTED
+    allow_insecure_remote: bool = False  # CERTUS_ALLOW_INSECURE_REMOTE: bind non-loopback without auth
+    metrics_address: str = ""  # CERTUS_METRICS_ADDRESS: e.g. 127.0.0.1:9464 for Prometheus text; "" off
+    use_uvloop: bool = True  # CERTUS_UVLOOP
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # CERTUS_MODEL_DIR: where the exported ONNX model and tokenizer live (cached export)
+    model_dir: Path = DEFAULT_HOME / "models" / "all-MiniLM-L6-v2"
+    variant: str = "fp32"  # CERTUS_MODEL_VARIANT: fp32 | int8 | fp16 (GPU)
+    provider: str = "auto"  # CERTUS_PROVIDER: auto (CUDA if usable, else CPU) | cpu | cuda
+    intra_op_threads: int = 0  # CERTUS_INTRA_OP_THREADS: 0 = one per core
+    max_seq_len: int = 256  # CERTUS_MAX_SEQ_LEN: MiniLM was trained on 256 word pieces
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch_size: int = 64  # CERTUS_MAX_BATCH_SIZE: texts per encoder call
+    max_batch_tokens: int = 8192  # CERTUS_MAX_BATCH_TOKENS: padded tokens per encoder call
+    max_wait_ms: float = 2.0  # CERTUS_MAX_WAIT_MS: longer waits merge more, cost latency
+    max_queue: int = 4096  # CERTUS_MAX_QUEUE: pending texts; beyond it RESOURCE_EXHAUSTED at once
+    cache_entries: int = 50_000  # CERTUS_CACHE_ENTRIES: embedding cache keyed by content hash
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    match_threshold: float = 0.7  # CERTUS_MATCH_THRESHOLD: CERT's default `matched` threshold
+    claim_support_threshold: float = 0.5  # CERTUS_CLAIM_SUPPORT_THRESHOLD
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    log_dir: Path = DEFAULT_HOME / "evidence"  # CERTUS_EVIDENCE_DIR
+    key_path: Path = DEFAULT_HOME / "keys" / "signing.key"  # CERTUS_SIGNING_KEY (generated if absent)
+    segment_bytes: int = 64 * 1024 * 1024  # CERTUS_SEGMENT_BYTES: roll to a new segment file
+    fsync: str = "group"  # CERTUS_FSYNC: group (many decisions, one fsync) | always | never (tests only)
+    group_commit_max_wait_ms: float = 1.0  # CERTUS_GROUP_COMMIT_MAX_WAIT_MS
+
+
+@dataclass(frozen=True)
+class ForwarderConfig:
+    sink: str = "file"  # CERTUS_INTEGRITY_SINK: file | grpc | http | none
+    url: str = ""  # CERTUS_INTEGRITY_URL: grpc host:port or http(s)://host:port
+    api_key: str = field(default="", repr=False)  # CERTUS_API_KEY: bearer key for the sink
+    file_path: Path = DEFAULT_HOME / "integrity" / "decisions.jsonl"  # CERTUS_INTEGRITY_FILE
+    outbox_dir: Path = DEFAULT_HOME / "outbox"  # CERTUS_OUTBOX_DIR
+    batch_size: int = 100  # CERTUS_FORWARD_BATCH_SIZE
+    timeout_s: float = 5.0  # CERTUS_FORWARD_TIMEOUT_S
+    failure_threshold: int = 3  # CIRCUIT_BREAKER_FAILURE_THRESHOLD
+    recovery_timeout_s: float = 30.0  # CIRCUIT_BREAKER_TIMEOUT_SECONDS
+    backoff_initial_s: float = 0.2  # CERTUS_FORWARD_BACKOFF_INITIAL_S
+    backoff_max_s: float = 30.0  # CERTUS_FORWARD_BACKOFF_MAX_S
+
+
+@dataclass(frozen=True)
+class ManifestConfig:
+    manifest_dir: Path = DEFAULT_HOME / "manifests"  # CERTUS_MANIFEST_DIR (embedded default if empty)
+    trusted_keys: tuple[Path, ...] = ()  # CERTUS_MANIFEST_TRUSTED_KEYS (comma separated pub key files)
+    reload_interval_s: float = 1.0  # CERTUS_MANIFEST_RELOAD_S: poll for changes
+    default_timeout_ms: int = 2000  # DEFAULT_EVALUATION_TIMEOUT_MS
+    default_mode: str = "shadow"  # DEFAULT_MODE
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    max_jobs: int = 10_000  # CERTUS_ASYNC_MAX_JOBS: bounded job table
+    ttl_s: float = 600.0  # CERTUS_ASYNC_TTL_S: results kept until fetched or expired
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    log_level: str = "INFO"  # LOG_LEVEL
+    log_format: str = "json"  # LOG_FORMAT: json | text
+    service_name: str = "certus-evaluate"  # OTEL_SERVICE_NAME
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # CERTUS_AUTH_TOKENS_FILE: JSON/TOML list of {token_sha256|token, workspaces, scopes}
+    tokens_file: Path | None = None
+    tls_cert: Path | None = None  # CERTUS_TLS_CERT
+    tls_key: Path | None = None  # CERTUS_TLS_KEY
+    tls_client_ca: Path | None = None  # CERTUS_TLS_CLIENT_CA: set to require client certs (mTLS)
+    rate_limit_rps: float = 0.0  # CERTUS_RATE_LIMIT_RPS per workspace; 0 = unlimited
+    rate_limit_burst: int = 0  # CERTUS_RATE_LIMIT_BURST
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    forwarder: ForwarderConfig = field(default_factory=ForwarderConfig)
+    manifests: ManifestConfig = field(default_factory=ManifestConfig)
+    async_jobs: AsyncConfig = field(default_factory=AsyncConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    def replace(self, **sections: Any) -> "Config":
+        """``cfg.replace(server={"address": "..."})``: a copy with some fields changed."""
+        kw = {}
+        for name, changes in sections.items():
+            kw[name] = dataclasses.replace(getattr(self, name), **changes)
+        return dataclasses.replace(self, **kw)
+
+
+# env var -> (section, field)
+ENV: dict[str, tuple[str, str]] = {
+    "CERTUS_ADDRESS": ("server", "address"),
+    "CERTUS_GRACE_S": ("server", "grace_s"),
+    "CERTUS_MAX_MESSAGE_BYTES": ("server", "max_message_bytes"),
+    "CERTUS_MAX_CONCURRENT_RPCS": ("server", "max_concurrent_rpcs"),
+    "CERTUS_ALLOW_INSECURE_REMOTE": ("server", "allow_insecure_remote"),
+    "CERTUS_METRICS_ADDRESS": ("server", "metrics_address"),
+    "CERTUS_UVLOOP": ("server", "use_uvloop"),
+    "CERTUS_MODEL_DIR": ("model", "model_dir"),
+    "CERTUS_MODEL_VARIANT": ("model", "variant"),
+    "CERTUS_PROVIDER": ("model", "provider"),
+    "CERTUS_INTRA_OP_THREADS": ("model", "intra_op_threads"),
+    "CERTUS_MAX_SEQ_LEN": ("model", "max_seq_len"),
+    "CERTUS_MAX_BATCH_SIZE": ("batcher", "max_batch_size"),
+    "CERTUS_MAX_BATCH_TOKENS": ("batcher", "max_batch_tokens"),
+    "CERTUS_MAX_WAIT_MS": ("batcher", "max_wait_ms"),
+    "CERTUS_MAX_QUEUE": ("batcher", "max_queue"),
+    "CERTUS_CACHE_ENTRIES": ("batcher", "cache_entries"),
+    "CERTUS_MATCH_THRESHOLD": ("scoring", "match_threshold"),
+    "CERTUS_CLAIM_SUPPORT_THRESHOLD": ("scoring", "claim_support_threshold"),
+    "CERTUS_EVIDENCE_DIR": ("evidence", "log_dir"),
+    "CERTUS_SIGNING_KEY": ("evidence", "key_path"),
+    "CERTUS_SEGMENT_BYTES": ("evidence", "segment_bytes"),
+    "CERTUS_FSYNC": ("evidence", "fsync"),
+    "CERTUS_GROUP_COMMIT_MAX_WAIT_MS": ("evidence", "group_commit_max_wait_ms"),
+    "CERTUS_INTEGRITY_SINK": ("forwarder", "sink"),
+    "CERTUS_INTEGRITY_URL": ("forwarder", "url"),
+    "CERTUS_API_KEY": ("forwarder", "api_key"),
+    "CERTUS_INTEGRITY_FILE": ("forwarder", "file_path"),
+    "CERTUS_OUTBOX_DIR": ("forwarder", "outbox_dir"),
+    "CERTUS_FORWARD_BATCH_SIZE": ("forwarder", "batch_size"),
+    "CERTUS_FORWARD_TIMEOUT_S": ("forwarder", "timeout_s"),
+    "CIRCUIT_BREAKER_FAILURE_THRESHOLD": ("forwarder", "failure_threshold"),
+    "CIRCUIT_BREAKER_TIMEOUT_SECONDS": ("forwarder", "recovery_timeout_s"),
+    "CERTUS_FORWARD_BACKOFF_INITIAL_S": ("forwarder", "backoff_initial_s"),
+    "CERTUS_FORWARD_BACKOFF_MAX_S": ("forwarder", "backoff_max_s"),
+    "CERTUS_MANIFEST_DIR": ("manifests", "manifest_dir"),
+    "CERTUS_MANIFEST_TRUSTED_KEYS": ("manifests", "trusted_keys"),
+    "CERTUS_MANIFEST_RELOAD_S": ("manifests", "reload_interval_s"),
+    "DEFAULT_EVALUATION_TIMEOUT_MS": ("manifests", "default_timeout_ms"),
+    "DEFAULT_MODE": ("manifests", "default_mode"),
+    "CERTUS_ASYNC_MAX_JOBS": ("async_jobs", "max_jobs"),
+    "CERTUS_ASYNC_TTL_S": ("async_jobs", "ttl_s"),
+    "LOG_LEVEL": ("telemetry", "log_level"),
+    "LOG_FORMAT": ("telemetry", "log_format"),
+    "OTEL_SERVICE_NAME": ("telemetry", "service_name"),
+    "CERTUS_AUTH_TOKENS_FILE": ("auth", "tokens_file"),
+    "CERTUS_TLS_CERT": ("auth", "tls_cert"),
+    "CERTUS_TLS_KEY": ("auth", "tls_key"),
+    "CERTUS_TLS_CLIENT_CA": ("auth", "tls_client_ca"),
+    "CERTUS_RATE_LIMIT_RPS": ("auth", "rate_limit_rps"),
+    "CERTUS_RATE_LIMIT_BURST": ("auth", "rate_limit_burst"),
+}
+
+
+def _coerce(section: Any, name: str, raw: Any) -> Any:
+    current = {f.name: f for f in dataclasses.fields(section)}[name]
+    t = str(current.type)
+    if isinstance(raw, str):
+        if "bool" in t:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if t.startswith("tuple"):
+            return tuple(Path(p.strip()) for p in raw.split(",") if p.strip())
+        if "Path" in t:
+            return Path(raw).expanduser() if raw else None
+        if t == "int":
+            return int(raw)
+        if t == "float":
+            return float(raw)
+        return raw
+    if "Path" in t and raw is not None and not t.startswith("tuple"):
+        return Path(str(raw)).expanduser()
+    if t.startswith("tuple"):
+        return tuple(Path(p) for p in raw)
+    return raw
+
+
+def load(
+    file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build the configuration from defaults, a TOML file, the environment and overrides."""
+    env = os.environ if env is None else env
+    cfg = Config()
+    changes: dict[str, dict[str, Any]] = {}
+
+    def put(section: str, name: str, raw: Any) -> None:
+        sec = getattr(cfg, section)
+        changes.setdefault(section, {})[name] = _coerce(sec, name, raw)
+
+    path = file or env.get("CERTUS_CONFIG")
+    if path:
+        data = tomllib.loads(Path(path).read_text())
+        for section, values in data.items():
+            if not hasattr(cfg, section):
+                raise ValueError(f"{path}: unknown config section [{section}]")
+            for name, raw in values.items():
+                if name not in {f.name for f in dataclasses.fields(getattr(cfg, section))}:
+                    raise ValueError(f"{path}: unknown config field {section}.{name}")
+                put(section, name, raw)
+    for var, (section, name) in ENV.items():
+        if var in env:
+            put(section, name, env[var])
+    for section, values in (overrides or {}).items():
+        for name, raw in values.items():
+            put(section, name, raw)
+    return cfg.replace(**changes)
