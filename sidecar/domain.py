@@ -163,3 +163,15 @@ class EvaluationResult:
     request_id: str = ""
     pending: bool = False  # async mode: accepted, result to be fetched with GetEvaluation
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailConfig:
+    """Per-guardrail policy of a manifest (seed §1.2 GuardrailConfig, plus two scan options)."""
+
+    enabled: bool = True
+    block_on_violation: bool = False  # in enforce mode, a violation at/above the thresholds blocks
+    severity_threshold: Severity = Severity.MEDIUM  # violations below this severity are dropped
+    confidence_threshold: float = 0.7  # violations below this confidence are dropped
+    scan_query: bool = False  # PII: also scan the user query
+    allow_from_context: bool = False  # PII: a span quoted verbatim from the context is not a violation

@@ -1,0 +1,34 @@
+"""``certus-sidecar``: one entry point; each command lives in the module that owns its stage.
+
+A command module exposes ``register(subparsers)``, which adds its sub-command(s) and sets
+``func`` (taking the parsed args, returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "sidecar.commands",  # serve, bench
+    "models.cli",  # models export
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="certus-sidecar", description="Certus Evaluate sidecar")
+    parser.add_argument("--config", help="TOML config file (else CERTUS_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
