@@ -1,0 +1,36 @@
+"""Compute backends: the sentence encoder behind a small protocol.
+
+``models.export`` turns the packaged all-MiniLM-L6-v2 weights into ONNX (one-time, needs torch);
+``models.encoder`` serves them with ONNX Runtime + Rust ``tokenizers`` (no torch at serving time).
+The batcher depends only on :class:`Encoder`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the batcher needs from a sentence encoder."""
+
+    max_batch_size: int
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """L2-normalised embeddings, float32[len(texts), dim]; (0, dim) for no texts."""
+        ...
+
+    def token_counts(self, texts: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Tokens per text after truncation (special tokens included): for sorting and capping."""
+        ...
+
+    def health(self) -> bool:
+        """True when the encoder can serve."""
+        ...
+
+
+__all__ = ["Encoder"]

