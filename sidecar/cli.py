@@ -11,7 +11,8 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
-    "sidecar.commands",  # serve, bench
+    "sidecar.commands",  # serve
+    "sidecar.loadgen",  # bench
     "models.cli",  # models export
 ]
 

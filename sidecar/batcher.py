@@ -1,0 +1,247 @@
+"""Dynamic batching of texts across concurrent requests into one encoder call.
+
+The batcher knows nothing about models: it depends on the small ``Encoder`` protocol
+(``encode(texts) -> float32[n, dim]``, ``dim``, ``max_batch_size``). Rules:
+
+- identical texts are served from a bounded LRU keyed by content hash, and a text already queued
+  or in flight is shared with every request that asks for it (no duplicate work);
+- a batch is flushed when ``max_batch_size`` texts are waiting, or ``max_wait_ms`` after the first
+  one arrived while the encoder is idle; while the encoder is busy, arrivals accumulate and the next
+  batch takes them all (adaptive batching);
+- a batch is sorted by length and split so that padded tokens stay under ``max_batch_tokens``
+  (length estimated from characters), which cuts padding;
+- the queue is bounded: a request that would overflow it fails at once with ResourceExhausted;
+- texts whose every caller has gone (cancelled) are dropped before encoding; every drop is counted;
+- the encoder runs in one dedicated thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+import structlog
+
+from sidecar.cache import LruCache, text_key
+from sidecar.config import BatcherConfig
+from sidecar.errors import ResourceExhausted, Unavailable
+
+log = structlog.get_logger(__name__)
+
+CHARS_PER_TOKEN = 4.0  # rough estimate used only to cap padded batch size
+
+
+class Encoder(Protocol):
+    dim: int
+    max_batch_size: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class _Item:
+    key: bytes
+    text: str
+    future: asyncio.Future[np.ndarray]
+    requesters: set[int] = field(default_factory=set)
+    waiters: int = 0
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    texts_encoded: int = 0
+    merged_batches: int = 0  # batches that held texts from more than one request
+    max_requests_in_batch: int = 0
+    dropped_cancelled: int = 0
+    rejected_full: int = 0
+    encode_seconds: float = 0.0
+    batch_size_sum: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+class Batcher:
+    def __init__(self, encoder: Encoder, cfg: BatcherConfig) -> None:
+        self.encoder = encoder
+        self.cfg = cfg
+        self.cache: LruCache[np.ndarray] = LruCache(cfg.cache_entries)
+        self.stats = BatcherStats()
+        self._queue: dict[bytes, _Item] = {}  # waiting, insertion ordered
+        self._inflight: dict[bytes, _Item] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
+        self._closed = False
+        self._next_request = 0
+        self._ewma_texts_per_s = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="batcher")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._pool.shutdown(wait=True)
+
+    # -- API --------------------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def estimated_wait_s(self) -> float:
+        """How long a new text would wait for the queue ahead of it, from observed throughput."""
+        if self._ewma_texts_per_s <= 0:
+            return 0.0
+        return (len(self._queue) + len(self._inflight)) / self._ewma_texts_per_s
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings for ``texts`` (float32[n, dim]), batched with every other caller's texts."""
+        if self._closed:
+            raise Unavailable("encoder is shutting down")
+        out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
+        request = self._next_request = self._next_request + 1
+        waits: list[tuple[list[int], _Item]] = []
+        new: dict[bytes, list[int]] = {}
+        for i, text in enumerate(texts):
+            key = text_key(text)
+            cached = self.cache.get(key)
+            if cached is not None:
+                out[i] = cached
+                continue
+            item = self._queue.get(key) or self._inflight.get(key)
+            if item is not None:
+                item.requesters.add(request)
+                waits.append(([i], item))
+            else:
+                new.setdefault(key, []).append(i)
+        if new:
+            if len(self._queue) + len(new) > self.cfg.max_queue:
+                self.stats.rejected_full += 1
+                raise ResourceExhausted(
+                    f"embedding queue is full ({len(self._queue)} texts waiting, limit {self.cfg.max_queue})",
+                    retry_after_ms=max(10, int(self.estimated_wait_s() * 1000)),
+                )
+            loop = asyncio.get_running_loop()
+            for key, idx in new.items():
+                item = _Item(key, texts[idx[0]], loop.create_future(), {request})
+                self._queue[key] = item
+                waits.append((idx, item))
+            self._wakeup.set()
+        for _, item in waits:
+            item.waiters += 1
+        try:
+            for idx, item in waits:
+                vec = await asyncio.shield(item.future)
+                out[idx] = vec
+        finally:
+            for _, item in waits:
+                item.waiters -= 1
+        return out
+
+    def embed_sync(self, texts: Sequence[str]) -> np.ndarray:
+        """For worker threads (guardrails): the same batched path, blocking the calling thread."""
+        if self._loop is None:
+            raise Unavailable("batcher not started")
+        return asyncio.run_coroutine_threadsafe(self.embed(list(texts)), self._loop).result()
+
+    # -- the loop ---------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # Encoder idle and something queued: give concurrent requests a short chance to join.
+            if len(self._queue) < self.cfg.max_batch_size and self.cfg.max_wait_ms > 0 and not self._closed:
+                deadline = loop.time() + self.cfg.max_wait_ms / 1000.0
+                while len(self._queue) < self.cfg.max_batch_size:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+            batch = self._take_batch()
+            if batch:
+                await self._encode(batch)
+
+    def _take_batch(self) -> list[_Item]:
+        items: list[_Item] = []
+        for key in list(self._queue):
+            if len(items) >= self.cfg.max_batch_size:
+                break
+            item = self._queue.pop(key)
+            if item.waiters == 0:  # every caller awaiting this text has gone
+                self.stats.dropped_cancelled += 1
+                item.future.cancel()
+                continue
+            items.append(item)
+        return items
+
+    async def _encode(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        batch.sort(key=lambda it: len(it.text))
+        for item in batch:
+            self._inflight[item.key] = item
+        requesters: set[int] = set()
+        for item in batch:
+            requesters |= item.requesters
+        self.stats.batches += 1
+        self.stats.batch_size_sum += len(batch)
+        if len(requesters) > 1:
+            self.stats.merged_batches += 1
+        self.stats.max_requests_in_batch = max(self.stats.max_requests_in_batch, len(requesters))
+        t0 = time.perf_counter()
+        try:
+            for group in self._split(batch):
+                texts = [it.text for it in group]
+                vecs = await loop.run_in_executor(self._pool, self.encoder.encode, texts)
+                for item, vec in zip(group, vecs):
+                    self.cache.put(item.key, vec)
+                    if not item.future.done():
+                        item.future.set_result(vec)
+                self.stats.texts_encoded += len(group)
+        except Exception as exc:  # an encoder failure fails the texts of this batch only
+            log.error("encoder_failed", error_type=type(exc).__name__, batch=len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        finally:
+            for item in batch:
+                self._inflight.pop(item.key, None)
+            dt = time.perf_counter() - t0
+            self.stats.encode_seconds += dt
+            if dt > 0:
+                rate = len(batch) / dt
+                self._ewma_texts_per_s = rate if self._ewma_texts_per_s == 0 else 0.8 * self._ewma_texts_per_s + 0.2 * rate
+
+    def _split(self, batch: list[_Item]) -> list[list[_Item]]:
+        """Sorted by length; cut so that (rows x longest row) stays under max_batch_tokens."""
+        groups: list[list[_Item]] = []
+        current: list[_Item] = []
+        for item in batch:
+            est = max(1.0, len(item.text) / CHARS_PER_TOKEN)
+            if current and (len(current) + 1) * est > self.cfg.max_batch_tokens:
+                groups.append(current)
+                current = []
+            current.append(item)
+        if current:
+            groups.append(current)
+        return groups

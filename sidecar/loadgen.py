@@ -1,0 +1,258 @@
+"""``certus-sidecar bench``: a bounded load harness for the Evaluate RPCs (localhost only).
+
+Drives Evaluate (unary) or EvaluateStream with a realistic RAG mix — query ~15 words, response
+~60 words, 5 context chunks of ~100 words drawn from a fixed pool, so chunks repeat across
+requests as in real RAG traffic — at a fixed concurrency (closed loop) or a fixed rate (open loop,
+latency measured from the scheduled send time, so queueing is not hidden). Prints requests/s,
+p50/p90/p99/max latency and errors by status code. Without ``--target`` it starts a sidecar
+subprocess on a free port and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+WORDS = (
+    "the normans were people who in tenth and eleventh centuries gave their name to normandy region france "
+    "descended from norse raiders pirates denmark iceland norway swore fealty king charles treaty duchy "
+    "complexity theory classifies computational problems according inherent difficulty resources time space "
+    "revenue quarter growth margin operating income billion percent customers product service market share "
+    "model evaluation grounding faithfulness context retrieval answer query policy manifest evidence signature"
+).split()
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    words = [rng.choice(WORDS) for _ in range(n)]
+    words[0] = words[0].capitalize()
+    return " ".join(words) + "."
+
+
+@dataclass
+class Mix:
+    """Deterministic request generator."""
+
+    seed: int = 7
+    chunk_pool: int = 40
+    chunks_per_request: int = 5
+    workspace_id: str = "bench"
+    rng: random.Random = field(init=False)
+    pool: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.pool = [" ".join(_sentence(self.rng, 20) for _ in range(5)) for _ in range(self.chunk_pool)]
+        self.counter = 0
+
+    def request(self) -> Any:
+        from sidecar.protos import pb
+
+        self.counter += 1
+        n = self.counter
+        return pb.EvaluateRequest(
+            workspace_id=self.workspace_id,
+            query=_sentence(self.rng, 14)[:-1] + f" {n}?",
+            response=" ".join(_sentence(self.rng, 15) for _ in range(4)) + f" Figure {n}.",
+            context=self.rng.sample(self.pool, self.chunks_per_request),
+            request_id=str(n),
+        )
+
+
+@dataclass
+class RunResult:
+    label: str
+    duration_s: float
+    latencies_ms: list[float]
+    errors: Counter[str]
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_ms) / self.duration_s if self.duration_s else 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "ok": len(self.latencies_ms),
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.pct(50), 2),
+            "p90_ms": round(self.pct(90), 2),
+            "p99_ms": round(self.pct(99), 2),
+            "max_ms": round(max(self.latencies_ms), 2) if self.latencies_ms else None,
+            "errors": dict(self.errors),
+        }
+
+    def line(self) -> str:
+        d = self.as_dict()
+        errs = ", ".join(f"{k}={v}" for k, v in d["errors"].items()) or "none"
+        return (
+            f"{d['label']:<28} {d['rps']:>9.1f} req/s  p50 {d['p50_ms']:>8.2f} ms  p90 {d['p90_ms']:>8.2f} ms  "
+            f"p99 {d['p99_ms']:>8.2f} ms  max {d['max_ms'] if d['max_ms'] is not None else float('nan'):>8.2f} ms  errors: {errs}"
+        )
+
+
+async def _closed_loop(stub: Any, mix: Mix, concurrency: int, duration_s: float, stream: bool) -> RunResult:
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    stop_at = time.perf_counter() + duration_s
+
+    async def unary_worker() -> None:
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                await stub.Evaluate(mix.request(), timeout=30)
+                latencies.append((time.perf_counter() - t0) * 1000)
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+
+    async def stream_worker() -> None:
+        call = stub.EvaluateStream()
+        try:
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                await call.write(mix.request())
+                resp = await call.read()
+                if resp.WhichOneof("result") == "error":
+                    errors[f"code{resp.error.code}"] += 1
+                else:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+            await call.done_writing()
+        except grpc.aio.AioRpcError as exc:
+            errors[exc.code().name] += 1
+
+    t0 = time.perf_counter()
+    worker = stream_worker if stream else unary_worker
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    kind = "stream" if stream else "unary"
+    return RunResult(f"{kind} c={concurrency}", time.perf_counter() - t0, latencies, errors)
+
+
+async def _open_loop(stub: Any, mix: Mix, rate: float, duration_s: float) -> RunResult:
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    n = int(rate * duration_s)
+    start = time.perf_counter()
+
+    async def one(scheduled: float) -> None:
+        try:
+            await stub.Evaluate(mix.request(), timeout=30)
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+        except grpc.aio.AioRpcError as exc:
+            errors[exc.code().name] += 1
+
+    tasks = []
+    for i in range(n):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    return RunResult(f"unary rate={rate:g}/s", time.perf_counter() - start, latencies, errors)
+
+
+async def run_bench(
+    target: str, concurrencies: list[int], duration_s: float, warmup_s: float, stream: bool, rates: list[float]
+) -> list[RunResult]:
+    from sidecar.protos import pb_grpc
+
+    results = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.EvaluatorStub(channel)
+        mix = Mix()
+        if warmup_s > 0:  # JIT, caches (the chunk pool), allocator
+            await _closed_loop(stub, mix, 4, warmup_s, False)
+        for c in concurrencies:
+            r = await _closed_loop(stub, mix, c, duration_s, stream)
+            print(r.line(), flush=True)
+            results.append(r)
+        for rate in rates:
+            r = await _open_loop(stub, mix, rate, duration_s)
+            print(r.line(), flush=True)
+            results.append(r)
+    return results
+
+
+def start_local_sidecar(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str, Path]:
+    """A sidecar subprocess on a free loopback port with a throwaway home; returns (proc, target, home)."""
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="certus-bench-"))
+    env = dict(os.environ)
+    env.update(
+        {
+            "CERTUS_ADDRESS": "127.0.0.1:0",
+            "CERTUS_EVIDENCE_DIR": str(home / "evidence"),
+            "CERTUS_SIGNING_KEY": str(home / "keys" / "signing.key"),
+            "CERTUS_OUTBOX_DIR": str(home / "outbox"),
+            "CERTUS_INTEGRITY_FILE": str(home / "integrity" / "decisions.jsonl"),
+            "CERTUS_MANIFEST_DIR": str(home / "manifests"),
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    env.update(extra_env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"sidecar exited with {proc.wait()}")
+        if "listening on" in line:
+            return proc, line.strip().rsplit(" ", 1)[1], home
+    proc.kill()
+    raise RuntimeError("sidecar did not start in time")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("bench", help="bounded load test of Evaluate against a sidecar on localhost")
+    p.add_argument("--target", help="HOST:PORT of a running sidecar (default: start one locally)")
+    p.add_argument("--concurrency", default="1,8,32", help="closed-loop concurrency levels, comma separated")
+    p.add_argument("--rate", default="", help="open-loop rates in req/s, comma separated")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per level (bounded)")
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--stream", action="store_true", help="use EvaluateStream instead of unary Evaluate")
+    p.add_argument("--json", help="write results as JSON to this file")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    concurrencies = [int(x) for x in args.concurrency.split(",") if x]
+    rates = [float(x) for x in args.rate.split(",") if x]
+    if args.duration <= 0 or args.duration > 600:
+        raise SystemExit("--duration must be in (0, 600] seconds")
+    proc = None
+    target = args.target
+    if not target:
+        proc, target, _ = start_local_sidecar()
+    host = target.rsplit(":", 1)[0].strip("[]")
+    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+        raise SystemExit("bench only targets loopback addresses")
+    try:
+        print(f"target {target}  duration {args.duration:g}s per level", flush=True)
+        results = asyncio.run(run_bench(target, concurrencies, args.duration, args.warmup, args.stream, rates))
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict() for r in results], indent=2))
+    return 0

@@ -1,0 +1,1 @@
+"""The gRPC front end: servicers, error mapping, reflection, lifecycle."""

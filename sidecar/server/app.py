@@ -1,0 +1,168 @@
+"""Server lifecycle: build every component from the config, serve, shut down gracefully.
+
+``build_server(cfg)`` returns ``(server, port, app)`` with the Evaluator service, the standard
+``grpc.health.v1`` health service and server reflection (method symbols resolve, so ghz/grpcurl
+work without ``--proto``). Shutdown: health NOT_SERVING, stop accepting, finish in-flight calls for
+``grace_s``, drain the batcher, flush the evidence log and the forwarder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from sidecar import signing
+from sidecar.batcher import Batcher
+from sidecar.config import Config
+from sidecar.domain import EvaluateInput
+from sidecar.evidence.log import EvidenceLog
+from sidecar.forwarder import Forwarder
+from sidecar.guardrails import GuardrailSuite
+from sidecar.jobs import JobTable
+from sidecar.manifests import ManifestStore
+from sidecar.pipeline import Pipeline
+from sidecar.protos import pb
+from sidecar.scoring import Scorer
+from sidecar.server import reflection
+from sidecar.server.servicer import EvaluatorService, method_handlers
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Evaluator"].full_name
+
+
+@dataclass
+class App:
+    """Every component of one running sidecar."""
+
+    cfg: Config
+    encoder: Any
+    batcher: Batcher
+    scorer: Scorer
+    manifests: ManifestStore
+    signing_key: signing.SigningKey
+    evidence: EvidenceLog
+    forwarder: Forwarder
+    guardrails: GuardrailSuite
+    jobs: JobTable
+    pipeline: Pipeline
+    health: HealthServicer = field(default_factory=HealthServicer)
+
+    @classmethod
+    async def create(cls, cfg: Config, encoder: Any = None) -> "App":
+        if encoder is None:
+            from models.encoder import OnnxEncoder
+            from models.export import ensure_model
+
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, ensure_model, cfg.model.model_dir, cfg.model.variant)
+            encoder = await loop.run_in_executor(
+                None,
+                lambda: OnnxEncoder(
+                    cfg.model.model_dir,
+                    variant=cfg.model.variant,
+                    provider=cfg.model.provider,
+                    intra_op_threads=cfg.model.intra_op_threads,
+                    max_seq_len=cfg.model.max_seq_len,
+                    max_batch_size=cfg.batcher.max_batch_size,
+                    max_batch_tokens=cfg.batcher.max_batch_tokens,
+                ),
+            )
+        batcher = Batcher(encoder, cfg.batcher)
+        await batcher.start()
+        key, created = signing.load_or_create(cfg.evidence.key_path)
+        if created:
+            log.warning("signing_key_generated", key_id=key.key_id, path=str(cfg.evidence.key_path))
+        evidence = await EvidenceLog.open(cfg.evidence, key)
+        forwarder = Forwarder(cfg.forwarder, evidence)
+        await forwarder.start()
+        manifests = ManifestStore(cfg.manifests)
+        manifests.start()
+        guardrails = GuardrailSuite(embed=batcher.embed_sync)
+        jobs = JobTable(cfg.async_jobs)
+        scorer = Scorer(cfg.scoring)
+        pipeline = Pipeline(batcher, scorer, guardrails, manifests, evidence, jobs)
+        return cls(cfg, encoder, batcher, scorer, manifests, key, evidence, forwarder, guardrails, jobs, pipeline)
+
+    # -- auth hooks (the auth interceptor fills the context; loopback default: everyone is admin) --
+    def authorize(self, context: grpc.aio.ServicerContext, inp: EvaluateInput | None) -> bool:
+        return True
+
+    def authorize_workspace(self, context: grpc.aio.ServicerContext, workspace_id: str) -> None:
+        return None
+
+    def info(self) -> dict[str, Any]:
+        details: dict[str, Any] = {}
+        details.update({f"forwarder.{k}": v for k, v in self.forwarder.stats().items()})
+        details.update({f"batcher.{k}": v for k, v in self.batcher.stats.as_dict().items()})
+        details["batcher.queue_depth"] = self.batcher.queue_depth
+        details["cache.hit_ratio"] = round(self.batcher.cache.hit_ratio, 4)
+        details.update({f"manifests.{k}": v for k, v in self.manifests.health_details().items()})
+        return {
+            "key_id": self.signing_key.key_id,
+            "payload_type": signing.DECISION_PAYLOAD_TYPE,
+            "model": f"all-MiniLM-L6-v2/{getattr(self.encoder, 'variant', 'custom')}",
+            "execution_provider": str(getattr(self.encoder, "provider", "custom")),
+            "details": details,
+        }
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        await self.jobs.close()
+        self.pipeline.close()
+        await self.forwarder.stop()
+        await self.evidence.close()
+        self.manifests.stop()
+
+
+async def build_server(cfg: Config, app: App | None = None) -> tuple[grpc.aio.Server, int, App]:
+    app = app or await App.create(cfg)
+    options = [
+        ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.server.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs)
+    service = EvaluatorService(app)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, method_handlers(service)),))
+    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+    reflection.enable(server, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
+    port = server.add_insecure_port(cfg.server.address)
+    if port == 0:
+        raise RuntimeError(f"could not bind {cfg.server.address}")
+    await app.health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await app.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, app
+
+
+async def shutdown(server: grpc.aio.Server, app: App) -> None:
+    await app.health.enter_graceful_shutdown()
+    await server.stop(app.cfg.server.grace_s)
+    await app.close()
+    log.info("stopped")
+
+
+async def serve(cfg: Config) -> None:
+    server, port, app = await build_server(cfg)
+    await server.start()
+    host = cfg.server.address.rsplit(":", 1)[0]
+    log.info("serving", address=f"{host}:{port}", key_id=app.signing_key.key_id, provider=info_provider(app))
+    print(f"certus-sidecar listening on {host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting_down", grace_s=cfg.server.grace_s)
+    await shutdown(server, app)
+
+
+def info_provider(app: App) -> str:
+    return str(getattr(app.encoder, "provider", "custom"))

@@ -1,0 +1,189 @@
+"""Thin servicers: decode protobuf into a domain type, await the pipeline, encode the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from sidecar import __version__
+from sidecar.errors import InvalidArgument
+from sidecar.protos import pb
+from sidecar.server import convert, errormap
+
+STREAM_MAX_IN_FLIGHT = 64  # per stream; the reader waits (HTTP/2 flow control) beyond it
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request whose bytes are not a valid message: becomes INVALID_ARGUMENT, not INTERNAL."""
+
+    message_name: str
+    reason: str
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument.field("request", f"not a valid {self.message_name}: {self.reason}")
+
+
+def safe_deserializer(cls: Any) -> Callable[[bytes], Any]:
+    name = cls.DESCRIPTOR.full_name
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return cls.FromString(raw)
+        except (DecodeError, ValueError, RuntimeError) as exc:
+            return Undecodable(name, type(exc).__name__ if not str(exc) else str(exc)[:200])
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, Undecodable):
+        raise request.error()
+    return request
+
+
+def unary(fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Errors of a unary handler cross the boundary through errormap, and only there."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, _decoded(request), context)
+        except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
+            await errormap.abort(context, exc)
+
+    return wrapper
+
+
+def deadline_ms(context: grpc.aio.ServicerContext) -> int | None:
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 86_400:
+        return None
+    return max(0, int(remaining * 1000))
+
+
+class EvaluatorService:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    @unary
+    async def Evaluate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        inp = convert.evaluate_input_from_pb(request)
+        is_admin = self.app.authorize(context, inp)
+        result = await self.app.pipeline.evaluate(inp, grpc_deadline_ms=deadline_ms(context), is_admin=is_admin)
+        return convert.result_to_pb(result)
+
+    async def EvaluateStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        out: asyncio.Queue[Any] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+        done = object()
+
+        async def one(request: Any) -> None:
+            request_id = getattr(request, "request_id", "")
+            try:
+                req = _decoded(request)
+                inp = convert.evaluate_input_from_pb(req)
+                is_admin = self.app.authorize(context, inp)
+                result = await self.app.pipeline.evaluate(inp, grpc_deadline_ms=deadline_ms(context), is_admin=is_admin)
+                await out.put(pb.EvaluateStreamResponse(request_id=request_id, response=convert.result_to_pb(result)))
+            except Exception as exc:  # noqa: BLE001 - a bad item fails only itself
+                await out.put(pb.EvaluateStreamResponse(request_id=request_id, error=errormap.stream_error(exc)))
+            finally:
+                slots.release()
+
+        async def reader() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+            finally:
+                await out.put(done)
+
+        reader_task = asyncio.create_task(reader())
+        try:
+            while True:
+                item = await out.get()
+                if item is done:
+                    break
+                yield item
+        finally:  # the client went away (or we finished): stop reading and drop unfinished work
+            reader_task.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    @unary
+    async def Measure(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        text1, text2, threshold = convert.measure_input_from_pb(request)
+        self.app.authorize(context, None)
+        r = await self.app.pipeline.measure(text1, text2, threshold)
+        return pb.MeasureResponse(
+            semantic_score=r.semantic_score,
+            grounding_score=r.grounding_score,
+            confidence=r.confidence,
+            matched=r.matched,
+            threshold=r.threshold,
+            numeric_consistency=r.numeric_consistency,
+        )
+
+    @unary
+    async def GetEvaluation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        evaluation_id, workspace_id = convert.get_evaluation_from_pb(request)
+        self.app.authorize_workspace(context, workspace_id)
+        view = self.app.jobs.get(evaluation_id, workspace_id)
+        return convert.job_view_to_pb(evaluation_id, view)
+
+    @unary
+    async def GetInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        info = self.app.info()
+        return pb.GetInfoResponse(
+            version=__version__,
+            key_id=info["key_id"],
+            public_key=self.app.signing_key.verify_key.public_bytes,
+            signature_algorithm="ed25519",
+            payload_type=info["payload_type"],
+            model=info["model"],
+            execution_provider=info["execution_provider"],
+            details={k: str(v) for k, v in info["details"].items()},
+        )
+
+
+def method_handlers(service: EvaluatorService) -> dict[str, grpc.RpcMethodHandler]:
+    return {
+        "Evaluate": grpc.unary_unary_rpc_method_handler(
+            service.Evaluate,
+            request_deserializer=safe_deserializer(pb.EvaluateRequest),
+            response_serializer=pb.EvaluateResponse.SerializeToString,
+        ),
+        "EvaluateStream": grpc.stream_stream_rpc_method_handler(
+            service.EvaluateStream,
+            request_deserializer=safe_deserializer(pb.EvaluateRequest),
+            response_serializer=pb.EvaluateStreamResponse.SerializeToString,
+        ),
+        "Measure": grpc.unary_unary_rpc_method_handler(
+            service.Measure,
+            request_deserializer=safe_deserializer(pb.MeasureRequest),
+            response_serializer=pb.MeasureResponse.SerializeToString,
+        ),
+        "GetEvaluation": grpc.unary_unary_rpc_method_handler(
+            service.GetEvaluation,
+            request_deserializer=safe_deserializer(pb.GetEvaluationRequest),
+            response_serializer=pb.GetEvaluationResponse.SerializeToString,
+        ),
+        "GetInfo": grpc.unary_unary_rpc_method_handler(
+            service.GetInfo,
+            request_deserializer=safe_deserializer(pb.GetInfoRequest),
+            response_serializer=pb.GetInfoResponse.SerializeToString,
+        ),
+    }

@@ -1,0 +1,123 @@
+"""Shared fixtures: the real model, and a real sidecar on a free localhost port.
+
+The sidecar runs in-process on its own event loop thread (so tests can read its counters); tests
+call it through the generated stubs over a real TCP socket, exactly like any client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from sidecar import config as config_mod
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (expected ../shared/data beside the project)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    from models.export import ensure_model
+
+    cfg = config_mod.Config()
+    ensure_model(cfg.model.model_dir, "fp32")
+    return cfg.model.model_dir
+
+
+@pytest.fixture(scope="session")
+def encoder(model_dir: Path) -> Any:
+    from models.encoder import OnnxEncoder
+
+    return OnnxEncoder(model_dir, intra_op_threads=1)
+
+
+def make_config(tmp: Path, **sections: dict[str, Any]) -> config_mod.Config:
+    """A config whose every path is under ``tmp`` and which listens on a free loopback port."""
+    base = {
+        "server": {"address": "127.0.0.1:0", "grace_s": 2.0},
+        "evidence": {"log_dir": tmp / "evidence", "key_path": tmp / "keys" / "signing.key"},
+        "forwarder": {"file_path": tmp / "integrity" / "decisions.jsonl", "outbox_dir": tmp / "outbox"},
+        "manifests": {"manifest_dir": tmp / "manifests", "reload_interval_s": 0.2},
+        "model": {"intra_op_threads": 1},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return config_mod.load(env={}, overrides=base)
+
+
+class LoopThread:
+    """An asyncio event loop on a background thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="sidecar-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 120.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@dataclass
+class RunningSidecar:
+    cfg: config_mod.Config
+    port: int
+    app: Any
+    server: Any
+    loop: LoopThread
+    channel: grpc.Channel
+    stub: Any
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        from sidecar.server.app import shutdown
+
+        self.channel.close()
+        self.loop.run(shutdown(self.server, self.app))
+        self.loop.close()
+
+
+def start_sidecar(cfg: config_mod.Config, encoder: Any = None, app: Any = None) -> RunningSidecar:
+    from sidecar.protos import pb_grpc
+    from sidecar.server.app import App, build_server
+
+    lt = LoopThread()
+
+    async def boot() -> tuple[Any, int, Any]:
+        a = app or await App.create(cfg, encoder=encoder)
+        server, port, a = await build_server(cfg, a)
+        await server.start()
+        return server, port, a
+
+    server, port, a = lt.run(boot())
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return RunningSidecar(cfg, port, a, server, lt, channel, pb_grpc.EvaluatorStub(channel))
+
+
+@pytest.fixture(scope="session")
+def sidecar(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Iterator[RunningSidecar]:
+    """One real sidecar for the read-mostly integration tests (shadow mode, embedded default)."""
+    cfg = make_config(tmp_path_factory.mktemp("sidecar"))
+    running = start_sidecar(cfg, encoder=encoder)
+    yield running
+    running.stop()
