@@ -1,0 +1,147 @@
+"""The batcher with the real ONNX encoder (wrapped only to record or hold its calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+import pytest
+
+from sidecar.batcher import Batcher
+from sidecar.config import BatcherConfig
+from sidecar.errors import ResourceExhausted
+
+
+class Recording:
+    """Delegates to the real encoder; records each call; can hold calls until released."""
+
+    def __init__(self, inner: Any, hold: bool = False, fail_first: bool = False) -> None:
+        self.inner = inner
+        self.dim = inner.dim
+        self.max_batch_size = inner.max_batch_size
+        self.calls: list[list[str]] = []
+        self.release = threading.Event()
+        self.started = threading.Event()
+        if not hold:
+            self.release.set()
+        self.fail_first = fail_first
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        self.started.set()
+        self.release.wait(30)
+        if self.fail_first:
+            self.fail_first = False
+            raise RuntimeError("encoder broke")
+        return self.inner.encode(texts)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def cfg(**kw: Any) -> BatcherConfig:
+    base = dict(max_batch_size=64, max_batch_tokens=8192, max_wait_ms=5.0, max_queue=256, cache_entries=1000)
+    base.update(kw)
+    return BatcherConfig(**base)
+
+
+def test_concurrent_requests_share_one_encoder_call(encoder: Any) -> None:
+    rec = Recording(encoder)
+
+    async def main() -> list[np.ndarray]:
+        b = Batcher(rec, cfg())
+        await b.start()
+        outs = await asyncio.gather(*(b.embed([f"request {i} text a", f"request {i} text b"]) for i in range(8)))
+        await b.stop()
+        assert b.stats.merged_batches == 1 and b.stats.max_requests_in_batch == 8
+        return outs
+
+    outs = run(main())
+    assert len(rec.calls) == 1 and len(rec.calls[0]) == 16
+    # sorted by length inside the batch
+    assert [len(t) for t in rec.calls[0]] == sorted(len(t) for t in rec.calls[0])
+    direct = encoder.encode([f"request {i} text {s}" for i in range(8) for s in "ab"])
+    np.testing.assert_allclose(np.concatenate(outs), direct, atol=1e-5)
+
+
+def test_identical_texts_are_encoded_once_and_then_cached(encoder: Any) -> None:
+    rec = Recording(encoder)
+
+    async def main() -> Batcher:
+        b = Batcher(rec, cfg())
+        await b.start()
+        a, c = await asyncio.gather(b.embed(["same chunk", "same chunk", "other"]), b.embed(["same chunk"]))
+        np.testing.assert_array_equal(a[0], a[1])
+        np.testing.assert_array_equal(a[0], c[0])
+        await b.embed(["same chunk", "other"])
+        await b.stop()
+        return b
+
+    b = run(main())
+    assert rec.calls == [["other", "same chunk"]]
+    assert b.cache.hits == 2
+
+
+def test_full_queue_is_rejected_at_once(encoder: Any) -> None:
+    async def main() -> None:
+        b = Batcher(Recording(encoder), cfg(max_queue=4))
+        await b.start()
+        with pytest.raises(ResourceExhausted):
+            await b.embed([f"t{i}" for i in range(5)])
+        assert b.stats.rejected_full == 1
+        out = await b.embed(["t1", "t2"])  # still serving
+        assert out.shape == (2, encoder.dim)
+        await b.stop()
+
+    run(main())
+
+
+def test_texts_of_a_caller_that_went_away_are_dropped(encoder: Any) -> None:
+    rec = Recording(encoder, hold=True)
+
+    async def main() -> Batcher:
+        b = Batcher(rec, cfg(max_wait_ms=0))
+        await b.start()
+        first = asyncio.create_task(b.embed(["busy the encoder"]))
+        while not rec.started.is_set():
+            await asyncio.sleep(0.001)
+        gone = asyncio.create_task(b.embed(["never needed 1", "never needed 2"]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        await asyncio.sleep(0.01)
+        rec.release.set()
+        await first
+        await b.stop()
+        return b
+
+    b = run(main())
+    assert b.stats.dropped_cancelled == 2
+    assert rec.calls == [["busy the encoder"]]
+
+
+def test_an_encoder_failure_fails_only_its_batch(encoder: Any) -> None:
+    rec = Recording(encoder, fail_first=True)
+
+    async def main() -> None:
+        b = Batcher(rec, cfg())
+        await b.start()
+        with pytest.raises(RuntimeError):
+            await b.embed(["first batch"])
+        out = await b.embed(["first batch"])  # not cached as a failure; encoded again
+        assert out.shape == (1, encoder.dim)
+        await b.stop()
+
+    run(main())
+
+
+def test_empty_input(encoder: Any) -> None:
+    async def main() -> None:
+        b = Batcher(Recording(encoder), cfg())
+        await b.start()
+        assert (await b.embed([])).shape == (0, encoder.dim)
+        await b.stop()
+
+    run(main())
