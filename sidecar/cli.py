@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "sidecar.commands",  # serve
     "sidecar.loadgen",  # bench
     "models.cli",  # models export
+    "sidecar.manifest_cli",  # manifest validate|sign|verify|keygen
 ]
 
 
