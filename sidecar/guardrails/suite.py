@@ -1,0 +1,80 @@
+"""GuardrailSuite: runs every enabled guardrail of a manifest and applies its policy.
+
+Built once per process (the Presidio analyzer and the learned head load here); ``scan`` is called
+from a worker thread, concurrently with scoring, and is thread-safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import structlog
+
+from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation
+from sidecar.guardrails.base import Guardrail
+from sidecar.guardrails.code_safety import CodeSafetyGuardrail
+from sidecar.guardrails.exfiltration import ExfiltrationGuardrail
+from sidecar.guardrails.learned import AttackHead, LearnedSignal
+from sidecar.guardrails.pii import PiiGuardrail
+from sidecar.guardrails.prompt_attacks import PromptAttackGuardrail
+from sidecar.guardrails.vuln_hallucination import VulnHallucinationGuardrail
+
+log = structlog.get_logger(__name__)
+
+Embed = Callable[[Sequence[str]], np.ndarray]
+
+
+def apply_policy(violations: Sequence[GuardrailViolation], cfg: GuardrailConfig) -> list[GuardrailViolation]:
+    """Drop findings below the config's severity / confidence thresholds; mark the rest blocking
+    when the config says so."""
+    kept = []
+    for v in violations:
+        if v.severity.rank < cfg.severity_threshold.rank or v.confidence < cfg.confidence_threshold:
+            continue
+        kept.append(dataclasses.replace(v, blocking=cfg.block_on_violation))
+    return kept
+
+
+class GuardrailSuite:
+    def __init__(self, embed: Embed | None = None, *, head: AttackHead | None = None) -> None:
+        """``embed``: the sidecar's shared batched encoder (thread-safe, blocking, float32[n, 384]
+        L2-normalised); None disables the learned prompt-attack signal (rules only)."""
+        self.learned = LearnedSignal(embed, head) if embed is not None else None
+        self.pii = PiiGuardrail()
+        self.guardrails: dict[GuardrailType, Guardrail] = {
+            GuardrailType.PII: self.pii,
+            GuardrailType.PROMPT_INJECTION: PromptAttackGuardrail(GuardrailType.PROMPT_INJECTION, self.learned),
+            GuardrailType.JAILBREAK: PromptAttackGuardrail(GuardrailType.JAILBREAK, self.learned),
+            GuardrailType.DATA_EXFILTRATION: ExfiltrationGuardrail(),
+            GuardrailType.CODE_SAFETY: CodeSafetyGuardrail(),
+            GuardrailType.VULN_HALLUCINATION: VulnHallucinationGuardrail(),
+        }
+        log.info(
+            "guardrails_ready",
+            pii_nlp_model=self.pii.ner_model,
+            learned=self.learned is not None,
+        )
+
+    def scan(self, inp: EvaluateInput, configs: Mapping[GuardrailType, GuardrailConfig]) -> list[GuardrailViolation]:
+        """Every violation of the enabled guardrails that passes its config's thresholds, in a
+        stable order (guardrail type, source, offset)."""
+        out: list[GuardrailViolation] = []
+        for gtype, guardrail in self.guardrails.items():
+            cfg = configs.get(gtype)
+            if cfg is None or not cfg.enabled:
+                continue
+            t0 = time.perf_counter()
+            found = guardrail.detect(inp, cfg)
+            kept = apply_policy(found, cfg)
+            log.debug(
+                "guardrail_scanned",
+                guardrail=gtype.value,
+                found=len(found),
+                kept=len(kept),
+                ms=round((time.perf_counter() - t0) * 1000, 3),
+            )
+            out.extend(kept)
+        return out
