@@ -1,0 +1,98 @@
+"""Numba kernels for Certus Evaluate: text -> arrays, grounding, numbers, similarity, pooling,
+sentence spans. Kernels are pure functions over contiguous NumPy arrays (``@njit(cache=True,
+nogil=True)`` with explicit signatures); each public function is a thin wrapper that checks
+its arguments and raises :class:`KernelInputError` naming the bad one.
+
+Importing ``kernels`` is cheap: submodules (and Numba) load on first use of a name. Their
+compiled code is cached on disk next to the sources, so only the very first process pays the
+compile; call :func:`warmup` at start-up to pay the cache load before the first request.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "KernelInputError": "kernels.validation",
+    "extract_terms": "kernels.terms",
+    "STOP_WORDS": "kernels.terms",
+    "extract_numbers": "kernels.numbers",
+    "NUMBER_PLAIN": "kernels.numbers",
+    "NUMBER_CURRENCY": "kernels.numbers",
+    "NUMBER_PERCENT": "kernels.numbers",
+    "TextFeatures": "kernels.features",
+    "PackedFeatures": "kernels.features",
+    "features": "kernels.features",
+    "features_many": "kernels.features",
+    "pack_features": "kernels.features",
+    "term_grounding": "kernels.grounding",
+    "term_grounding_matrix": "kernels.grounding",
+    "numeric_consistency": "kernels.numeric",
+    "numeric_matrix": "kernels.numeric",
+    "DEFAULT_REL_TOL": "kernels.numeric",
+    "cosine_matrix": "kernels.similarity",
+    "max_and_argmax_rows": "kernels.similarity",
+    "mean_pool": "kernels.pooling",
+    "split_sentences": "kernels.sentences",
+    "ABBREVIATIONS": "kernels.sentences",
+}
+
+__all__ = sorted([*_EXPORTS, "warmup"])
+
+if TYPE_CHECKING:
+    from kernels.features import (
+        PackedFeatures,
+        TextFeatures,
+        features,
+        features_many,
+        pack_features,
+    )
+    from kernels.grounding import term_grounding, term_grounding_matrix
+    from kernels.numbers import NUMBER_CURRENCY, NUMBER_PERCENT, NUMBER_PLAIN, extract_numbers
+    from kernels.numeric import DEFAULT_REL_TOL, numeric_consistency, numeric_matrix
+    from kernels.pooling import mean_pool
+    from kernels.sentences import ABBREVIATIONS, split_sentences
+    from kernels.similarity import cosine_matrix, max_and_argmax_rows
+    from kernels.terms import STOP_WORDS, extract_terms
+    from kernels.validation import KernelInputError
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+def warmup() -> float:
+    """Load every kernel (compiling it on a cold cache) and run each once on a tiny input.
+
+    Returns the seconds it took. Safe to call more than once.
+    """
+    import numpy as np
+
+    t0 = time.perf_counter()
+    f = importlib.import_module("kernels.features")
+    g = importlib.import_module("kernels.grounding")
+    nu = importlib.import_module("kernels.numeric")
+    si = importlib.import_module("kernels.similarity")
+    po = importlib.import_module("kernels.pooling")
+    se = importlib.import_module("kernels.sentences")
+    packed = f.features_many(["Revenue was $1.5 billion.", "Revenue: 1.5bn dollars"])
+    g.term_grounding(packed.item(0).terms, packed.item(1).terms)
+    g.term_grounding_matrix(packed.term_offsets, packed.terms, packed.term_offsets, packed.terms)
+    nu.numeric_consistency(packed.item(0).numbers, packed.item(1).numbers)
+    nu.numeric_matrix(packed.number_offsets, packed.numbers, packed.number_offsets, packed.numbers)
+    emb = np.ones((2, 4), dtype=np.float32)
+    si.max_and_argmax_rows(si.cosine_matrix(emb, emb))
+    po.mean_pool(np.ones((1, 2, 4), dtype=np.float32), np.ones((1, 2), dtype=np.int64))
+    se.split_sentences("One. Two.")
+    return time.perf_counter() - t0
