@@ -84,6 +84,15 @@ def cuda_usable() -> bool:
     return cuda_probe()[0]
 
 
+@functools.lru_cache(maxsize=1)
+def _preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN from the ``nvidia-*`` wheels when they are installed (no-op otherwise)."""
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # noqa: BLE001 - best effort; the session check below decides
+        log.info("cuda_preload_failed", error=type(exc).__name__)
+
+
 def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -148,6 +157,7 @@ class OnnxEncoder:
 
         self._session: ort.InferenceSession | None = None
         if use_cuda:
+            _preload_cuda_libraries()
             self.variant = variant
             session = self._create(variant, [(CUDA_EP, {"device_id": 0}), CPU_EP], intra_op_threads)
             if session.get_providers()[0] == CUDA_EP:
