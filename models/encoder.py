@@ -38,6 +38,7 @@ from models.export import (
     ensure_model,
     read_manifest,
 )
+from sidecar.config import BatcherConfig, ModelConfig
 from sidecar.errors import Fatal, FieldViolation, InvalidArgument
 
 log = structlog.get_logger(__name__)
@@ -194,6 +195,21 @@ class OnnxEncoder:
         )
 
     # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, batcher: BatcherConfig | None = None) -> "OnnxEncoder":
+        """The serving encoder for ``Config.model`` (+ batch bounds), exporting the model if missing."""
+        b = batcher or BatcherConfig()
+        return cls(
+            model.model_dir,
+            variant=model.variant,
+            provider=model.provider,
+            intra_op_threads=model.intra_op_threads,
+            max_seq_len=model.max_seq_len,
+            max_batch_size=b.max_batch_size,
+            max_batch_tokens=max(b.max_batch_tokens, model.max_seq_len),
+            export_if_missing=True,
+        )
 
     def _create(self, variant: str, providers: list[Any], intra_op_threads: int) -> ort.InferenceSession:
         entry = read_manifest(self.model_dir).get("variants", {}).get(variant, {})

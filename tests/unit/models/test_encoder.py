@@ -163,3 +163,18 @@ def test_serving_imports_no_torch(default_dir: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_from_config_uses_the_config_tree(default_dir: Path) -> None:
+    from sidecar.config import load
+
+    cfg = load(
+        env={},
+        overrides={
+            "model": {"model_dir": default_dir, "provider": "cpu", "intra_op_threads": 1, "max_seq_len": 128},
+            "batcher": {"max_batch_size": 16},
+        },
+    )
+    enc = OnnxEncoder.from_config(cfg.model, cfg.batcher)
+    assert (enc.provider, enc.variant, enc.max_batch_size, enc.max_seq_len) == ("CPUExecutionProvider", "fp32", 16, 128)
+    assert enc.token_counts(["word " * 500]).tolist() == [128]
