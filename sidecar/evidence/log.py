@@ -1,0 +1,551 @@
+"""The local evidence log: append-only, segmented, hash-chained, durable before the answer.
+
+Layout: see :mod:`sidecar.evidence.records`. One writer thread owns the files and the chain state
+(next ``seq``, ``prev_hash``): appends from any number of coroutines are queued to it, it numbers,
+signs and writes them in arrival order, so seq numbers are contiguous and each ``prev_hash`` is the
+digest of the line before it. The event loop never touches the disk.
+
+Durability (``EvidenceConfig.fsync``):
+
+- ``group`` (default): the writer takes every append pending at that moment (waiting up to
+  ``group_commit_max_wait_ms`` for more after the first), writes them in one ``write``, issues ONE
+  ``fsync``, then resolves all their futures. An append returns only after its record is on disk.
+- ``always``: one ``fsync`` per record before that record's append returns.
+- ``never``: written to the OS page cache only (tests and benchmarks; not crash-safe).
+
+A write or fsync error is fatal (:class:`EvidenceWriteError`, a :class:`~sidecar.errors.Fatal`):
+after a failed fsync the file's state is unknown, so the log refuses further appends and the
+process should restart, which re-reads and repairs the tail.
+
+Recovery on :meth:`EvidenceLog.open`: the last segment is scanned; every line must parse and link
+to the one before it (seq + 1, prev_hash = digest). A torn tail (crash mid-write: a partial last
+line, or zero-filled blocks) is truncated away with a warning naming the byte offset; the records
+before it are kept and the chain continues from the last good one. Damage followed by good records
+is not a torn write: open refuses with :class:`EvidenceLogCorrupt` (run ``certus-sidecar verify``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import fcntl
+import hashlib
+import os
+import threading
+import time
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import structlog
+
+from sidecar.config import EvidenceConfig
+from sidecar.errors import Fatal
+from sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision
+from sidecar.evidence.records import (
+    LogRecord,
+    RecordError,
+    list_segments,
+    parse_line,
+    read_last_line,
+    read_public_keys,
+    segment_name,
+    write_public_key,
+)
+from sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SignatureError, SigningKey, canonical_json, pae
+
+log = structlog.get_logger(__name__)
+
+FSYNC_POLICIES = ("group", "always", "never")
+MAX_GROUP = 4096  # records per group commit at most
+Listener = Callable[[int, Envelope], None]
+
+
+class EvidenceLogError(Exception):
+    """The log cannot be opened or used (bad config, locked by another process)."""
+
+
+class EvidenceLogCorrupt(EvidenceLogError):
+    """Damage in the log that is not a torn tail; ``certus-sidecar verify`` names the record."""
+
+
+class EvidenceWriteError(Fatal):
+    """Writing or syncing the log failed; the log accepts no more appends."""
+
+
+class EvidenceLogClosed(EvidenceLogError):
+    pass
+
+
+@dataclass
+class _Pending:
+    decision: IntegrityDecision
+    future: concurrent.futures.Future[tuple[str, Envelope]]
+
+
+@dataclass
+class _Segment:
+    number: int
+    path: Path
+    first_seq: int  # seq of its first record (or the next seq, while it is empty)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class EvidenceLog:
+    """Open with :meth:`open`; ``await append(decision)`` -> ``(evidence_id, envelope)``."""
+
+    def __init__(self, cfg: EvidenceConfig, key: SigningKey, *, _internal: bool = False) -> None:
+        if not _internal:
+            raise TypeError("use EvidenceLog.open(cfg, key)")
+        if cfg.fsync not in FSYNC_POLICIES:
+            raise EvidenceLogError(f"evidence.fsync: must be one of {', '.join(FSYNC_POLICIES)}, got {cfg.fsync!r}")
+        if cfg.segment_bytes < 1024:
+            raise EvidenceLogError(f"evidence.segment_bytes: must be >= 1024, got {cfg.segment_bytes}")
+        if cfg.group_commit_max_wait_ms < 0:
+            raise EvidenceLogError("evidence.group_commit_max_wait_ms: must be >= 0")
+        self.cfg = cfg
+        self.log_dir = Path(cfg.log_dir)
+        self._key = key
+        self.key_id = key.key_id
+        self.public_key = key.verify_key
+        self._lock = threading.Lock()  # guards: segments list, durable state, listeners
+        self._cond = threading.Condition(threading.Lock())  # guards: pending queue, closing flag
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._closing = False
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._listeners: list[Listener] = []
+        self._segments: list[_Segment] = []
+        self._fd = -1
+        self._seg_size = 0
+        self._lock_fd = -1
+        # writer-thread chain state
+        self._next_seq = 0
+        self._prev_hash = GENESIS_PREV_HASH
+        # durable state (readers)
+        self._durable_seq = -1
+        self._durable_evidence_id = ""
+        self._thread: threading.Thread | None = None
+        self.recovered_bytes = 0  # bytes of torn tail truncated at open
+
+    # -- open / recovery ----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, cfg: EvidenceConfig, key: SigningKey) -> "EvidenceLog":
+        """Open (or create) the log in ``cfg.log_dir``, repair a torn tail, start the writer."""
+        self = cls(cfg, key, _internal=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.log_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._lock_fd)
+            raise EvidenceLogError(f"{self.log_dir} is in use by another process") from exc
+        try:
+            write_public_key(self.log_dir, key.verify_key)
+            self._recover()
+        except BaseException:
+            os.close(self._lock_fd)
+            if self._fd >= 0:
+                os.close(self._fd)
+            raise
+        self._thread = threading.Thread(target=self._run, name="evidence-writer", daemon=True)
+        self._thread.start()
+        log.info(
+            "evidence_log_opened",
+            log_dir=str(self.log_dir),
+            next_seq=self._next_seq,
+            segments=len(self._segments),
+            key_id=self.key_id,
+            fsync=cfg.fsync,
+        )
+        return self
+
+    def _recover(self) -> None:
+        segs = list_segments(self.log_dir)
+        if not segs:
+            self._open_segment(1, first_seq=0, create=True)
+            return
+        # first seq of every segment but the last (from its first line)
+        for number, path in segs[:-1]:
+            first = self._first_record(path)
+            if first is None:
+                raise EvidenceLogCorrupt(f"{path.name}: segment before the last holds no complete record")
+            self._segments.append(_Segment(number, path, first.seq))
+        # where the last segment's chain must start
+        if len(segs) > 1:
+            prev_path = segs[-2][1]
+            tail = read_last_line(prev_path)
+            if tail is None:
+                raise EvidenceLogCorrupt(f"{prev_path.name}: no complete record")
+            try:
+                rec = parse_line(tail[0], prev_path, tail[1], -1)
+            except RecordError as exc:
+                raise EvidenceLogCorrupt(f"{prev_path.name}: last record unreadable: {exc}") from exc
+            expect_seq, expect_prev = rec.seq + 1, rec.evidence_id
+            last_good: LogRecord | None = rec
+        else:
+            expect_seq, expect_prev = 0, GENESIS_PREV_HASH
+            last_good = None
+        number, path = segs[-1]
+        data = path.read_bytes()
+        pos = 0
+        line_no = 0
+        good_end = 0
+        bad_reason = ""
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                bad_reason = "incomplete last line"
+                break
+            line_no += 1
+            try:
+                rec = parse_line(data[pos:nl], path, pos, line_no)
+            except RecordError as exc:
+                bad_reason = str(exc)
+                break
+            if rec.seq != expect_seq or rec.prev_hash != expect_prev:
+                bad_reason = f"seq {rec.seq} / prev_hash do not continue the chain (expected seq {expect_seq})"
+                break
+            expect_seq, expect_prev, last_good = rec.seq + 1, rec.evidence_id, rec
+            pos = nl + 1
+            good_end = pos
+        if good_end < len(data):
+            self._check_torn_tail(path, data, good_end, bad_reason)
+            with path.open("r+b") as f:
+                f.truncate(good_end)
+                f.flush()
+                os.fsync(f.fileno())
+            self.recovered_bytes = len(data) - good_end
+            log.warning(
+                "evidence_log_torn_tail_truncated",
+                segment=path.name,
+                offset=good_end,
+                bytes_dropped=len(data) - good_end,
+                reason=bad_reason,
+            )
+        if last_good is not None:
+            self._check_tail_signature(last_good)
+        self._next_seq, self._prev_hash = expect_seq, expect_prev
+        self._durable_seq = expect_seq - 1
+        self._durable_evidence_id = expect_prev if expect_seq > 0 else ""
+        first_seq = self._first_record(path)
+        self._open_segment(number, first_seq=first_seq.seq if first_seq else expect_seq, create=False)
+
+    def _check_torn_tail(self, path: Path, data: bytes, good_end: int, reason: str) -> None:
+        """Everything after ``good_end`` must be debris of one interrupted write: no later
+        complete line may parse as a record (that would be damage in the middle of the log)."""
+        rest = data[good_end:]
+        lines = rest.split(b"\n")
+        for i, raw in enumerate(lines[1:-1], start=1):  # complete lines after the first bad one
+            try:
+                parse_line(raw, path, 0, 0)
+            except RecordError:
+                continue
+            raise EvidenceLogCorrupt(
+                f"{path.name}: damaged record at byte offset {good_end} ({reason}) followed by "
+                f"{len(lines) - 1 - i} more line(s) with valid records; refusing to truncate. "
+                "Run `certus-sidecar verify` on the log directory."
+            )
+
+    def _check_tail_signature(self, rec: LogRecord) -> None:
+        keys = {k.key_id: k for k in read_public_keys(self.log_dir)}
+        keys[self.public_key.key_id] = self.public_key
+        keyid, sig = rec.envelope.signatures[0] if rec.envelope.signatures else ("", b"")
+        key = keys.get(keyid)
+        if key is None:
+            log.warning("evidence_log_tail_key_unknown", key_id=keyid, seq=rec.seq)
+            return
+        try:
+            key.verify(pae(rec.envelope.payload_type, rec.envelope.payload), sig)
+        except SignatureError as exc:
+            raise EvidenceLogCorrupt(f"{rec.segment.name}: last record (seq {rec.seq}) has a bad signature") from exc
+        if keyid != self.key_id:
+            log.warning("evidence_log_key_changed", previous_key_id=keyid, key_id=self.key_id, seq=rec.seq + 1)
+
+    @staticmethod
+    def _first_record(path: Path) -> LogRecord | None:
+        with path.open("rb") as f:
+            line = f.readline()
+        if not line.endswith(b"\n"):
+            return None
+        try:
+            return parse_line(line[:-1], path, 0, 1)
+        except RecordError:
+            return None
+
+    def _open_segment(self, number: int, *, first_seq: int, create: bool) -> None:
+        path = self.log_dir / segment_name(number)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o644)
+        if create:
+            os.fsync(fd)
+            _fsync_dir(self.log_dir)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        self._seg_size = os.fstat(fd).st_size
+        with self._lock:
+            self._segments.append(_Segment(number, path, first_seq))
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def add_listener(self, fn: Listener) -> None:
+        """``fn(seq, envelope)`` is called from the writer thread once a record is durable.
+        It must be quick and thread-safe (e.g. ``loop.call_soon_threadsafe(event.set)``)."""
+        with self._lock:
+            self._listeners.append(fn)
+
+    def remove_listener(self, fn: Listener) -> None:
+        with self._lock:
+            if fn in self._listeners:
+                self._listeners.remove(fn)
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the last durable record; -1 for an empty log."""
+        with self._lock:
+            return self._durable_seq
+
+    @property
+    def last_evidence_id(self) -> str:
+        with self._lock:
+            return self._durable_evidence_id
+
+    @property
+    def healthy(self) -> bool:
+        return self._failed is None and not self._closed
+
+    def submit(self, decision: IntegrityDecision) -> concurrent.futures.Future[tuple[str, Envelope]]:
+        """Thread-safe enqueue; the future resolves once the record is durable."""
+        if not isinstance(decision, IntegrityDecision):
+            raise TypeError(f"decision must be an IntegrityDecision, got {type(decision).__name__}")
+        if self._failed is not None:
+            raise EvidenceWriteError(f"evidence log failed earlier: {self._failed}")
+        fut: concurrent.futures.Future[tuple[str, Envelope]] = concurrent.futures.Future()
+        with self._cond:
+            if self._closing:
+                raise EvidenceLogClosed("evidence log is closed")
+            self._pending.append(_Pending(decision, fut))
+            self._cond.notify()
+        return fut
+
+    async def append(self, decision: IntegrityDecision) -> tuple[str, Envelope]:
+        """Chain, sign and durably write ``decision``; return ``(evidence_id, envelope)``.
+
+        A cancelled caller does not cancel the write: a decision that was made is recorded.
+        """
+        return await asyncio.shield(asyncio.wrap_future(self.submit(decision)))
+
+    def read(self, start_seq: int, max_records: int) -> list[LogRecord]:
+        """Up to ``max_records`` durable records from ``start_seq`` on (blocking file I/O: call it
+        from a thread). Records are parsed, not signature-checked."""
+        if max_records <= 0:
+            return []
+        with self._lock:
+            durable = self._durable_seq
+            segs = list(self._segments)
+        if start_seq > durable or not segs:
+            return []
+        idx = max(0, bisect_right([s.first_seq for s in segs], start_seq) - 1)
+        offset, line_no = 0, 0
+        hint = self._read_hint
+        if hint is not None and hint[0] == start_seq and hint[1] < len(segs) and segs[hint[1]].path == hint[3]:
+            idx, offset, line_no = hint[1], hint[2], hint[4]
+        out: list[LogRecord] = []
+        done = False
+        while not done and idx < len(segs):
+            seg = segs[idx]
+            with seg.path.open("rb") as f:
+                f.seek(offset)
+                for raw in f:
+                    if not raw.endswith(b"\n"):
+                        done = True
+                        break
+                    rec = parse_line(raw[:-1], seg.path, offset, line_no + 1)
+                    if rec.seq > durable:
+                        done = True
+                        break
+                    offset += len(raw)
+                    line_no += 1
+                    if rec.seq < start_seq:
+                        continue
+                    out.append(rec)
+                    if len(out) >= max_records or rec.seq == durable:
+                        done = True
+                        break
+            if not done:
+                idx += 1
+                offset, line_no = 0, 0
+        if out and idx < len(segs):
+            self._read_hint = (out[-1].seq + 1, idx, offset, segs[idx].path, line_no)
+        return out
+
+    _read_hint: tuple[int, int, int, Path, int] | None = None
+
+    def record_at(self, seq: int) -> LogRecord | None:
+        recs = self.read(seq, 1)
+        return recs[0] if recs and recs[0].seq == seq else None
+
+    async def close(self) -> None:
+        """Write everything pending (durably), stop the writer, release the files."""
+        await asyncio.to_thread(self.close_sync)
+
+    def close_sync(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        if self._fd >= 0:
+            if self._failed is None:
+                try:
+                    os.fsync(self._fd)
+                except OSError:
+                    pass
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        self._closed = True
+        log.info("evidence_log_closed", last_seq=self._durable_seq)
+
+    # -- writer thread ------------------------------------------------------------------------
+
+    def _take(self) -> list[_Pending]:
+        """Wait for the next group of pending appends (with the queue lock held inside)."""
+        with self._cond:
+            while not self._pending and not self._closing:
+                self._cond.wait()
+            if not self._pending:
+                return []
+            batch = [self._pending.popleft() for _ in range(min(MAX_GROUP, len(self._pending)))]
+            wait_s = self.cfg.group_commit_max_wait_ms / 1000.0
+            if self.cfg.fsync == "group" and wait_s > 0 and not self._closing:
+                deadline = time.monotonic() + wait_s
+                while len(batch) < MAX_GROUP:
+                    if not self._pending:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0 or self._closing:
+                            break
+                        self._cond.wait(remaining)
+                        continue
+                    batch.append(self._pending.popleft())
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                return
+            if self._failed is not None:
+                for p in batch:
+                    p.future.set_exception(EvidenceWriteError(f"evidence log failed earlier: {self._failed}"))
+                continue
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # noqa: BLE001 - any failure here is fatal to the log
+                self._failed = exc
+                log.error("evidence_log_write_failed", error=repr(exc))
+                err = EvidenceWriteError(f"evidence log write failed: {exc}")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        key = self._key
+        prepared: list[tuple[_Pending, int, str, Envelope, bytes]] = []
+        for p in batch:
+            if not p.future.set_running_or_notify_cancel():
+                continue
+            seq = self._next_seq
+            try:
+                dec = p.decision.with_chain(seq, self._prev_hash, self.key_id)
+                payload = canonical_json(dec.to_payload())
+                sig = key.sign(pae(DECISION_PAYLOAD_TYPE, payload))
+                env = Envelope(DECISION_PAYLOAD_TYPE, payload, ((self.key_id, sig),))
+                line = env.to_json()
+            except Exception as exc:  # noqa: BLE001 - a bad decision fails only its own append
+                p.future.set_exception(exc)
+                continue
+            evidence_id = "sha256:" + hashlib.sha256(line).hexdigest()
+            self._next_seq = seq + 1
+            self._prev_hash = evidence_id
+            prepared.append((p, seq, evidence_id, env, line))
+        if not prepared:
+            return
+        policy = self.cfg.fsync
+        if policy == "always":
+            for item in prepared:
+                self._write_lines([(item[1], item[4])])
+                os.fsync(self._fd)
+                self._publish([item])
+            return
+        self._write_lines([(item[1], item[4]) for item in prepared])
+        if policy == "group":
+            os.fsync(self._fd)
+        self._publish(prepared)
+
+    def _write_lines(self, lines: list[tuple[int, bytes]]) -> None:
+        """Append ``(seq, line)`` in order, rolling to a new segment when one would overflow."""
+        buf: list[bytes] = []
+        size = self._seg_size
+        for seq, line in lines:
+            n = len(line) + 1
+            if size > 0 and size + n > self.cfg.segment_bytes:
+                if buf:
+                    _write_all(self._fd, b"".join(buf))
+                    buf = []
+                self._roll(first_seq=seq)
+                size = 0
+            buf.append(line)
+            buf.append(b"\n")
+            size += n
+        if buf:
+            _write_all(self._fd, b"".join(buf))
+        self._seg_size = size
+
+    def _roll(self, first_seq: int) -> None:
+        if self.cfg.fsync != "never":
+            os.fsync(self._fd)
+        number = self._segments[-1].number + 1
+        self._open_segment(number, first_seq=first_seq, create=True)
+        log.info("evidence_segment_rolled", segment=segment_name(number), first_seq=first_seq)
+
+    def _publish(self, items: list[tuple[_Pending, int, str, Envelope, bytes]]) -> None:
+        with self._lock:
+            self._durable_seq = items[-1][1]
+            self._durable_evidence_id = items[-1][2]
+            listeners = list(self._listeners)
+        for p, _seq, evidence_id, env, _line in items:
+            p.future.set_result((evidence_id, env))
+        for fn in listeners:
+            for _p, seq, _eid, env, _line in items:
+                try:
+                    fn(seq, env)
+                except Exception as exc:  # noqa: BLE001 - a listener must not break the writer
+                    log.warning("evidence_listener_failed", error=repr(exc))
+
+
+def decision_of(record: LogRecord) -> IntegrityDecision:
+    """The decision stored in a record (validated)."""
+    return IntegrityDecision.from_payload(record.payload)

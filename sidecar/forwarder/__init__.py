@@ -1,0 +1,20 @@
+"""Forwarder: durable outbox (the evidence log + a cursor), sinks, breaker, reference receiver."""
+
+from __future__ import annotations
+
+from sidecar.forwarder.forwarder import Forwarder
+from sidecar.forwarder.policy import CircuitBreaker, RetryPolicy
+from sidecar.forwarder.sinks import DeliveryError, FileSink, GrpcSink, HttpSink, make_sink
+from sidecar.forwarder.wire import Receipt
+
+__all__ = [
+    "CircuitBreaker",
+    "DeliveryError",
+    "FileSink",
+    "Forwarder",
+    "GrpcSink",
+    "HttpSink",
+    "Receipt",
+    "RetryPolicy",
+    "make_sink",
+]

@@ -1,0 +1,310 @@
+"""Background delivery of the evidence log to the integrity service.
+
+One asyncio task reads durable records after the outbox cursor (file reads in a worker thread),
+sends them in batches of ``batch_size`` to the sink, and advances + fsyncs the cursor after each
+acknowledged batch. Evaluations never wait on it: the evidence log only wakes it (a listener that
+schedules an event on the loop). Delivery is at least once; receivers dedup by decision_id.
+
+Failures: a retryable one is retried with backoff + jitter (server hints honoured) through the
+circuit breaker; while it is open nothing is sent and the backlog grows (visible in ``stats()``).
+A batch the receiver refuses as a whole with a non-retryable status is split in halves down to
+single records, and a single record refused (or a per-record ``rejected`` receipt) is written to
+the dead-letter file and skipped: one bad record cannot block the ones after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import structlog
+
+from sidecar.config import ForwarderConfig
+from sidecar.evidence.log import EvidenceLog
+from sidecar.evidence.records import LogRecord
+from sidecar.forwarder.outbox import Cursor, Outbox
+from sidecar.forwarder.policy import CircuitBreaker, RetryPolicy
+from sidecar.forwarder.sinks import DeliveryError, Sink, make_sink
+from sidecar.forwarder.wire import DUPLICATE, REJECTED
+from sidecar.signing import Envelope
+
+log = structlog.get_logger(__name__)
+
+IDLE_POLL_S = 1.0  # safety net: look at the log even without a wake-up
+
+
+class Forwarder:
+    def __init__(
+        self,
+        cfg: ForwarderConfig,
+        log: EvidenceLog,
+        *,
+        sink: Sink | None = None,
+        policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if cfg.batch_size < 1:
+            raise ValueError("forwarder.batch_size must be >= 1")
+        self.cfg = cfg
+        self._log = log
+        self.policy = policy or RetryPolicy.from_config(cfg)
+        self.sink = sink if sink is not None else make_sink(cfg, self.policy)
+        self.breaker = CircuitBreaker(cfg.failure_threshold, cfg.recovery_timeout_s, clock=clock)
+        self.breaker.on_change = self._on_breaker_change
+        self._rng = rng or random.Random()
+        self._outbox = Outbox(cfg.outbox_dir) if self.sink is not None else None
+        self._cursor = Cursor()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._wake_scheduled = threading.Event()
+        self._stopping = False
+        # counters (this process)
+        self.delivered = 0
+        self.duplicates = 0
+        self.failures = 0  # failed attempts
+        self.dead_letters = 0  # dead letters this run
+        self.dead_letters_total = 0  # in the dead-letter file, incl. earlier runs
+        self.batches = 0
+        self.last_error = ""
+        self.last_delivery_at: float | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        if self.sink is None or self._outbox is None:
+            log.info("forwarder_disabled", sink="none")
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._cursor = await asyncio.to_thread(self._resume_cursor)
+        self.dead_letters_total = await asyncio.to_thread(self._outbox.dead_letter_count)
+        self._log.add_listener(self._on_record)
+        self._task = asyncio.create_task(self._run(), name="forwarder")
+        log.info(
+            "forwarder_started",
+            sink=self.sink.name,
+            delivered_seq=self._cursor.delivered_seq,
+            backlog=self.backlog,
+        )
+
+    def _resume_cursor(self) -> Cursor:
+        assert self._outbox is not None
+        cur = self._outbox.load_cursor()
+        if cur.delivered_seq < 0:
+            return Cursor()
+        last = self._log.last_seq
+        rec = self._log.record_at(cur.delivered_seq) if cur.delivered_seq <= last else None
+        if rec is None or rec.evidence_id != cur.evidence_id:
+            log.warning(
+                "forwarder_cursor_mismatch",
+                cursor_seq=cur.delivered_seq,
+                log_last_seq=last,
+                action="re-deliver from seq 0 (receivers dedup by decision_id)",
+            )
+            return Cursor()
+        return cur
+
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Stop delivering; first keep going up to ``drain_s`` seconds while a backlog remains."""
+        self._log.remove_listener(self._on_record)
+        task = self._task
+        if task is not None:
+            self._stopping = True
+            if self._wake is not None:
+                self._wake.set()
+            if drain_s > 0:
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), timeout=drain_s)
+                except asyncio.TimeoutError:
+                    pass
+            if not task.done():
+                task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+            log.info("forwarder_stopped", delivered_seq=self._cursor.delivered_seq, backlog=self.backlog)
+        if self.sink is not None:
+            await self.sink.close()
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def delivered_seq(self) -> int:
+        return self._cursor.delivered_seq
+
+    @property
+    def backlog(self) -> int:
+        return max(0, self._log.last_seq - self._cursor.delivered_seq)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "sink": self.sink.name if self.sink is not None else "none",
+            "running": self._task is not None and not self._task.done(),
+            "backlog": self.backlog if self.sink is not None else 0,
+            "last_seq": self._log.last_seq,
+            "delivered_seq": self._cursor.delivered_seq,
+            "breaker_state": self.breaker.state,
+            "breaker_opened": self.breaker.times_opened,
+            "breaker_recovered": self.breaker.times_closed,
+            "consecutive_failures": self.breaker.consecutive_failures,
+            "delivered": self.delivered,
+            "duplicates": self.duplicates,
+            "failures": self.failures,
+            "dead_letters": self.dead_letters,
+            "dead_letters_total": self.dead_letters_total,
+            "batches": self.batches,
+            "last_error": self.last_error,
+        }
+
+    # -- wake-ups from the log's writer thread --------------------------------------------------
+
+    def _on_record(self, seq: int, env: Envelope) -> None:
+        if self._wake_scheduled.is_set() or self._loop is None:
+            return
+        self._wake_scheduled.set()
+        try:
+            self._loop.call_soon_threadsafe(self._do_wake)
+        except RuntimeError:  # loop closed
+            self._wake_scheduled.clear()
+
+    def _do_wake(self) -> None:
+        self._wake_scheduled.clear()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_breaker_change(self, state: str) -> None:
+        if state == CircuitBreaker.OPEN:
+            log.error("forwarder_breaker_open", sink=self.sink.name if self.sink else "", error=self.last_error)
+        elif state == CircuitBreaker.CLOSED:
+            log.info("forwarder_breaker_closed", sink=self.sink.name if self.sink else "")
+        else:
+            log.info("forwarder_breaker_half_open", sink=self.sink.name if self.sink else "")
+
+    # -- the delivery loop ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            next_seq = self._cursor.delivered_seq + 1
+            if next_seq > self._log.last_seq:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                if next_seq > self._log.last_seq:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout=IDLE_POLL_S)
+                    except asyncio.TimeoutError:
+                        pass
+                continue
+            records = await asyncio.to_thread(self._log.read, next_seq, self.cfg.batch_size)
+            if not records or records[0].seq != next_seq:
+                log.error("forwarder_read_gap", expected_seq=next_seq, got=records[0].seq if records else None)
+                await asyncio.sleep(IDLE_POLL_S)
+                continue
+            await self._deliver(records)
+
+    async def _deliver(self, records: Sequence[LogRecord]) -> None:
+        """Deliver ``records`` (consecutive seqs) or dead-letter them; returns when the cursor
+        has moved past them. Retries forever on retryable failures (until cancelled)."""
+        assert self.sink is not None
+        attempt = 0
+        retry_after: float | None = None
+        while True:
+            wait = self.breaker.wait_s()
+            if attempt > 0 and self.breaker.state != CircuitBreaker.OPEN:
+                wait = max(wait, self.policy.delay_s(attempt, self._rng, retry_after))
+            elif retry_after:
+                wait = max(wait, min(retry_after, self.policy.max_s))
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.breaker.before_call()
+            try:
+                receipts = await asyncio.wait_for(self.sink.send(records), timeout=self.policy.attempt_timeout_s + 1.0)
+            except DeliveryError as exc:
+                if not exc.retryable:
+                    self.breaker.record_success()  # the receiver is up and answering
+                    await self._refused(records, str(exc))
+                    return
+                retry_after = exc.retry_after_s
+                self._failed(str(exc))
+                attempt += 1
+                continue
+            except asyncio.TimeoutError:
+                retry_after = None
+                self._failed(f"{self.sink.name}: attempt timed out")
+                attempt += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - a sink bug must not kill delivery
+                retry_after = None
+                self._failed(f"{self.sink.name}: {exc!r}")
+                attempt += 1
+                continue
+            by_id = {r.decision_id: r for r in receipts}
+            missing = [r.seq for r in records if r.decision_id not in by_id]
+            if missing:
+                retry_after = None
+                self._failed(f"{self.sink.name}: no receipt for seq {missing[:5]}")
+                attempt += 1
+                continue
+            self.breaker.record_success()
+            for rec in records:
+                receipt = by_id[rec.decision_id]
+                if receipt.status == REJECTED:
+                    await self._dead_letter(rec, receipt.error or "rejected by receiver")
+                elif receipt.status == DUPLICATE:
+                    self.duplicates += 1
+                else:
+                    self.delivered += 1
+            self.batches += 1
+            self.last_delivery_at = time.time()
+            await self._advance(records[-1])
+            return
+
+    def _failed(self, error: str) -> None:
+        self.failures += 1
+        self.last_error = error
+        self.breaker.record_failure()
+        log.warning(
+            "forwarder_attempt_failed",
+            error=error,
+            breaker=self.breaker.state,
+            consecutive_failures=self.breaker.consecutive_failures,
+        )
+
+    async def _refused(self, records: Sequence[LogRecord], error: str) -> None:
+        """A non-retryable answer for the whole batch: bisect to find the bad record(s)."""
+        if len(records) == 1:
+            await self._dead_letter(records[0], error)
+            await self._advance(records[0])
+            return
+        mid = len(records) // 2
+        await self._deliver(records[:mid])
+        await self._deliver(records[mid:])
+
+    async def _dead_letter(self, rec: LogRecord, reason: str) -> None:
+        assert self._outbox is not None
+        await asyncio.to_thread(self._outbox.dead_letter, rec.seq, rec.decision_id, rec.evidence_id, reason)
+        self.dead_letters += 1
+        self.dead_letters_total += 1
+        log.error(
+            "forwarder_dead_letter",
+            seq=rec.seq,
+            decision_id=rec.decision_id,
+            evidence_id=rec.evidence_id,
+            reason=reason[:300],
+        )
+
+    async def _advance(self, rec: LogRecord) -> None:
+        assert self._outbox is not None
+        cursor = Cursor(rec.seq, rec.evidence_id)
+        await asyncio.to_thread(self._outbox.save_cursor, cursor)
+        self._cursor = cursor

@@ -1,0 +1,301 @@
+"""Reference integrity receiver: the service side of the forwarder, for tests and demos.
+
+Serves ``IntegrityService.SubmitDecisions`` (gRPC) and ``POST /v1/decisions`` (HTTP, see
+:mod:`sidecar.forwarder.wire`) on real ports. Every envelope's signature is checked against the
+trusted public keys and its payload validated as an IntegrityDecision; good ones are stored by
+decision_id (a second delivery answers DUPLICATE, which the sender counts as success) and appended
+to a JSONL store that is re-read at start. ``unavailable = True`` makes both endpoints answer
+UNAVAILABLE / 503 with a retry hint, for failure tests.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Sequence
+
+import grpc
+import structlog
+
+from sidecar.evidence.decision import DecisionError, IntegrityDecision
+from sidecar.evidence.records import line_digest
+from sidecar.forwarder.wire import ACCEPTED, DUPLICATE, REJECTED, Receipt
+from sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SignatureError, VerifyKey, canonical_json, verify_envelope
+
+log = structlog.get_logger(__name__)
+
+MAX_HTTP_BODY = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    decision_id: str
+    evidence_id: str
+    seq: int | None
+    envelope: dict[str, Any]
+
+
+class IntegrityReceiver:
+    def __init__(
+        self,
+        trusted_keys: Sequence[VerifyKey],
+        *,
+        store_path: Path | None = None,
+        api_key: str = "",
+        retry_after_s: float = 0.05,
+    ) -> None:
+        if not trusted_keys:
+            raise ValueError("the receiver needs at least one trusted public key")
+        self._keys = {k.key_id: k for k in trusted_keys}
+        self._store_path = Path(store_path) if store_path else None
+        self._api_key = api_key
+        self.retry_after_s = retry_after_s
+        self.unavailable = False
+        self._lock = threading.Lock()
+        self._store: dict[str, StoredDecision] = {}
+        self.accepted = 0
+        self.duplicates = 0
+        self.rejected = 0
+        self.requests = 0
+        self.refused_requests = 0  # answered UNAVAILABLE / 503 / unauthenticated
+        self._grpc_server: grpc.Server | None = None
+        self._http_server: ThreadingHTTPServer | None = None
+        self._http_thread: threading.Thread | None = None
+        if self._store_path is not None and self._store_path.exists():
+            self._load()
+
+    # -- store ------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        assert self._store_path is not None
+        with self._store_path.open("rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break
+                try:
+                    d = json.loads(raw)
+                    item = StoredDecision(d["decision_id"], d["evidence_id"], d.get("seq"), d["envelope"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                self._store[item.decision_id] = item
+
+    def decisions(self) -> dict[str, StoredDecision]:
+        with self._lock:
+            return dict(self._store)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "stored": len(self._store),
+                "accepted": self.accepted,
+                "duplicates": self.duplicates,
+                "rejected": self.rejected,
+                "requests": self.requests,
+                "refused_requests": self.refused_requests,
+            }
+
+    def submit(self, envelopes: Sequence[Envelope], decisions: Sequence[Any] | None = None) -> list[Receipt]:
+        """Verify and store; one receipt per envelope. ``decisions`` (HTTP) must equal the payloads."""
+        out: list[Receipt] = []
+        lines: list[bytes] = []
+        with self._lock:
+            self.requests += 1
+            for i, env in enumerate(envelopes):
+                receipt, item = self._check(env, None if decisions is None else decisions[i])
+                if item is not None:
+                    if item.decision_id in self._store:
+                        prior = self._store[item.decision_id]
+                        receipt = Receipt(item.decision_id, DUPLICATE, prior.evidence_id)
+                        self.duplicates += 1
+                    else:
+                        self._store[item.decision_id] = item
+                        self.accepted += 1
+                        lines.append(
+                            json.dumps(
+                                {
+                                    "decision_id": item.decision_id,
+                                    "evidence_id": item.evidence_id,
+                                    "seq": item.seq,
+                                    "envelope": item.envelope,
+                                },
+                                sort_keys=True,
+                                separators=(",", ":"),
+                            ).encode()
+                            + b"\n"
+                        )
+                else:
+                    self.rejected += 1
+                out.append(receipt)
+            if lines and self._store_path is not None:
+                self._store_path.parent.mkdir(parents=True, exist_ok=True)
+                with self._store_path.open("ab") as f:
+                    f.write(b"".join(lines))
+        return out
+
+    def _check(self, env: Envelope, decision: Any) -> tuple[Receipt, StoredDecision | None]:
+        decision_id = ""
+        try:
+            payload = json.loads(env.payload)
+            if isinstance(payload, dict):
+                decision_id = str(payload.get("decision_id", ""))
+        except ValueError:
+            payload = None
+        try:
+            verify_envelope(env, self._keys, DECISION_PAYLOAD_TYPE)
+        except SignatureError as exc:
+            return Receipt(decision_id, REJECTED, "", f"signature: {exc}"), None
+        if not isinstance(payload, dict):
+            return Receipt(decision_id, REJECTED, "", "payload is not a JSON object"), None
+        try:
+            dec = IntegrityDecision.from_payload(payload)
+        except DecisionError as exc:
+            return Receipt(decision_id, REJECTED, "", f"payload: {exc}"), None
+        if decision is not None and (not isinstance(decision, dict) or canonical_json(decision) != env.payload):
+            return Receipt(decision_id, REJECTED, "", "decision does not match the signed payload"), None
+        env_dict = env.to_json_dict()
+        evidence_id = line_digest(env.to_json())
+        return Receipt(dec.decision_id, ACCEPTED, evidence_id), StoredDecision(dec.decision_id, evidence_id, dec.seq, env_dict)
+
+    def _authorized(self, header: str | None) -> bool:
+        return not self._api_key or header == f"Bearer {self._api_key}"
+
+    # -- gRPC -------------------------------------------------------------------------------------
+
+    def start_grpc(self, address: str = "127.0.0.1:0") -> int:
+        from sidecar.protos import ipb, ipb_grpc
+
+        receiver = self
+        status_of = {ACCEPTED: ipb.RECEIPT_STATUS_ACCEPTED, DUPLICATE: ipb.RECEIPT_STATUS_DUPLICATE, REJECTED: ipb.RECEIPT_STATUS_REJECTED}
+
+        class Servicer(ipb_grpc.IntegrityServiceServicer):  # type: ignore[misc]
+            def SubmitDecisions(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+                md = dict(context.invocation_metadata())
+                if not receiver._authorized(md.get("authorization")):
+                    with receiver._lock:
+                        receiver.refused_requests += 1
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing bearer key")
+                if receiver.unavailable:
+                    with receiver._lock:
+                        receiver.refused_requests += 1
+                    context.set_trailing_metadata((("retry-after", f"{receiver.retry_after_s:g}"),))
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "integrity service unavailable (test switch)")
+                envs = [
+                    Envelope(e.payload_type, bytes(e.payload), tuple((s.keyid, bytes(s.sig)) for s in e.signatures))
+                    for e in request.envelopes
+                ]
+                receipts = receiver.submit(envs)
+                return ipb.SubmitDecisionsResponse(
+                    receipts=[
+                        ipb.Receipt(decision_id=r.decision_id, status=status_of[r.status], evidence_id=r.evidence_id, error=r.error)
+                        for r in receipts
+                    ]
+                )
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.max_receive_message_length", MAX_HTTP_BODY)])
+        ipb_grpc.add_IntegrityServiceServicer_to_server(Servicer(), server)
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot bind gRPC address {address}")
+        server.start()
+        self._grpc_server = server
+        log.info("integrity_receiver_grpc_listening", port=port)
+        return port
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def start_http(self, address: str = "127.0.0.1:0") -> int:
+        host, _, port_s = address.rpartition(":")
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                log.debug("integrity_receiver_http", line=format % args)
+
+            def _reply(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/health":
+                    self._reply(503 if receiver.unavailable else 200, {"status": "unavailable" if receiver.unavailable else "ok"})
+                else:
+                    self._reply(404, {"error": "not found"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                if self.path.rstrip("/") != "/v1/decisions":
+                    self._reply(404, {"error": "not found"})
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                if length <= 0 or length > MAX_HTTP_BODY:
+                    self._reply(400, {"error": f"Content-Length must be 1..{MAX_HTTP_BODY}"})
+                    return
+                raw = self.rfile.read(length)
+                if not receiver._authorized(self.headers.get("Authorization")):
+                    with receiver._lock:
+                        receiver.refused_requests += 1
+                    self._reply(401, {"error": "bad or missing bearer key"})
+                    return
+                if receiver.unavailable:
+                    with receiver._lock:
+                        receiver.refused_requests += 1
+                    self._reply(503, {"error": "unavailable (test switch)"}, {"Retry-After": f"{receiver.retry_after_s:g}"})
+                    return
+                try:
+                    body = json.loads(raw)
+                    if not isinstance(body, dict):
+                        raise ValueError("body is not a JSON object")
+                    if "decisions" in body:
+                        items = body["decisions"]
+                        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                            raise ValueError("decisions must be a list of objects")
+                        envs = [Envelope.from_json_dict(i["envelope"]) for i in items]
+                        decisions = [i.get("decision") for i in items]
+                        single = False
+                    else:
+                        fields = dict(body)
+                        envs = [Envelope.from_json_dict(fields.pop("envelope"))]
+                        decisions = [fields]
+                        single = True
+                except (ValueError, KeyError, TypeError, SignatureError) as exc:
+                    self._reply(400, {"error": f"malformed request: {exc}"})
+                    return
+                receipts = receiver.submit(envs, decisions)
+                if not single:
+                    self._reply(200, {"receipts": [r.to_dict() for r in receipts]})
+                    return
+                r = receipts[0]
+                status = {ACCEPTED: 201, DUPLICATE: 200, REJECTED: 422}[r.status]
+                self._reply(status, r.to_dict())
+
+        server = ThreadingHTTPServer((host or "127.0.0.1", int(port_s)), Handler)
+        server.daemon_threads = True
+        self._http_server = server
+        self._http_thread = threading.Thread(target=server.serve_forever, name="integrity-http", daemon=True)
+        self._http_thread.start()
+        port = int(server.server_address[1])
+        log.info("integrity_receiver_http_listening", port=port)
+        return port
+
+    def stop(self) -> None:
+        if self._grpc_server is not None:
+            self._grpc_server.stop(grace=None).wait(5)
+            self._grpc_server = None
+        if self._http_server is not None:
+            self._http_server.shutdown()
+            self._http_server.server_close()
+            self._http_server = None
+        if self._http_thread is not None:
+            self._http_thread.join(5)
+            self._http_thread = None
