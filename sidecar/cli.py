@@ -15,6 +15,8 @@ COMMAND_MODULES = [
     "sidecar.loadgen",  # bench
     "models.cli",  # models export
     "sidecar.manifest_cli",  # manifest validate|sign|verify|keygen
+    "sidecar.evidence.cli",  # keygen, verify
+    "sidecar.forwarder.cli",  # integrity-serve
 ]
 
 
