@@ -123,6 +123,7 @@ class ManifestStore:
         self._trusted: dict[str, VerifyKey] = load_trusted_keys(cfg.trusted_keys)
         self._embedded = load_embedded_default(self._defaults)
         self._parsed: dict[Path, _Parsed] = {}
+        self._loaded_count = 0
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -189,6 +190,7 @@ class ManifestStore:
                 log.error("manifest_reload_failed", error_type=type(exc).__name__, error=str(exc))
 
     def _reload_locked(self) -> None:
+        self._loaded_count = 0
         found, dir_errors = self._scan()
         previous = self._snap.versions
         versions: dict[tuple[str, str], Manifest] = {}
@@ -225,6 +227,8 @@ class ManifestStore:
             if self._snap.errors.get(rel) != message:
                 log.warning("manifest_invalid", file=rel, error=message)
         self._snap = self._build(versions, errors)
+        if self._loaded_count:
+            log.info("manifests_loaded", loaded=self._loaded_count, versions=len(versions), errors=len(errors))
 
     def _parse(self, path: Path, st: _Stat, key: tuple[str, str], before: _Parsed | None) -> _Parsed:
         rel = _rel(path, self._dir)
@@ -251,7 +255,8 @@ class ManifestStore:
         except ManifestError as exc:
             log.warning("manifest_invalid", file=rel, error=exc.message)
             return _Parsed(st, sha, None, exc.message)
-        log.info("manifest_loaded", file=rel, manifest_uri=m.manifest_uri, digest=m.digest, signer=m.signer_key_id)
+        log.debug("manifest_loaded", file=rel, manifest_uri=m.manifest_uri, digest=m.digest, signer=m.signer_key_id)
+        self._loaded_count += 1
         return _Parsed(st, sha, m, None)
 
     def _choose(self, files: list[tuple[Path, _Stat]]) -> tuple[Path, _Stat] | str:
