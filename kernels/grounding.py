@@ -85,4 +85,5 @@ def term_grounding_matrix(
     b_t = require_array(b_terms, "b_terms", np.int64, 1)
     a_o = require_offsets(a_offsets, "a_offsets", a_t.shape[0], "a_terms")
     b_o = require_offsets(b_offsets, "b_offsets", b_t.shape[0], "b_terms")
-    return _term_grounding_matrix(a_o, a_t, b_o, b_t)
+    out: np.ndarray = _term_grounding_matrix(a_o, a_t, b_o, b_t)
+    return out

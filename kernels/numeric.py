@@ -117,4 +117,5 @@ def numeric_matrix(
     b_n = require_numbers(b_nums, "b_nums")
     a_o = require_offsets(a_offsets, "a_offsets", a_n.shape[0], "a_nums")
     b_o = require_offsets(b_offsets, "b_offsets", b_n.shape[0], "b_nums")
-    return _numeric_matrix(a_o, a_n, b_o, b_n, require_rel_tol(rel_tol))
+    out: np.ndarray = _numeric_matrix(a_o, a_n, b_o, b_n, require_rel_tol(rel_tol))
+    return out

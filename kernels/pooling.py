@@ -50,4 +50,5 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool = True) -> n
     if not isinstance(normalize, (bool, np.bool_)):
         raise KernelInputError("normalize", f"must be bool, got {type(normalize).__name__}")
     require_finite(hidden, "hidden")
-    return _mean_pool(hidden, mask, bool(normalize))
+    out: np.ndarray = _mean_pool(hidden, mask, bool(normalize))
+    return out

@@ -14,6 +14,7 @@ Rules:
   (``J. Smith``) or a list number at the start of the sentence (``1. First``).
 - A ``.`` between non-space characters never ends one (``3.5``, ``example.com``).
 - Text without terminal punctuation is one sentence; blank text gives no rows.
+- Whitespace and line breaks are exactly Python's (``str.isspace``, ``str.splitlines``).
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ _CODES = types.Array(types.uint32, 1, "C", readonly=True)
 
 @njit("boolean(uint32)", cache=True, nogil=True)
 def _is_space(c):  # type: ignore[no-untyped-def]
+    """str.isspace()."""
     return (
         c == 32
         or 9 <= c <= 13
+        or 0x1C <= c <= 0x1F
         or c == 0x85
         or c == 0xA0
         or c == 0x1680
@@ -56,7 +59,8 @@ def _is_space(c):  # type: ignore[no-untyped-def]
 
 @njit("boolean(uint32)", cache=True, nogil=True)
 def _is_line_break(c):  # type: ignore[no-untyped-def]
-    return 10 <= c <= 13 or c == 0x85 or c == 0x2028 or c == 0x2029
+    """The code points at which str.splitlines() breaks."""
+    return 10 <= c <= 13 or 0x1C <= c <= 0x1E or c == 0x85 or c == 0x2028 or c == 0x2029
 
 
 @njit("boolean(uint32)", cache=True, nogil=True)
@@ -185,11 +189,13 @@ def _split_sentences(codes, abbr, abbr_offsets):  # type: ignore[no-untyped-def]
             while p < n and _is_space(codes[p]) and not _is_line_break(codes[p]):
                 p += 1
             if p < n and 97 <= codes[p] <= 122:
-                i = j  # next word in lowercase: the sentence goes on
+                last = j  # next word in lowercase: the sentence goes on
+                i = j
                 continue
             if single_dot and (
                 _is_abbreviation(codes, i, start, abbr, abbr_offsets) or _keeps_going(codes, i, start)
             ):
+                last = j
                 i = j
                 continue
         spans[k, 0] = start
@@ -216,4 +222,5 @@ def split_sentences(text: str) -> np.ndarray:
     """``int64[k, 2]`` (start, end) character spans of the sentences of ``text``."""
     require_str(text, "text")
     abbr, offsets = _abbreviation_table()
-    return _split_sentences(codes_of(text), abbr, offsets)
+    spans: np.ndarray = _split_sentences(codes_of(text), abbr, offsets)
+    return spans

@@ -7,7 +7,7 @@ Inputs need not be normalised. A zero row has no direction: its cosine with anyt
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 
 from kernels.validation import KernelInputError, require_array, require_finite
 
@@ -51,11 +51,7 @@ def _cosine_matrix(a, b):  # type: ignore[no-untyped-def]
     return out
 
 
-@njit(
-    types.Tuple((types.float32[::1], types.int64[::1]))(types.float32[:, ::1]),
-    cache=True,
-    nogil=True,
-)
+@njit("Tuple((float32[::1], int64[::1]))(float32[:, ::1])", cache=True, nogil=True)
 def _max_and_argmax_rows(m):  # type: ignore[no-untyped-def]
     n, k = m.shape
     best = np.zeros(n, dtype=np.float32)
@@ -83,7 +79,8 @@ def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise KernelInputError("b", f"must have {a.shape[1]} columns like a, got shape {b.shape}")
     require_finite(a, "a")
     require_finite(b, "b")
-    return _cosine_matrix(a, b)
+    out: np.ndarray = _cosine_matrix(a, b)
+    return out
 
 
 def max_and_argmax_rows(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -62,10 +62,10 @@ def word_text(rest: str) -> str:
 
 
 def terms_from_scan(scan: NumberScan) -> np.ndarray:
-    words = word_term_hashes(codes_of(word_text(scan.rest)), stop_word_hashes())
+    words: np.ndarray = word_term_hashes(codes_of(word_text(scan.rest)), stop_word_hashes())
     if scan.values:
         bits = np.array(scan.values, dtype=np.float64).view(np.uint64)
-        return np.concatenate((words, number_term_hashes(bits))).view(np.int64)
+        words = np.concatenate((words, number_term_hashes(bits)))
     return words.view(np.int64)
 
 

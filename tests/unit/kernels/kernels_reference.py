@@ -145,3 +145,86 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool) -> np.ndarr
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         out = np.where(norms > 0, out / np.where(norms > 0, norms, 1.0), 0.0)
     return out
+
+
+_SPACES = {chr(c) for c in range(0x110000) if chr(c).isspace()}
+_BREAKS = {chr(c) for c in range(0x110000) if len(("a" + chr(c) + "b").splitlines()) == 2}
+_TERMINALS = set(".!?\u2026")
+_WIDE = set("\u3002\uff01\uff1f")
+_CLOSERS = set("\"')]}\u201d\u2019\u00bb")
+_OPENERS = set("\"'([{\u201c\u2018\u00ab")
+
+
+def split_sentences(text: str, abbreviations: tuple[str, ...]) -> list[tuple[int, int]]:
+    """The documented sentence rules, as a plain loop over the str."""
+    spans: list[tuple[int, int]] = []
+    n = len(text)
+    start = None
+    last = 0
+    i = 0
+
+    def token_before(dot: int, sentence_start: int) -> tuple[int, str]:
+        s = dot
+        while s > sentence_start and text[s - 1] not in _SPACES and text[s - 1] not in _OPENERS:
+            s -= 1
+        return s, text[s:dot]
+
+    while i < n:
+        ch = text[i]
+        if start is None:
+            if ch in _SPACES:
+                i += 1
+                continue
+            start = i
+        if ch in _BREAKS:
+            spans.append((start, last))
+            start = None
+            i += 1
+            continue
+        if ch in _SPACES:
+            i += 1
+            continue
+        last = i + 1
+        if ch in _WIDE:
+            j = i + 1
+            while j < n and (text[j] in _WIDE or text[j] in _CLOSERS):
+                j += 1
+            spans.append((start, j))
+            start = None
+            i = j
+            continue
+        if ch not in _TERMINALS:
+            i += 1
+            continue
+        j = i + 1
+        while j < n and text[j] in _TERMINALS:
+            j += 1
+        single_dot = ch == "." and j == i + 1
+        while j < n and text[j] in _CLOSERS:
+            j += 1
+        if j < n:
+            if text[j] not in _SPACES:
+                i += 1
+                continue
+            p = j
+            while p < n and text[p] in _SPACES and text[p] not in _BREAKS:
+                p += 1
+            if p < n and "a" <= text[p] <= "z":
+                last = j
+                i = j
+                continue
+            if single_dot:
+                s, tok = token_before(i, start)
+                folded = "".join(c.lower() if "A" <= c <= "Z" else c for c in tok)
+                initial = len(tok) == 1 and "A" <= tok <= "Z"
+                enumerator = s == start and len(tok) >= 1 and all("0" <= c <= "9" for c in tok)
+                if folded in abbreviations or initial or enumerator:
+                    last = j
+                    i = j
+                    continue
+        spans.append((start, j))
+        start = None
+        i = j
+    if start is not None and last > start:
+        spans.append((start, last))
+    return spans
