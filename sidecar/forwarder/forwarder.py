@@ -306,5 +306,13 @@ class Forwarder:
     async def _advance(self, rec: LogRecord) -> None:
         assert self._outbox is not None
         cursor = Cursor(rec.seq, rec.evidence_id)
-        await asyncio.to_thread(self._outbox.save_cursor, cursor)
+        save = asyncio.ensure_future(asyncio.to_thread(self._outbox.save_cursor, cursor))
+        try:
+            await asyncio.shield(save)
+        except asyncio.CancelledError:
+            # stopping: the write is already under way in its thread; finish it so the cursor in
+            # memory and on disk agree, then honour the cancellation
+            await save
+            self._cursor = cursor
+            raise
         self._cursor = cursor

@@ -5,7 +5,9 @@ Serves ``IntegrityService.SubmitDecisions`` (gRPC) and ``POST /v1/decisions`` (H
 trusted public keys and its payload validated as an IntegrityDecision; good ones are stored by
 decision_id (a second delivery answers DUPLICATE, which the sender counts as success) and appended
 to a JSONL store that is re-read at start. ``unavailable = True`` makes both endpoints answer
-UNAVAILABLE / 503 with a retry hint, for failure tests.
+UNAVAILABLE / 503 with a retry hint, for failure tests. ``all_or_nothing = True`` makes it refuse
+a whole request that holds any bad record (gRPC INVALID_ARGUMENT / HTTP 422, nothing stored), as a
+strictly transactional service would; the forwarder then narrows the batch down to the bad record.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ log = structlog.get_logger(__name__)
 MAX_HTTP_BODY = 64 * 1024 * 1024
 
 
+class BatchRefused(Exception):
+    """all_or_nothing mode: the request held a bad record; nothing was stored."""
+
+
 @dataclass(frozen=True)
 class StoredDecision:
     decision_id: str
@@ -47,6 +53,7 @@ class IntegrityReceiver:
         store_path: Path | None = None,
         api_key: str = "",
         retry_after_s: float = 0.05,
+        all_or_nothing: bool = False,
     ) -> None:
         if not trusted_keys:
             raise ValueError("the receiver needs at least one trusted public key")
@@ -55,6 +62,7 @@ class IntegrityReceiver:
         self._api_key = api_key
         self.retry_after_s = retry_after_s
         self.unavailable = False
+        self.all_or_nothing = all_or_nothing
         self._lock = threading.Lock()
         self._store: dict[str, StoredDecision] = {}
         self.accepted = 0
@@ -104,8 +112,11 @@ class IntegrityReceiver:
         lines: list[bytes] = []
         with self._lock:
             self.requests += 1
-            for i, env in enumerate(envelopes):
-                receipt, item = self._check(env, None if decisions is None else decisions[i])
+            checked = [self._check(env, None if decisions is None else decisions[i]) for i, env in enumerate(envelopes)]
+            if self.all_or_nothing and any(item is None for _, item in checked):
+                self.rejected += sum(1 for _, item in checked if item is None)
+                raise BatchRefused("; ".join(f"{r.decision_id or '?'}: {r.error}" for r, item in checked if item is None))
+            for receipt, item in checked:
                 if item is not None:
                     if item.decision_id in self._store:
                         prior = self._store[item.decision_id]
@@ -187,7 +198,10 @@ class IntegrityReceiver:
                     Envelope(e.payload_type, bytes(e.payload), tuple((s.keyid, bytes(s.sig)) for s in e.signatures))
                     for e in request.envelopes
                 ]
-                receipts = receiver.submit(envs)
+                try:
+                    receipts = receiver.submit(envs)
+                except BatchRefused as exc:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch refused: {exc}"[:1000])
                 return ipb.SubmitDecisionsResponse(
                     receipts=[
                         ipb.Receipt(decision_id=r.decision_id, status=status_of[r.status], evidence_id=r.evidence_id, error=r.error)
@@ -271,7 +285,11 @@ class IntegrityReceiver:
                 except (ValueError, KeyError, TypeError, SignatureError) as exc:
                     self._reply(400, {"error": f"malformed request: {exc}"})
                     return
-                receipts = receiver.submit(envs, decisions)
+                try:
+                    receipts = receiver.submit(envs, decisions)
+                except BatchRefused as exc:
+                    self._reply(422, {"error": f"batch refused: {exc}"[:1000]})
+                    return
                 if not single:
                     self._reply(200, {"receipts": [r.to_dict() for r in receipts]})
                     return
