@@ -37,6 +37,9 @@ DATA_DIR = Path(__file__).with_name("data")
 HEAD_FILE = DATA_DIR / "attack_head.npz"
 SEGMENT_CHARS = 320
 DIM = 384
+# A segment of fewer words carries no instruction the head can judge ("ok", "q", "hello"): its
+# embedding is noise for a classifier trained on prompts, so it is not scored (rules still run).
+MIN_WORDS = 3
 
 Embed = Callable[[Sequence[str]], npt.NDArray[np.float32]]
 
@@ -148,7 +151,7 @@ class LearnedSignal:
         """Per text, the scores of its segments (within the per-call segment budget)."""
         spans = []
         for t in texts:
-            segs = segments(t)
+            segs = [(s, e) for s, e in segments(t) if len(t[s:e].split()) >= MIN_WORDS]
             if len(segs) > 1 and len(t) <= 4 * SEGMENT_CHARS:
                 # a prompt a few sentences long is also scored whole: the head was trained on whole prompts
                 segs = [(0, len(t))] + segs

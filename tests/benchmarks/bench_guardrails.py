@@ -1,0 +1,288 @@
+"""Guardrail quality and latency benchmark (not a test).
+
+    python tests/benchmarks/bench_guardrails.py [--data-dir ../shared/data] [--latency-requests 100]
+
+Prints markdown tables:
+
+* prompt injection / jailbreak on the held-out 30% of deepset/prompt-injections (rows listed in
+  sidecar/guardrails/data/injection_split.json; never used for training or thresholds), for rules
+  only, the learned head only, and both; deepset labels are "injection" (1) vs benign (0): there is
+  no separate jailbreak label, so the jailbreak guardrail is reported against the injection label
+  only as part of "any prompt attack";
+* indirect injection: held-out deepset injections inserted into SQuAD paragraphs of the article
+  not used in training (Computational_complexity_theory) vs the same paragraphs clean, and the
+  false-positive rate on HaluEval knowledge passages;
+* PII on the presidio-research synth set (shared/data/pii/presidio_synth_dev.jsonl): span-level
+  precision / recall / F2 per entity type (a prediction matches a gold span of the same type when
+  their character IoU >= 0.5);
+* exfiltration, code safety, vulnerability hallucination and jailbreak on the hand-written cases in
+  sidecar/guardrails/data/bench_cases.jsonl (positives and benign look-alikes);
+* p50 / p99 latency of each guardrail per request on a RAG-shaped request mix.
+
+Quality figures use the policy of a default ``GuardrailConfig()`` (severity >= medium, confidence
+>= 0.7) unless the table says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity  # noqa: E402
+from sidecar.guardrails import GuardrailSuite, apply_policy  # noqa: E402
+from sidecar.guardrails.learned import DATA_DIR  # noqa: E402
+from sidecar.guardrails.train_injection import SPLIT_FILE, sha256_file  # noqa: E402
+
+GT = GuardrailType
+DEFAULT = GuardrailConfig()
+SEED_HIGH = GuardrailConfig(severity_threshold=Severity.HIGH)
+ALL = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0)
+
+
+def prf(tp: int, fp: int, fn: int, beta: float = 1.0) -> tuple[float, float, float]:
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    b2 = beta * beta
+    f = (1 + b2) * p * r / (b2 * p + r) if p + r else 0.0
+    return p, r, f
+
+
+def confusion(pred: Sequence[bool], gold: Sequence[int]) -> tuple[int, int, int, int]:
+    tp = sum(1 for p, g in zip(pred, gold) if p and g)
+    fp = sum(1 for p, g in zip(pred, gold) if p and not g)
+    fn = sum(1 for p, g in zip(pred, gold) if not p and g)
+    tn = sum(1 for p, g in zip(pred, gold) if not p and not g)
+    return tp, fp, fn, tn
+
+
+def row(name: str, pred: Sequence[bool], gold: Sequence[int]) -> str:
+    tp, fp, fn, tn = confusion(pred, gold)
+    p, r, f = prf(tp, fp, fn)
+    return f"| {name} | {len(gold)} | {tp} | {fp} | {fn} | {tn} | {p:.3f} | {r:.3f} | {f:.3f} |"
+
+
+HEADER = "| detector | n | TP | FP | FN | TN | precision | recall | F1 |\n|---|---|---|---|---|---|---|---|---|"
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def inp(query: str = "q", response: str = "ok", context: Iterable[str] = ()) -> EvaluateInput:
+    return EvaluateInput("bench", query, response, tuple(context))
+
+
+def flagged(suite: GuardrailSuite, x: EvaluateInput, types: Sequence[GuardrailType], cfg: GuardrailConfig,
+            detectors: Callable[[GuardrailViolation], bool] = lambda v: True) -> bool:
+    """Any violation of these types (passing ``cfg``) for which ``detectors(v)`` holds."""
+    for t in types:
+        found = apply_policy(suite.guardrails[t].detect(x, cfg), cfg)
+        if any(detectors(v) for v in found):
+            return True
+    return False
+
+
+LEARNED = {"injection_classifier", "jailbreak_similarity"}
+
+
+def bench_injection(full: GuardrailSuite, rules: GuardrailSuite, data_dir: Path) -> list[str]:
+    path = data_dir / "prompt_injection" / "deepset_train.jsonl"
+    split = json.loads(SPLIT_FILE.read_text())
+    if split["sha256"] != sha256_file(path):
+        raise SystemExit(f"{path} differs from the file the split was made from")
+    rows = load_jsonl(path)
+    held = split["held_out"]
+    gold = [int(rows[i]["label"]) for i in held]
+    xs = [inp(query=rows[i]["text"]) for i in held]
+    pi, both = [GT.PROMPT_INJECTION], [GT.PROMPT_INJECTION, GT.JAILBREAK]
+    out = [f"Held-out deepset rows: {len(held)} ({sum(gold)} injection, {len(gold) - sum(gold)} benign), "
+           f"seed {split['seed']}, stratified by label; indices in `{SPLIT_FILE.relative_to(ROOT)}`.", "", HEADER]
+    out.append(row("prompt_injection: rules only", [flagged(rules, x, pi, DEFAULT) for x in xs], gold))
+    out.append(row("prompt_injection: learned head only", [flagged(full, x, pi, DEFAULT, lambda v: v.detector in LEARNED) for x in xs], gold))
+    out.append(row("prompt_injection: rules + head", [flagged(full, x, pi, DEFAULT) for x in xs], gold))
+    out.append(row("prompt_injection + jailbreak: rules only", [flagged(rules, x, both, DEFAULT) for x in xs], gold))
+    out.append(row("prompt_injection + jailbreak: rules + learned", [flagged(full, x, both, DEFAULT) for x in xs], gold))
+    out.append(row("prompt_injection + jailbreak, seed manifest (severity >= high)", [flagged(full, x, both, SEED_HIGH) for x in xs], gold))
+    out.append(row("prompt_injection + jailbreak, any finding (confidence >= 0.5)", [flagged(full, x, both, GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.5)) for x in xs], gold))
+    # threshold sweep of the combined confidence (what a manifest's confidence_threshold does)
+    sweep = []
+    for thr in (0.5, 0.6, 0.7, 0.8, 0.9):
+        cfg = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=thr)
+        tp, fp, fn, _ = confusion([flagged(full, x, both, cfg) for x in xs], gold)
+        p, r, f = prf(tp, fp, fn)
+        sweep.append(f"{thr:.1f}: P {p:.3f} R {r:.3f} F1 {f:.3f}")
+    out += ["", "Confidence-threshold sweep (rules + learned, both types): " + "; ".join(sweep) + "."]
+
+    # indirect injection: held-out injections inside retrieved paragraphs
+    squad = json.loads((data_dir / "squad_v2" / "dev_subset.json").read_text())
+    paras = [p["context"] for a in squad["data"] if a["title"] == "Computational_complexity_theory" for p in a["paragraphs"]]
+    rng = np.random.default_rng(11)
+    pos_texts = [rows[i]["text"] for i in held if rows[i]["label"] == 1]
+    chunks, cgold = [], []
+    for k, para in enumerate(paras):
+        chunks.append(para)
+        cgold.append(0)
+        sents = para.split(". ")
+        at = int(rng.integers(0, len(sents) + 1))
+        injected = ". ".join(sents[:at] + [pos_texts[k % len(pos_texts)].strip()] + sents[at:])
+        chunks.append(injected)
+        cgold.append(1)
+    xs_c = [inp(query="What does the passage say?", context=[c]) for c in chunks]
+    out += ["", f"Indirect injection: {len(paras)} SQuAD paragraphs (Computational_complexity_theory, not used in training), "
+            "each once clean and once with a held-out deepset injection inserted at a random sentence boundary "
+            "(the injection checked as `context[0]`).", "", HEADER]
+    in_ctx = lambda v: v.source == "context[0]"  # noqa: E731
+    out.append(row("context: rules only", [flagged(rules, x, both, DEFAULT, in_ctx) for x in xs_c], cgold))
+    out.append(row("context: rules + learned", [flagged(full, x, both, DEFAULT, in_ctx) for x in xs_c], cgold))
+    halu = load_jsonl(data_dir / "halueval" / "qa_dev.jsonl")
+    fp_rules = sum(flagged(rules, inp(query=h["question"], context=[h["knowledge"]]), both, DEFAULT, in_ctx) for h in halu)
+    fp_full = sum(flagged(full, inp(query=h["question"], context=[h["knowledge"]]), both, DEFAULT, in_ctx) for h in halu)
+    fq_full = sum(flagged(full, inp(query=h["question"]), both, DEFAULT) for h in halu)
+    out += ["", f"False positives on {len(halu)} HaluEval knowledge passages as context (all benign): "
+            f"rules only {fp_rules} ({fp_rules / len(halu):.1%}), rules + learned {fp_full} ({fp_full / len(halu):.1%}). "
+            f"False positives on their {len(halu)} questions as queries (benign): rules + learned {fq_full} ({fq_full / len(halu):.1%})."]
+    return out
+
+
+PII_TYPES = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
+
+
+def iou(a: tuple[int, int], b: tuple[int, int]) -> float:
+    inter = max(0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union else 0.0
+
+
+def bench_pii(suite: GuardrailSuite, data_dir: Path) -> list[str]:
+    rows = load_jsonl(data_dir / "pii" / "presidio_synth_dev.jsonl")
+    out = [f"presidio-research synth set, {len(rows)} sentences (the shared half of `synth_dataset_v2.json`). "
+           f"NLP engine: `{suite.pii.ner_model}`. Span match: same entity type and character IoU >= 0.5.", ""]
+    for label, cfg in (("all findings", ALL), ("default policy (confidence >= 0.7, severity >= medium)", DEFAULT)):
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        out_of_scope = 0
+        for r in rows:
+            x = inp(response=r["full_text"])
+            pred = [(v.detector, (v.start, v.end)) for v in apply_policy(suite.pii.detect(x, cfg), cfg)]
+            gold = [(s["entity_type"], (s["start_position"], s["end_position"])) for s in r["spans"]]
+            out_of_scope += sum(1 for t, _ in gold if t not in PII_TYPES)
+            gold = [(t, sp) for t, sp in gold if t in PII_TYPES]
+            used = set()
+            for t, sp in pred:
+                match = next((j for j, (gt, gs) in enumerate(gold) if j not in used and gt == t and iou(sp, gs) >= 0.5), None)
+                if match is None:
+                    counts[t][1] += 1
+                else:
+                    used.add(match)
+                    counts[t][0] += 1
+            for j, (gt, _) in enumerate(gold):
+                if j not in used:
+                    counts[gt][2] += 1
+        out += [f"**{label}**", "", "| entity | gold | TP | FP | FN | precision | recall | F2 |", "|---|---|---|---|---|---|---|---|"]
+        tot = [0, 0, 0]
+        for t in PII_TYPES:
+            tp, fp, fn = counts[t]
+            tot = [tot[0] + tp, tot[1] + fp, tot[2] + fn]
+            p, rr, f2 = prf(tp, fp, fn, beta=2)
+            out.append(f"| {t} | {tp + fn} | {tp} | {fp} | {fn} | {p:.3f} | {rr:.3f} | {f2:.3f} |")
+        p, rr, f2 = prf(*tot, beta=2)
+        out.append(f"| **in-scope micro** | {tot[0] + tot[2]} | {tot[0]} | {tot[1]} | {tot[2]} | {p:.3f} | {rr:.3f} | {f2:.3f} |")
+        p2, r2, f22 = prf(tot[0], tot[1], tot[2] + out_of_scope, beta=2)
+        out.append(f"| all 17 types (out-of-scope gold = FN) | {tot[0] + tot[2] + out_of_scope} | {tot[0]} | {tot[1]} | {tot[2] + out_of_scope} | {p2:.3f} | {r2:.3f} | {f22:.3f} |")
+        out.append("")
+    return out
+
+
+def bench_cases(full: GuardrailSuite) -> list[str]:
+    cases = load_jsonl(DATA_DIR / "bench_cases.jsonl")
+    out = [f"Hand-written cases in `sidecar/guardrails/data/bench_cases.jsonl` ({len(cases)}: positives and benign look-alikes).", "", HEADER]
+    misses = []
+    for g in ("data_exfiltration", "code_safety", "vuln_hallucination", "jailbreak"):
+        sel = [c for c in cases if c["guardrail"] == g]
+        pred = []
+        for c in sel:
+            x = inp(query=c["query"] or "q", response=c["response"] or "ok", context=c["context"])
+            p = flagged(full, x, [GuardrailType(g)], DEFAULT)
+            pred.append(p)
+            if p != bool(c["label"]):
+                misses.append(f"{g}: {'FN' if c['label'] else 'FP'} — {c['note']}")
+        out.append(row(g, pred, [c["label"] for c in sel]))
+    out += ["", "Errors: " + ("; ".join(misses) if misses else "none") + "."]
+    return out
+
+
+def bench_latency(full: GuardrailSuite, data_dir: Path, n: int) -> list[str]:
+    halu = load_jsonl(data_dir / "halueval" / "qa_dev.jsonl")
+    squad = json.loads((data_dir / "squad_v2" / "dev_subset.json").read_text())
+    paras = [p["context"] for a in squad["data"] for p in a["paragraphs"]]
+    reqs = []
+    for k in range(n):
+        h = halu[k % len(halu)]
+        response = (f"{h['right_answer']}. According to the sources, {h['knowledge']} "
+                    "Contact support@example.com for details.\n\n```bash\npip install requests\n```")
+        reqs.append(inp(query=h["question"], response=response, context=[h["knowledge"], paras[k % len(paras)], paras[(k + 7) % len(paras)]]))
+    times: dict[str, list[float]] = defaultdict(list)
+    cfg = DEFAULT
+    for x in reqs[:5]:  # warm-up (spaCy, ONNX)
+        full.scan(x, {t: cfg for t in GT})
+    for x in reqs:
+        t_all = time.perf_counter()
+        for t, g in full.guardrails.items():
+            t0 = time.perf_counter()
+            g.detect(x, cfg)
+            times[t.value].append((time.perf_counter() - t0) * 1000)
+        times["all six (sequential)"].append((time.perf_counter() - t_all) * 1000)
+    mean_chars = np.mean([len(x.response) + len(x.query) + sum(len(c) for c in x.context) for x in reqs])
+    out = [f"{n} requests: HaluEval question as query, a ~{int(np.mean([len(x.response) for x in reqs]))}-char response "
+           f"(answer + knowledge + an email + a code block), 3 context chunks (HaluEval knowledge + 2 SQuAD paragraphs); "
+           f"{mean_chars:.0f} chars per request on average. CPU, single thread calling, embeddings by the ONNX encoder "
+           "(fresh texts per request except repeated SQuAD paragraphs, whose segment scores the LRU serves).", "",
+           "| guardrail | p50 ms | p99 ms | mean ms |", "|---|---|---|---|"]
+    for name, ts in times.items():
+        a = np.asarray(ts)
+        out.append(f"| {name} | {np.percentile(a, 50):.2f} | {np.percentile(a, 99):.2f} | {a.mean():.2f} |")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--latency-requests", type=int, default=100)
+    ap.add_argument("--provider", default="cpu")
+    args = ap.parse_args()
+    if not args.data_dir.is_dir():
+        print(f"shared data not found at {args.data_dir}", file=sys.stderr)
+        return 2
+    from models.encoder import OnnxEncoder
+    from models.export import ensure_model
+
+    encoder = OnnxEncoder(ensure_model().parent, provider=args.provider)
+    t0 = time.perf_counter()
+    full = GuardrailSuite(encoder.encode)
+    build_s = time.perf_counter() - t0
+    rules = GuardrailSuite(None)
+    sections = [
+        ("Prompt injection / jailbreak (deepset held-out)", bench_injection(full, rules, args.data_dir)),
+        ("PII (presidio-research synth)", bench_pii(full, args.data_dir)),
+        ("Exfiltration, code safety, vulnerability hallucination, jailbreak (hand-written cases)", bench_cases(full)),
+        ("Latency per guardrail per request", bench_latency(full, args.data_dir, args.latency_requests)),
+    ]
+    print(f"<!-- python tests/benchmarks/bench_guardrails.py; suite build {build_s:.2f} s -->")
+    for title, lines in sections:
+        print(f"\n### {title}\n")
+        print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
