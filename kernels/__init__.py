@@ -22,11 +22,11 @@ _EXPORTS: dict[str, str] = {
     "NUMBER_PLAIN": "kernels.numbers",
     "NUMBER_CURRENCY": "kernels.numbers",
     "NUMBER_PERCENT": "kernels.numbers",
-    "TextFeatures": "kernels.features",
-    "PackedFeatures": "kernels.features",
-    "features": "kernels.features",
-    "features_many": "kernels.features",
-    "pack_features": "kernels.features",
+    "TextFeatures": "kernels.text_features",
+    "PackedFeatures": "kernels.text_features",
+    "features": "kernels.text_features",
+    "features_many": "kernels.text_features",
+    "pack_features": "kernels.text_features",
     "term_grounding": "kernels.grounding",
     "term_grounding_matrix": "kernels.grounding",
     "numeric_consistency": "kernels.numeric",
@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "warmup"])
 
 if TYPE_CHECKING:
-    from kernels.features import (
+    from kernels.text_features import (
         PackedFeatures,
         TextFeatures,
         features,
@@ -80,7 +80,7 @@ def warmup() -> float:
     import numpy as np
 
     t0 = time.perf_counter()
-    f = importlib.import_module("kernels.features")
+    f = importlib.import_module("kernels.text_features")
     g = importlib.import_module("kernels.grounding")
     nu = importlib.import_module("kernels.numeric")
     si = importlib.import_module("kernels.similarity")

@@ -43,6 +43,7 @@ NUMBER_PERCENT = 2
 
 _NUMBER_RE = re.compile(
     r"""
+    (?=[-\u2212$\u20ac\u00a3\u00a5ueg.\d])          # cheap first-character filter (speed only)
     (?<![\w.])                                   # not glued to a word or a decimal point
     (?P<neg>[-\u2212])?
     (?:(?P<cur>us\$|[$\u20ac\u00a3\u00a5]|(?:usd|eur|gbp)(?=\s?[-\u2212]?\d))\s?)?

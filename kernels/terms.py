@@ -28,7 +28,7 @@ from kernels.numbers import NumberScan
 from kernels.validation import require_str
 
 _APOSTROPHES = re.compile(r"['\u2019]s\b|['\u2019`]")
-_NON_WORD = re.compile(r"[\W_]+")
+_WORD = re.compile(r"[^\W_]+")
 
 
 def _load_stop_words() -> tuple[str, ...]:
@@ -57,8 +57,11 @@ def stop_word_hashes() -> np.ndarray:
 
 
 def word_text(rest: str) -> str:
-    """Steps 3-4 on lowercased text whose numbers are already blanked out."""
-    return _NON_WORD.sub(" ", _APOSTROPHES.sub("", rest))
+    """Steps 3-4 on lowercased text whose numbers are already blanked out: the words,
+    separated by single spaces."""
+    if "'" in rest or "\u2019" in rest or "`" in rest:
+        rest = _APOSTROPHES.sub("", rest)
+    return " ".join(_WORD.findall(rest))
 
 
 def terms_from_scan(scan: NumberScan) -> np.ndarray:

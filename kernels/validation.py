@@ -40,7 +40,7 @@ def require_array(
     if not isinstance(value, np.ndarray):
         raise KernelInputError(name, f"must be a numpy.ndarray, got {type(value).__name__}")
     if value.dtype != np.dtype(dtype):
-        raise KernelInputError(name, f"must have dtype {np.dtype(dtype).name}, got {value.dtype.name}")
+        raise KernelInputError(name, f"must have dtype {np.dtype(dtype)}, got {value.dtype}")
     if value.ndim != ndim:
         raise KernelInputError(name, f"must be {ndim}-dimensional, got shape {value.shape}")
     if not value.flags.c_contiguous:

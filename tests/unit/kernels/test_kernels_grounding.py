@@ -142,3 +142,26 @@ def test_matrix_rejects_bad_offsets(a_off: np.ndarray, b_off: np.ndarray, field:
     with pytest.raises(KernelInputError) as info:
         term_grounding_matrix(a_off, np.array([1, 2], np.int64), b_off, np.array([1], np.int64))
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("seed", range(200))
+@pytest.mark.parametrize("max_cells", [1, 7, 64])
+def test_matrix_column_blocks_match_reference(seed: int, max_cells: int) -> None:
+    """A tiny membership budget forces the chunk-block path; the result must not change."""
+    from kernels.grounding import _term_grounding_matrix
+
+    rng = np.random.default_rng(10_000 + seed)
+    vocab = int(rng.integers(1, 30))
+    a_off, a_flat, a_lists = _random_csr(rng, int(rng.integers(0, 6)), vocab)
+    b_off, b_flat, b_lists = _random_csr(rng, int(rng.integers(0, 9)), vocab)
+    got = _term_grounding_matrix(a_off, a_flat, b_off, b_flat, max_cells)
+    assert got.tolist() == ref.term_grounding_matrix(a_lists, b_lists)
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_term_grounding_large_inputs_use_the_sorted_path(seed: int) -> None:
+    rng = np.random.default_rng(20_000 + seed)
+    resp = rng.integers(-500, 500, size=int(rng.integers(60, 300))).astype(np.int64)
+    ctx = rng.integers(-500, 500, size=int(rng.integers(70, 400))).astype(np.int64)
+    assert resp.size * ctx.size > 4096
+    assert term_grounding(resp, ctx) == ref.term_grounding(resp.tolist(), ctx.tolist())

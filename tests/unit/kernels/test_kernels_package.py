@@ -33,6 +33,11 @@ def test_import_is_lazy() -> None:
 
 
 def test_every_public_name_resolves() -> None:
+    # Import every submodule first: a submodule named like an export would shadow it.
+    for path in sorted((REPO / "kernels").glob("*.py")):
+        importlib.import_module(f"kernels.{path.stem}")
+    for name in kernels.__all__:
+        assert not isinstance(getattr(kernels, name), type(importlib)), name
     for name in kernels.__all__:
         assert getattr(kernels, name) is not None, name
     assert set(dir(kernels)) == set(kernels.__all__)

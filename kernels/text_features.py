@@ -83,6 +83,8 @@ def pack_features(items: Sequence[TextFeatures]) -> PackedFeatures:
 
 def features_many(texts: Iterable[str]) -> PackedFeatures:
     """``pack_features([features(t) for t in texts])``, naming the bad index on error."""
+    if isinstance(texts, str):
+        raise KernelInputError("texts", "must be an iterable of str, not a single str")
     items = []
     for i, text in enumerate(texts):
         require_str(text, f"texts[{i}]")
