@@ -82,7 +82,41 @@ class EvidenceLogClosed(EvidenceLogError):
 @dataclass
 class _Pending:
     decision: IntegrityDecision
-    future: concurrent.futures.Future[tuple[str, Envelope]]
+    # an asyncio future of ``loop`` (append) or a concurrent future (submit, loop None)
+    future: asyncio.Future[tuple[str, Envelope]] | concurrent.futures.Future[tuple[str, Envelope]]
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+def _settle_on_loop(items: list[tuple[asyncio.Future[tuple[str, Envelope]], object, bool]]) -> None:
+    for fut, value, ok in items:
+        if fut.done():  # the caller gave up (cancelled); the record is written all the same
+            continue
+        if ok:
+            fut.set_result(value)  # type: ignore[arg-type]
+        else:
+            fut.set_exception(value)  # type: ignore[arg-type]
+
+
+def _settle(pending: list[tuple[_Pending, object, bool]]) -> None:
+    """Resolve futures from the writer thread: one loop wake-up per event loop, not per record."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[tuple[str, Envelope]], object, bool]]] = {}
+    for p, value, ok in pending:
+        if p.loop is None:
+            cf = p.future
+            assert isinstance(cf, concurrent.futures.Future)
+            if cf.done():
+                continue
+            if ok:
+                cf.set_result(value)  # type: ignore[arg-type]
+            else:
+                cf.set_exception(value)  # type: ignore[arg-type]
+        else:
+            by_loop.setdefault(p.loop, []).append((p.future, value, ok))  # type: ignore[arg-type]
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_on_loop, items)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
 
 
 @dataclass
@@ -143,6 +177,10 @@ class EvidenceLog:
         self._durable_evidence_id = ""
         self._thread: threading.Thread | None = None
         self.recovered_bytes = 0  # bytes of torn tail truncated at open
+        # writer counters (read without a lock: monotonic ints, for stats only)
+        self.commits = 0  # write rounds (one per group in "group" mode)
+        self.fsyncs = 0
+        self.records_written = 0
 
     # -- open / recovery ----------------------------------------------------------------------
 
@@ -328,22 +366,43 @@ class EvidenceLog:
         with self._lock:
             return self._durable_evidence_id
 
+    def stats(self) -> dict[str, object]:
+        """For health details and metrics: position, durability policy, group-commit efficiency."""
+        commits = self.commits
+        with self._lock:
+            last_seq, segments = self._durable_seq, len(self._segments)
+        with self._cond:
+            pending = len(self._pending)
+        return {
+            "last_seq": last_seq,
+            "segments": segments,
+            "fsync": self.cfg.fsync,
+            "pending": pending,
+            "commits": commits,
+            "fsyncs": self.fsyncs,
+            "records_per_commit": round(self.records_written / commits, 2) if commits else 0.0,
+            "healthy": self.healthy,
+        }
+
     @property
     def healthy(self) -> bool:
         return self._failed is None and not self._closed
 
-    def submit(self, decision: IntegrityDecision) -> concurrent.futures.Future[tuple[str, Envelope]]:
-        """Thread-safe enqueue; the future resolves once the record is durable."""
-        if not isinstance(decision, IntegrityDecision):
-            raise TypeError(f"decision must be an IntegrityDecision, got {type(decision).__name__}")
+    def _enqueue(self, p: _Pending) -> None:
+        if not isinstance(p.decision, IntegrityDecision):
+            raise TypeError(f"decision must be an IntegrityDecision, got {type(p.decision).__name__}")
         if self._failed is not None:
             raise EvidenceWriteError(f"evidence log failed earlier: {self._failed}")
-        fut: concurrent.futures.Future[tuple[str, Envelope]] = concurrent.futures.Future()
         with self._cond:
             if self._closing:
                 raise EvidenceLogClosed("evidence log is closed")
-            self._pending.append(_Pending(decision, fut))
+            self._pending.append(p)
             self._cond.notify()
+
+    def submit(self, decision: IntegrityDecision) -> concurrent.futures.Future[tuple[str, Envelope]]:
+        """Thread-safe enqueue from any thread; the future resolves once the record is durable."""
+        fut: concurrent.futures.Future[tuple[str, Envelope]] = concurrent.futures.Future()
+        self._enqueue(_Pending(decision, fut))
         return fut
 
     async def append(self, decision: IntegrityDecision) -> tuple[str, Envelope]:
@@ -351,7 +410,10 @@ class EvidenceLog:
 
         A cancelled caller does not cancel the write: a decision that was made is recorded.
         """
-        return await asyncio.shield(asyncio.wrap_future(self.submit(decision)))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[str, Envelope]] = loop.create_future()
+        self._enqueue(_Pending(decision, fut, loop))
+        return await asyncio.shield(fut)
 
     def read(self, start_seq: int, max_records: int) -> list[LogRecord]:
         """Up to ``max_records`` durable records from ``start_seq`` on (blocking file I/O: call it
@@ -458,25 +520,24 @@ class EvidenceLog:
             if not batch:
                 return
             if self._failed is not None:
-                for p in batch:
-                    p.future.set_exception(EvidenceWriteError(f"evidence log failed earlier: {self._failed}"))
+                err = EvidenceWriteError(f"evidence log failed earlier: {self._failed}")
+                _settle([(p, err, False) for p in batch])
                 continue
+            settled: set[int] = set()
             try:
-                self._commit(batch)
+                self._commit(batch, settled)
             except BaseException as exc:  # noqa: BLE001 - any failure here is fatal to the log
                 self._failed = exc
                 log.error("evidence_log_write_failed", error=repr(exc))
                 err = EvidenceWriteError(f"evidence log write failed: {exc}")
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(err)
+                _settle([(p, err, False) for p in batch if id(p) not in settled])
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[_Pending], settled: set[int]) -> None:
+        """Number, sign, write and sync ``batch``; ids of the pending items resolved go in
+        ``settled`` (so a failure half-way fails only the others)."""
         key = self._key
         prepared: list[tuple[_Pending, int, str, Envelope, bytes]] = []
         for p in batch:
-            if not p.future.set_running_or_notify_cancel():
-                continue
             seq = self._next_seq
             try:
                 dec = p.decision.with_chain(seq, self._prev_hash, self.key_id)
@@ -485,7 +546,8 @@ class EvidenceLog:
                 env = Envelope(DECISION_PAYLOAD_TYPE, payload, ((self.key_id, sig),))
                 line = env.to_json()
             except Exception as exc:  # noqa: BLE001 - a bad decision fails only its own append
-                p.future.set_exception(exc)
+                _settle([(p, exc, False)])
+                settled.add(id(p))
                 continue
             evidence_id = "sha256:" + hashlib.sha256(line).hexdigest()
             self._next_seq = seq + 1
@@ -498,12 +560,20 @@ class EvidenceLog:
             for item in prepared:
                 self._write_lines([(item[1], item[4])])
                 os.fsync(self._fd)
+                self.fsyncs += 1
+                self.commits += 1
+                self.records_written += 1
                 self._publish([item])
+                settled.add(id(item[0]))
             return
         self._write_lines([(item[1], item[4]) for item in prepared])
         if policy == "group":
             os.fsync(self._fd)
+            self.fsyncs += 1
+        self.commits += 1
+        self.records_written += len(prepared)
         self._publish(prepared)
+        settled.update(id(item[0]) for item in prepared)
 
     def _write_lines(self, lines: list[tuple[int, bytes]]) -> None:
         """Append ``(seq, line)`` in order, rolling to a new segment when one would overflow."""
@@ -536,8 +606,7 @@ class EvidenceLog:
             self._durable_seq = items[-1][1]
             self._durable_evidence_id = items[-1][2]
             listeners = list(self._listeners)
-        for p, _seq, evidence_id, env, _line in items:
-            p.future.set_result((evidence_id, env))
+        _settle([(p, (evidence_id, env), True) for p, _seq, evidence_id, env, _line in items])
         for fn in listeners:
             for _p, seq, _eid, env, _line in items:
                 try:

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SignatureError, VerifyKey, canonical_json
 
@@ -175,3 +175,17 @@ def read_last_line(path: Path, block: int = 1 << 16) -> tuple[bytes, int, int] |
         line = f.read(end - start)
     return line, start, -1
 
+
+
+def iter_log(log_dir: Path) -> Iterator[LogRecord]:
+    """Every complete record of a log directory in file order, parsed (read-only: no lock, no
+    repair, no signature check — use :func:`sidecar.evidence.verify.verify_log` for trust).
+    Raises :class:`RecordError` on a malformed line; an incomplete last line is skipped."""
+    for _number, seg in list_segments(Path(log_dir)):
+        offset = 0
+        with seg.open("rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                if not raw.endswith(b"\n"):
+                    return
+                yield parse_line(raw[:-1], seg, offset, line_no)
+                offset += len(raw)

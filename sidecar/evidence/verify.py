@@ -133,7 +133,6 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
     expect_seq = 0
     prev_hash = GENESIS_PREV_HASH
     last_evidence_id = ""
-    bad: BadRecord | None = None
 
     def report(first_bad: BadRecord | None) -> VerifyReport:
         return VerifyReport(
@@ -171,10 +170,10 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
                     BadRecord(seg.name, line_no, None, "incomplete last line (torn write; the sidecar truncates it on restart)")
                 )
             raw = data[pos:nl]
-            bad = _check_record(raw, seg, pos, line_no, expect_seq, prev_hash, trusted)
-            if isinstance(bad, BadRecord):
-                return report(bad)
-            dec, evidence_id, signer = bad
+            checked = _check_record(raw, seg, pos, line_no, expect_seq, prev_hash, trusted)
+            if isinstance(checked, BadRecord):
+                return report(checked)
+            dec, evidence_id, signer = checked
             signers.setdefault(signer, None)
             outcomes[dec.outcome] += 1
             if first_ts is None:

@@ -211,7 +211,7 @@ class IntegrityReceiver:
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.max_receive_message_length", MAX_HTTP_BODY)])
         ipb_grpc.add_IntegrityServiceServicer_to_server(Servicer(), server)
-        port = server.add_insecure_port(address)
+        port = int(server.add_insecure_port(address))
         if port == 0:
             raise OSError(f"cannot bind gRPC address {address}")
         server.start()

@@ -169,9 +169,7 @@ def _grpc_retry_after_s(metadata: Any) -> float | None:
                     if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                         info = error_details_pb2.RetryInfo()
                         detail.Unpack(info)
-                        return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-        except (ValueError, TypeError):
-            continue
+                        return float(info.retry_delay.seconds) + float(info.retry_delay.nanos) / 1e9
         except Exception:  # noqa: BLE001 - a malformed trailer is just no hint
             continue
     return None

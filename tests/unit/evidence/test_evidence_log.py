@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Callable
@@ -16,7 +17,15 @@ from evidence_samples import sample_decision
 
 from sidecar.config import EvidenceConfig
 from sidecar.evidence.decision import GENESIS_PREV_HASH
-from sidecar.evidence.log import EvidenceLog, EvidenceLogClosed, EvidenceLogCorrupt, EvidenceLogError
+from sidecar.errors import Fatal
+from sidecar.evidence.log import (
+    EvidenceLog,
+    EvidenceLogClosed,
+    EvidenceLogCorrupt,
+    EvidenceLogError,
+    EvidenceWriteError,
+)
+from sidecar.evidence.records import iter_log
 from sidecar.evidence.verify import verify_log
 from sidecar.signing import Envelope, SigningKey
 
@@ -57,14 +66,20 @@ def test_200_concurrent_appends_get_contiguous_seq_and_a_correct_chain(
     cfg = log_cfg(fsync=fsync)
     decisions = [sample_decision(i) for i in range(200)]
 
-    async def run() -> list[tuple[str, Envelope]]:
+    async def run() -> tuple[list[tuple[str, Envelope]], dict[str, object]]:
         log = EvidenceLog.open(cfg, key)
         results = await asyncio.gather(*(log.append(d) for d in decisions))
         assert log.last_seq == 199
+        stats = log.stats()
         await log.close()
-        return list(results)
+        return list(results), stats
 
-    results = asyncio.run(run())
+    results, stats = asyncio.run(run())
+    commits = stats["commits"]
+    assert isinstance(commits, int) and 1 <= commits <= 200
+    assert stats["fsyncs"] == {"always": 200, "group": commits, "never": 0}[fsync]
+    assert stats["last_seq"] == 199 and stats["pending"] == 0
+    assert [r.evidence_id for r in iter_log(cfg.log_dir)] == [digest(line) for line in lines_of(cfg.log_dir)]
     lines = lines_of(cfg.log_dir)
     assert len(lines) == 200
     prev = GENESIS_PREV_HASH
@@ -253,3 +268,58 @@ def test_key_rotation_keeps_one_chain(key: SigningKey, other_key: SigningKey, lo
     assert verify_log(cfg.log_dir, [key.verify_key, other_key.verify_key]).ok
     only_old = verify_log(cfg.log_dir, key.verify_key)
     assert only_old.first_bad is not None and only_old.first_bad.seq == 2
+
+
+def test_a_failed_write_is_fatal_and_fails_the_callers(key: SigningKey, log_cfg: LogCfg) -> None:
+    cfg = log_cfg()
+    append_n(cfg, key, 2)
+    seg = cfg.log_dir / "segment-000001.jsonl"
+
+    async def run() -> None:
+        log = EvidenceLog.open(cfg, key)
+        good_fd = log._fd
+        log._fd = os.open(seg, os.O_RDONLY)  # the next write fails with EBADF, as a real I/O error would
+        try:
+            with pytest.raises(EvidenceWriteError, match="write failed") as err:
+                await log.append(sample_decision(2))
+            assert isinstance(err.value, Fatal)
+            assert not log.healthy and log.stats()["healthy"] is False
+            with pytest.raises(EvidenceWriteError, match="failed earlier"):
+                await log.append(sample_decision(3))
+        finally:
+            os.close(log._fd)
+            log._fd = good_fd
+            await log.close()
+
+    asyncio.run(run())
+    report = verify_log(cfg.log_dir, key.verify_key)
+    assert report.ok and report.records == 2  # nothing half-written
+
+
+def test_a_cancelled_caller_does_not_cancel_the_record(key: SigningKey, log_cfg: LogCfg) -> None:
+    cfg = log_cfg(fsync="always")
+    decisions = [sample_decision(i) for i in range(20)]
+
+    async def run() -> None:
+        log = EvidenceLog.open(cfg, key)
+        tasks = [asyncio.create_task(log.append(d)) for d in decisions]
+        await asyncio.sleep(0)
+        for t in tasks[::2]:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await log.close()
+
+    asyncio.run(run())
+    written = {payload_of(line)["decision_id"] for line in lines_of(cfg.log_dir)}
+    assert written == {d.decision_id for d in decisions}
+    assert verify_log(cfg.log_dir, key.verify_key).ok
+
+
+def test_submit_from_a_plain_thread(key: SigningKey, log_cfg: LogCfg) -> None:
+    log = EvidenceLog.open(log_cfg(), key)
+    try:
+        futures = [log.submit(sample_decision(i)) for i in range(5)]
+        results = [f.result(timeout=10) for f in futures]
+    finally:
+        log.close_sync()
+    assert [r.evidence_id for r in iter_log(log.log_dir)] == [eid for eid, _ in results]
