@@ -62,7 +62,10 @@ class EvidenceConfig:
     key_path: Path = DEFAULT_HOME / "keys" / "signing.key"  # CERTUS_SIGNING_KEY (generated if absent)
     segment_bytes: int = 64 * 1024 * 1024  # CERTUS_SEGMENT_BYTES: roll to a new segment file
     fsync: str = "group"  # CERTUS_FSYNC: group (many decisions, one fsync) | always | never (tests only)
-    group_commit_max_wait_ms: float = 1.0  # CERTUS_GROUP_COMMIT_MAX_WAIT_MS
+    # CERTUS_GROUP_COMMIT_MAX_WAIT_MS: 0 = natural group commit (appends that arrive during one fsync
+    # share the next); > 0 also waits that long after the first pending append for more. Measured
+    # (tests/benchmarks/bench_evidence.py): waiting only adds latency and lowers throughput locally.
+    group_commit_max_wait_ms: float = 0.0
 
 
 @dataclass(frozen=True)
