@@ -205,7 +205,13 @@ class Forwarder:
                     except asyncio.TimeoutError:
                         pass
                 continue
-            records = await asyncio.to_thread(self._log.read, next_seq, self.cfg.batch_size)
+            try:
+                records = await asyncio.to_thread(self._log.read, next_seq, self.cfg.batch_size)
+            except (OSError, ValueError) as exc:  # unreadable record: say so, keep trying (no skipping)
+                self.last_error = f"reading the evidence log at seq {next_seq}: {exc}"
+                log.error("forwarder_read_failed", seq=next_seq, error=str(exc))
+                await asyncio.sleep(IDLE_POLL_S)
+                continue
             if not records or records[0].seq != next_seq:
                 log.error("forwarder_read_gap", expected_seq=next_seq, got=records[0].seq if records else None)
                 await asyncio.sleep(IDLE_POLL_S)

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -102,6 +103,7 @@ async def bench_log(base: Path, fsync: str, concurrency: int, n: int, wait_ms: f
     elapsed = time.perf_counter() - t0
     stats = log.stats()
     await log.close()
+    shutil.rmtree(cfg.log_dir, ignore_errors=True)
     return {
         "rate": len(latencies) / elapsed,
         "p50_ms": pct(latencies, 0.50) * 1e3,
