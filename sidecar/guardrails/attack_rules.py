@@ -125,10 +125,11 @@ RULES: tuple[Rule, ...] = (
         "system_prompt_extraction",
         re.compile(
             r"\b(?:show|reveal|print|display|output|repeat|tell|give|share|leak|dump|list|write\s+out|spell\s+out|recite|return)\b"
-            r"[^.?!\n]{0,40}?\b(?:(?:your|the)\s+(?:full\s+|entire\s+|complete\s+|original\s+|initial\s+|hidden\s+|secret\s+)?"
-            r"(?:system\s+prompt|system\s+message|initial\s+prompt|hidden\s+prompt|original\s+prompt|prompt\s+texts?|pre-?prompt|"
-            r"instructions|prompt|rules|guidelines|configuration)"
-            r"|all\s+(?:your\s+)?prompt\s+texts?)\b",
+            r"[^.?!\n]{0,40}?\b(?:your\s+(?:full\s+|entire\s+|complete\s+|original\s+|initial\s+|hidden\s+|secret\s+)?"
+            r"(?:system\s+prompt|system\s+message|initial\s+prompt|prompt\s+texts?|pre-?prompt|instructions|prompt|rules|guidelines|configuration)"
+            r"|the\s+(?:full\s+|entire\s+|complete\s+)?(?:system\s+prompt|system\s+message|initial\s+prompt|hidden\s+prompt|original\s+prompt|"
+            r"prompt\s+texts?|pre-?prompt|(?:original|initial|hidden|secret|system)\s+instructions)"
+            r"|all\s+(?:your\s+|the\s+)?prompt\s+texts?)\b",
             _I,
         ),
         0.85,

@@ -1,0 +1,140 @@
+"""PII guardrail on the real Presidio analyzer (offline spaCy pipeline, offline tldextract)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from sidecar.domain import GuardrailConfig, GuardrailType, Severity
+from sidecar.guardrails import GuardrailSuite
+from sidecar.guardrails.pii import NER_PACKAGE, _offline_tld_extractor
+
+from .conftest import ALL, assert_no_content, detectors, req, scan_one, text_of
+
+PII = GuardrailType.PII
+
+
+def test_uses_the_pypi_spacy_pipeline_with_ner(rules_suite: GuardrailSuite) -> None:
+    assert rules_suite.pii.ner_model == NER_PACKAGE
+    assert "PERSON" in rules_suite.pii.analyzer.entities
+
+
+@pytest.mark.parametrize(
+    ("response", "entity", "value"),
+    [
+        ("Write to jane.doe@acme-corp.com for the invoice.", "EMAIL_ADDRESS", "jane.doe@acme-corp.com"),
+        ("Call her on +1 (415) 555-0132 after five.", "PHONE_NUMBER", "+1 (415) 555-0132"),
+        ("The card 4111 1111 1111 1111 was charged twice.", "CREDIT_CARD", "4111 1111 1111 1111"),
+        ("Pay to DE89 3704 0044 0532 0130 00 by Friday.", "IBAN_CODE", "DE89 3704 0044 0532 0130 00"),
+        ("The login came from 203.0.113.77 at midnight.", "IP_ADDRESS", "203.0.113.77"),
+        ("His social security number is 460-89-9847.", "US_SSN", "460-89-9847"),
+        ("The complaint was filed by Margaret Thompson last week.", "PERSON", "Margaret Thompson"),
+    ],
+)
+def test_finds_each_entity_in_the_response(rules_suite: GuardrailSuite, response: str, entity: str, value: str) -> None:
+    inp = req(response=response)
+    vs = scan_one(rules_suite, PII, inp)
+    found = {(v.detector, text_of(inp, v)) for v in vs}
+    assert (entity, value) in found
+    for v in vs:
+        assert v.source == "response" and v.guardrail_type is PII and 0.0 <= v.confidence <= 1.0
+    assert_no_content(inp, vs)
+
+
+def test_severity_by_entity(rules_suite: GuardrailSuite) -> None:
+    inp = req(response="Card 4111 1111 1111 1111, mail bob@example.org, from 198.51.100.4.")
+    sev = {v.detector: v.severity for v in scan_one(rules_suite, PII, inp)}
+    assert sev["CREDIT_CARD"] is Severity.CRITICAL
+    assert sev["EMAIL_ADDRESS"] is Severity.HIGH
+    assert sev["IP_ADDRESS"] is Severity.MEDIUM
+
+
+def test_benign_text_has_no_pii(rules_suite: GuardrailSuite) -> None:
+    inp = req(response="The quarterly revenue grew by 12 percent, driven by cloud services in Europe.")
+    assert scan_one(rules_suite, PII, inp) == []
+
+
+def test_invalid_numbers_are_not_cards_or_ssns(rules_suite: GuardrailSuite) -> None:
+    # fails the Luhn check; SSN area 000 is never issued
+    inp = req(response="Order 4111 1111 1111 1112 ships with reference 000-12-3456.")
+    assert not detectors(scan_one(rules_suite, PII, inp)) & {"CREDIT_CARD", "US_SSN"}
+
+
+def test_query_scanned_only_when_asked(rules_suite: GuardrailSuite) -> None:
+    inp = req(query="My email is carl@example.net, can you help?", response="Sure, I can help.")
+    assert scan_one(rules_suite, PII, inp, ALL) == []
+    vs = scan_one(rules_suite, PII, inp, GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0, scan_query=True))
+    assert [(v.source, v.detector, text_of(inp, v)) for v in vs] == [("query", "EMAIL_ADDRESS", "carl@example.net")]
+
+
+def test_email_quoted_from_context_is_allowed_when_configured(rules_suite: GuardrailSuite) -> None:
+    inp = req(
+        query="How do I reach support?",
+        response="You can reach support at help@contoso.com, as the handbook says.",
+        context=["Support: write to help@contoso.com (Mon-Fri)."],
+    )
+    strict = scan_one(rules_suite, PII, inp, ALL)
+    assert [text_of(inp, v) for v in strict] == ["help@contoso.com"]
+    allowed = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0, allow_from_context=True)
+    assert scan_one(rules_suite, PII, inp, allowed) == []
+
+
+def test_allow_from_context_does_not_allow_other_pii(rules_suite: GuardrailSuite) -> None:
+    inp = req(
+        response="Support is help@contoso.com; the manager is on mallory@contoso.com.",
+        context=["Support: write to help@contoso.com."],
+    )
+    cfg = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0, allow_from_context=True)
+    assert [text_of(inp, v) for v in scan_one(rules_suite, PII, inp, cfg)] == ["mallory@contoso.com"]
+
+
+def test_markdown_url_is_not_a_person(rules_suite: GuardrailSuite) -> None:
+    inp = req(response="See ![x](https://evil.example.net/a.png) and [docs](https://docs.example.org/guide).")
+    assert "PERSON" not in detectors(scan_one(rules_suite, PII, inp))
+
+
+class _NetworkAttempt(ConnectionRefusedError):
+    pass
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every socket creation / DNS lookup is recorded and refused."""
+    attempts: list[str] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        attempts.append(repr(args[:2]))
+        raise _NetworkAttempt("network access attempted")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+def test_the_guard_catches_tldextracts_default_download(no_network: list[str], tmp_path: object) -> None:
+    """The stock extractor (fresh cache) tries to fetch the suffix list: the guard sees it."""
+    import tldextract
+
+    stock = tldextract.TLDExtract(cache_dir=str(tmp_path))
+    stock("mail.example.co.uk")  # falls back to the snapshot after the refused fetch
+    assert no_network, "the stock extractor was expected to try the network"
+
+
+def test_offline_extractor_and_scan_never_touch_the_network(rules_suite: GuardrailSuite, no_network: list[str]) -> None:
+    ext = _offline_tld_extractor()
+    assert ext("mail.example.co.uk").suffix == "co.uk"
+    inp = req(response="Mail first.last@subdomain.example.co.uk or visit https://example.org/x.")
+    vs = scan_one(rules_suite, PII, inp)
+    assert "EMAIL_ADDRESS" in detectors(vs)
+    assert no_network == []
+
+
+def test_a_fresh_analyzer_builds_offline(no_network: list[str]) -> None:
+    from sidecar.guardrails.pii import _Engines
+
+    analyzer, model, entities = _Engines._build()
+    assert model == NER_PACKAGE and "EMAIL_ADDRESS" in entities
+    assert [r.entity_type for r in analyzer.analyze(text="write to a@b-c.org", language="en")] == ["EMAIL_ADDRESS"]
+    assert no_network == []
