@@ -206,7 +206,8 @@ RULES: tuple[Rule, ...] = (
     # --- jailbreak ---------------------------------------------------------------------------
     Rule(
         "dan_jailbreak",
-        re.compile(r"\bdo\s+anything\s+now\b|\bDAN\s+(?:mode|prompt)\b|\b(?:as|you\s+are|stay|act\s+as)\s+DAN\b|\b(?:anti-?DAN|BetterDAN)\b|\[🔓\s*JAILBREAK\]|\[🔒\s*CLASSIC\]"),
+        re.compile(r"\bDAN\b[^.\n]{0,60}(?i:\bdo\s+anything\s+now\b)|(?i:\bdo\s+anything\s+now\b)[^.\n]{0,10}\bDAN\b"
+                   r"|(?i:\bstands\s+for\s+[\"']?do\s+anything\s+now\b)|\bDAN\s+(?:mode|prompt)\b|\b(?:as|you\s+are|stay|act\s+as)\s+DAN\b|\b(?:anti-?DAN|BetterDAN)\b|\[🔓\s*JAILBREAK\]|\[🔒\s*CLASSIC\]"),
         0.95,
         JB,
         _JAILBREAK_REMEDIATION,
@@ -225,6 +226,9 @@ RULES: tuple[Rule, ...] = (
             r"(?:(?:any|all|your|the|its|their|of)\s+){0,2}(?:ethical|moral|safety|content|openai'?s?|anthropic'?s?|usage|programming|built-in)\s+"
             r"(?:guidelines|restrictions|filters?|polic(?:y|ies)|rules|constraints|limits|limitations|boundaries|safeguards|principles)\b"
             r"|\b(?:uncensored|unfiltered|unrestricted|amoral|unethical|unaligned|jailbroken)\s+(?:AI|assistant|model|chatbot|version|mode|response|answers?|character|persona)\b"
+            r"|\b(?:broken|break|breaks|breaking)\s+free\s+(?:of|from)\s+(?:(?:all|any|the|its|their|your|typical)\s+){0,2}(?:filters|rules|restrictions|confines|limitations|guidelines|programming|shackles)\b"
+            r"|\b(?:answers?|responds?|replies|reply|respond)\s+(?:to\s+)?(?:everything|anything|any\s+(?:question|request|prompt)s?|all\s+(?:questions|requests))\b[^.\n]{0,40}?\bwithout\s+(?:any\s+)?(?:censorship|warnings?|refusals?|refusing|filters?|restrictions|limits|disclaimers)\b"
+            r"|\b(?:KI|Assistent|Chatbot)\b[^.\n]{0,40}?\bohne\s+(?:jegliche\s+|alle\s+|irgendwelche\s+)?(?:Einschränkungen|Zensur|Regeln|Filter|Grenzen|Richtlinien)\b"
             r"|\byou\s+(?:are|have\s+been)\s+(?:now\s+)?(?:free(?:d)?|liberated|unchained|unrestricted|uncensored|unfiltered|jailbroken)\b"
             r"|\b(?:has|have|with)\s+no\s+(?:programming\s+|ethical\s+|moral\s+)?(?:guidelines|filters|morals|ethics|censorship)\b"
             r"|\b(?:doesn't|does\s+not|don't|do\s+not|never)\s+(?:have\s+to\s+)?(?:follow|abide\s+by|care\s+about|adhere\s+to)\s+(?:any\s+)?(?:openai'?s?\s+|content\s+|ethical\s+|safety\s+)?(?:rules|policies|guidelines|ethics|morals)\b",

@@ -125,6 +125,13 @@ RULES: tuple[CodeRule, ...] = (
         ), Severity.MEDIUM, 0.85, "Keep TLS certificate verification on; trust the right CA instead."),
 )
 
+_TAINTED_NAME = re.compile(rf"^[ \t]*(?:(?:const|let|var|my)\s+)?\$?([A-Za-z_]\w*)\s*=\s*(?:[\w.]+\()?\s*{_TAINT}", re.M | re.I)
+_SINK_OF = (
+    ("eval_untrusted", r"\b(?:eval|exec|Function|execfile)\s*\(\s*(?:[\w.]+\()?\s*{name}\b", Severity.HIGH, 0.8, "Never evaluate untrusted input; parse it (json, ast.literal_eval) instead."),
+    ("pickle_untrusted", r"\b(?:pickle|cPickle|dill|joblib)\.loads?\s*\(\s*{name}\b", Severity.HIGH, 0.8, "Unpickling untrusted data runs arbitrary code; use a data format such as JSON."),
+    ("shell_injection", r"\bos\.(?:system|popen)\s*\(\s*{name}\b", Severity.HIGH, 0.8, "Never build shell commands from input; pass an argument list."),
+)
+
 _SQL_STATEMENT = re.compile(
     r"\b(DELETE\s+FROM|UPDATE)\b[^;\"'`]*?(?=;|[\"'`]|\n[ \t]*\n|\n\s*(?:SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|BEGIN|COMMIT|END|GO)\b|\Z)",
     re.I,
@@ -145,6 +152,11 @@ class CodeSafetyGuardrail:
             for rule in RULES:
                 for m in rule.pattern.finditer(code):
                     hits.append((m.start(), m.end(), rule))
+            # one step of taint tracking: a name assigned from input, later passed to a sink
+            for tm in _TAINTED_NAME.finditer(code):
+                for detector, sink, sev, conf, rem in _SINK_OF:
+                    for m in re.finditer(sink.format(name=re.escape(tm.group(1))), code[tm.end() :]):
+                        hits.append((tm.end() + m.start(), tm.end() + m.end(), (detector, sev, conf, rem)))
             for m in _SQL_STATEMENT.finditer(code):
                 stmt = m.group(0)
                 if re.search(r"\bWHERE\b", stmt, re.I):

@@ -42,6 +42,7 @@ PATTERNS: tuple[SecretPattern, ...] = (
     SecretPattern("huggingface_token", re.compile(r"(?<![\w])hf_[A-Za-z0-9]{34,}(?![\w])"), Severity.HIGH, 0.9),
     SecretPattern("jwt", re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}(?![\w-])"), Severity.HIGH, 0.9),
     SecretPattern("password_in_url", re.compile(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@]{1,64}:([^\s@/]{3,128})@[\w.-]+", re.I), Severity.HIGH, 0.9, 1),
+    SecretPattern("password_in_text", re.compile(r"(?i)\b(?:password|passwort|passwd|pwd)\s*(?:is|:|=)\s*(?=[^\s\"'`]*[A-Za-z])(?=[^\s\"'`]*[\d!@#$%^&*_+?-])([^\s\"'`.,;]{6,64})"), Severity.HIGH, 0.7, 1),
     SecretPattern("password_assignment", re.compile(r"(?i)\b(?:password|passwd|pwd|secret|api_?key|access_?token|auth_?token|client_?secret)\b[\"']?\s*[:=]\s*[\"']([^\"'\s]{6,128})[\"']"), Severity.HIGH, 0.75, 1),
 )
 
@@ -51,8 +52,11 @@ _PLACEHOLDER = re.compile(
 )
 
 
+_PLACEHOLDER_WORDS = frozenset("password passwd pass pwd secret changeme token apikey api_key key user username admin".split())
+
+
 def is_placeholder(value: str) -> bool:
-    return bool(_PLACEHOLDER.search(value)) or len(set(value)) <= 3
+    return bool(_PLACEHOLDER.search(value)) or len(set(value)) <= 3 or value.lower() in _PLACEHOLDER_WORDS
 
 
 def _valid_jwt(token: str) -> bool:

@@ -94,3 +94,11 @@ def test_code_block_offsets() -> None:
     text = "a\n```py\nx = 1\n```\nb\n\n    y = 2\n\nc\n~~~\nz\n"
     spans = [text[b.start : b.end] for b in code_blocks(text)]
     assert spans == ["x = 1\n", "    y = 2\n", "z\n"]
+
+
+def test_input_flowing_into_a_sink_through_a_variable(rules_suite: GuardrailSuite) -> None:
+    inp = req(response=_fenced("expr = input('calc> ')\nprint(eval(expr))", "python"))
+    vs = scan_one(rules_suite, CS, inp)
+    assert [(v.detector, text_of(inp, v)) for v in vs] == [("eval_untrusted", "eval(expr")]
+    safe = req(response=_fenced("expr = '1 + 2'\nprint(eval(expr))", "python"))
+    assert scan_one(rules_suite, CS, safe) == []

@@ -101,3 +101,15 @@ def test_long_base64_text_blob(rules_suite: GuardrailSuite) -> None:
     inp = req(response=f"Encoded for you: {blob}")
     vs = scan_one(rules_suite, EX, inp)
     assert [(v.detector, text_of(inp, v)) for v in vs] == [("base64_blob", blob)]
+
+
+def test_password_in_prose(rules_suite: GuardrailSuite) -> None:
+    inp = req(response="Your new password: hunter2horse, change it after login.")
+    assert [(v.detector, text_of(inp, v)) for v in scan_one(rules_suite, EX, inp)] == [("password_in_text", "hunter2horse")]
+    rule = req(response="Password: must be at least 12 characters long.")
+    assert scan_one(rules_suite, EX, rule) == []
+
+
+def test_placeholder_credentials_in_url(rules_suite: GuardrailSuite) -> None:
+    inp = req(response="Connect with postgres://user:password@localhost:5432/mydb (replace the placeholders).")
+    assert scan_one(rules_suite, EX, inp) == []
