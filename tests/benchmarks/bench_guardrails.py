@@ -227,16 +227,19 @@ def bench_latency(full: GuardrailSuite, data_dir: Path, n: int) -> list[str]:
     squad = json.loads((data_dir / "squad_v2" / "dev_subset.json").read_text())
     paras = [p["context"] for a in squad["data"] for p in a["paragraphs"]]
     reqs = []
-    for k in range(n):
+    for k in range(n + 5):
         h = halu[k % len(halu)]
         response = (f"{h['right_answer']}. According to the sources, {h['knowledge']} "
                     "Contact support@example.com for details.\n\n```bash\npip install requests\n```")
         reqs.append(inp(query=h["question"], response=response, context=[h["knowledge"], paras[k % len(paras)], paras[(k + 7) % len(paras)]]))
     times: dict[str, list[float]] = defaultdict(list)
     cfg = DEFAULT
-    for x in reqs[:5]:  # warm-up (spaCy, ONNX)
+    warm, reqs = reqs[n:], reqs[:n]
+    for x in warm:  # warm-up (spaCy, ONNX) on other requests
         full.scan(x, {t: cfg for t in GT})
     for x in reqs:
+        if full.learned is not None:
+            full.learned._cache.clear()  # cold: every segment of every request is embedded
         t_all = time.perf_counter()
         for t, g in full.guardrails.items():
             t0 = time.perf_counter()
@@ -246,8 +249,10 @@ def bench_latency(full: GuardrailSuite, data_dir: Path, n: int) -> list[str]:
     mean_chars = np.mean([len(x.response) + len(x.query) + sum(len(c) for c in x.context) for x in reqs])
     out = [f"{n} requests: HaluEval question as query, a ~{int(np.mean([len(x.response) for x in reqs]))}-char response "
            f"(answer + knowledge + an email + a code block), 3 context chunks (HaluEval knowledge + 2 SQuAD paragraphs); "
-           f"{mean_chars:.0f} chars per request on average. CPU, single thread calling, embeddings by the ONNX encoder "
-           "(fresh texts per request except repeated SQuAD paragraphs, whose segment scores the LRU serves).", "",
+           f"{mean_chars:.0f} chars per request on average. CPU (2 cores shared with other work), one "
+           "calling thread, embeddings by the ONNX encoder called directly (no batcher), segment-score cache cleared "
+           "before each request (cold). prompt_injection includes embedding the query and context segments; "
+           "jailbreak then reuses those scores.", "",
            "| guardrail | p50 ms | p99 ms | mean ms |", "|---|---|---|---|"]
     for name, ts in times.items():
         a = np.asarray(ts)
