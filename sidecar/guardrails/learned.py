@@ -118,7 +118,8 @@ class AttackHead:
     def jailbreak_similarity(self, emb: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         if self.jailbreak_exemplars.shape[0] == 0:
             return np.zeros(emb.shape[0])
-        return (emb @ self.jailbreak_exemplars.T).max(axis=1).astype(np.float64)
+        sims: npt.NDArray[np.float64] = (emb @ self.jailbreak_exemplars.T).max(axis=1).astype(np.float64)
+        return sims
 
     def jailbreak_confidence(self, sim: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         tau = self.jailbreak_tau

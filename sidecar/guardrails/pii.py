@@ -112,15 +112,15 @@ class _Engines:
 
         extractor = _offline_tld_extractor()
 
-        class OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
+        class OfflineEmailRecognizer(EmailRecognizer):
             def validate_result(self, pattern_text: str) -> bool:
                 return bool(extractor(pattern_text).fqdn)
 
         nlp, model_name, has_ner = _load_spacy()
 
-        class PreloadedSpacyNlpEngine(SpacyNlpEngine):  # type: ignore[misc]
+        class PreloadedSpacyNlpEngine(SpacyNlpEngine):
             def load(self) -> None:  # already loaded: never download, never probe for a GPU
-                self.nlp = {"en": nlp}
+                self.nlp = {"en": nlp}  # type: ignore[assignment]
 
         ner_cfg = NerModelConfiguration(
             labels_to_ignore=["CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "WORK_OF_ART",

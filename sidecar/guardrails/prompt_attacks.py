@@ -49,7 +49,7 @@ def _clean(text: str) -> tuple[str, list[int]]:
     runs = find_invisible(text)
     if not runs:
         return text, []
-    drop = set()
+    drop: set[int] = set()
     for r in runs:
         drop.update(range(r.start, r.end))
     index = [i for i in range(len(text)) if i not in drop]
@@ -76,7 +76,7 @@ class PromptAttackGuardrail:
     def __init__(self, guardrail_type: GuardrailType, learned: LearnedSignal | None = None) -> None:
         if guardrail_type not in (GuardrailType.PROMPT_INJECTION, GuardrailType.JAILBREAK):
             raise ValueError(f"not a prompt-attack guardrail: {guardrail_type}")
-        self.guardrail_type = guardrail_type
+        self.guardrail_type: GuardrailType = guardrail_type
         self.learned = learned
 
     def detect(self, inp: EvaluateInput, cfg: GuardrailConfig) -> list[GuardrailViolation]:

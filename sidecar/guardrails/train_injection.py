@@ -95,7 +95,8 @@ def write_split(deepset_path: Path) -> dict[str, object]:
 
 
 def load_split() -> dict[str, object]:
-    return json.loads(SPLIT_FILE.read_text())
+    split: dict[str, object] = json.loads(SPLIT_FILE.read_text())
+    return split
 
 
 def build_benign_docs() -> list[str]:
@@ -174,7 +175,8 @@ def fit_logreg(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], sw: npt.N
 
 
 def predict(fit: Fit, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    return 1.0 / (1.0 + np.exp(-np.clip(x @ fit.w + fit.b, -40, 40)))
+    p: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(x @ fit.w + fit.b, -40, 40)))
+    return p
 
 
 def balanced_weights(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -183,7 +185,8 @@ def balanced_weights(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     point without inflating every attack-like sentence."""
     pos = y.sum()
     neg = len(y) - pos
-    return np.sqrt(np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg)))
+    w: npt.NDArray[np.float64] = np.sqrt(np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * neg)))
+    return w
 
 
 def cross_validate(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], lam: float, folds: int = 5, seed: int = 7) -> dict[str, float]:
