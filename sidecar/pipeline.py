@@ -64,9 +64,11 @@ class Pipeline:
         self._kernel_pool = concurrent.futures.ThreadPoolExecutor(kernel_threads, thread_name_prefix="kernels")
         self._guard_pool = concurrent.futures.ThreadPoolExecutor(guardrail_threads, thread_name_prefix="guardrails")
 
-    def close(self) -> None:
-        self._kernel_pool.shutdown(wait=True)
-        self._guard_pool.shutdown(wait=True)
+    async def close(self) -> None:
+        """Wait for running stage work without blocking the loop (guardrails may still embed)."""
+        loop = asyncio.get_running_loop()
+        for pool in (self._guard_pool, self._kernel_pool):
+            await loop.run_in_executor(None, pool.shutdown, True)
 
     # -- Evaluate ---------------------------------------------------------------------------------
     async def evaluate(

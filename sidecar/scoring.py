@@ -130,8 +130,9 @@ class Scorer:
     ) -> tuple[Claim, ...]:
         claim_f = [self.features(response[s:e]) for s, e in spans]
         cos = np.clip(kernels.cosine_matrix(claim_vecs, chunk_vecs), 0.0, 1.0)
-        g = kernels.term_grounding_matrix(*_pack_terms(claim_f), *_pack_terms(chunk_f))
-        n = kernels.numeric_matrix(*_pack_numbers(claim_f), *_pack_numbers(chunk_f))
+        a, b = kernels.pack_features(claim_f), kernels.pack_features(chunk_f)
+        g = kernels.term_grounding_matrix(a.term_offsets, a.terms, b.term_offsets, b.terms)
+        n = kernels.numeric_matrix(a.number_offsets, a.numbers, b.number_offsets, b.numbers)
         support = 0.5 * cos + 0.5 * g * n
         best = support.argmax(axis=1)
         out = []
@@ -164,16 +165,3 @@ class Scorer:
         confidence = 0.5 * semantic + 0.5 * grounding
         return MeasureResult(semantic, grounding, confidence, confidence >= thr, thr, numeric)
 
-
-def _pack_terms(fs: Sequence["kernels.TextFeatures"]) -> tuple[np.ndarray, np.ndarray]:
-    offsets = np.zeros(len(fs) + 1, dtype=np.int64)
-    np.cumsum([len(f.terms) for f in fs], out=offsets[1:])
-    terms = np.concatenate([f.terms for f in fs]) if fs else np.empty(0, np.int64)
-    return offsets, np.ascontiguousarray(terms, dtype=np.int64)
-
-
-def _pack_numbers(fs: Sequence["kernels.TextFeatures"]) -> tuple[np.ndarray, np.ndarray]:
-    offsets = np.zeros(len(fs) + 1, dtype=np.int64)
-    np.cumsum([len(f.numbers) for f in fs], out=offsets[1:])
-    nums = np.concatenate([f.numbers for f in fs]) if fs else np.empty((0, 2), np.float64)
-    return offsets, np.ascontiguousarray(nums, dtype=np.float64).reshape(-1, 2)

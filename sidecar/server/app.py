@@ -80,7 +80,7 @@ class App:
         key, created = signing.load_or_create(cfg.evidence.key_path)
         if created:
             log.warning("signing_key_generated", key_id=key.key_id, path=str(cfg.evidence.key_path))
-        evidence = await EvidenceLog.open(cfg.evidence, key)
+        evidence = await asyncio.get_running_loop().run_in_executor(None, EvidenceLog.open, cfg.evidence, key)
         forwarder = Forwarder(cfg.forwarder, evidence)
         await forwarder.start()
         manifests = ManifestStore(cfg.manifests)
@@ -114,9 +114,9 @@ class App:
         }
 
     async def close(self) -> None:
+        await self.jobs.aclose()
+        await self.pipeline.close()
         await self.batcher.stop()
-        await self.jobs.close()
-        self.pipeline.close()
         await self.forwarder.stop()
         await self.evidence.close()
         self.manifests.stop()
