@@ -44,6 +44,12 @@ class LruCache(Generic[V]):
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.hits = 0
+            self.misses = 0
+
     def __len__(self) -> int:
         return len(self._data)
 

@@ -89,7 +89,30 @@ class App:
         jobs = JobTable(cfg.async_jobs)
         scorer = Scorer(cfg.scoring)
         pipeline = Pipeline(batcher, scorer, guardrails, manifests, evidence, jobs)
-        return cls(cfg, encoder, batcher, scorer, manifests, key, evidence, forwarder, guardrails, jobs, pipeline)
+        app = cls(cfg, encoder, batcher, scorer, manifests, key, evidence, forwarder, guardrails, jobs, pipeline)
+        await app.warmup()
+        return app
+
+    async def warmup(self) -> None:
+        """Pay one-time costs (Numba cache load, ONNX first run, Presidio/regex first use) before
+        health says SERVING, so the first caller does not. Nothing is recorded."""
+        import kernels
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await loop.run_in_executor(None, kernels.warmup)
+        probe = EvaluateInput(
+            workspace_id="warmup",
+            query="What is the warm-up probe?",
+            response="The warm-up probe is 1 sentence. It costs $5.",
+            context=("The warm-up probe is one sentence and costs 5 dollars.",),
+        )
+        layout = self.scorer.layout(probe)
+        vecs = await self.batcher.embed(layout.texts)
+        await loop.run_in_executor(None, self.scorer.score, probe, layout, vecs)
+        await loop.run_in_executor(None, self.guardrails.scan, probe, self.manifests.resolve("default", "").guardrails)
+        self.batcher.cache.clear()
+        log.info("warmed_up", seconds=round(loop.time() - t0, 3))
 
     # -- auth hooks (the auth interceptor fills the context; loopback default: everyone is admin) --
     def authorize(self, context: grpc.aio.ServicerContext, inp: EvaluateInput | None) -> bool:
