@@ -140,7 +140,9 @@ class App:
         await self.jobs.aclose()
         await self.pipeline.close()
         await self.batcher.stop()
-        await self.forwarder.stop()
+        # deliver what is still in the outbox for up to the grace period, then stop (the cursor
+        # is durable: whatever is left goes out after the next start)
+        await self.forwarder.stop(drain_s=self.cfg.server.grace_s)
         await self.evidence.close()
         self.manifests.stop()
 
