@@ -7,6 +7,7 @@ skipped: an answer that warns "never run rm -rf /" in a comment is not running i
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 
@@ -43,8 +44,10 @@ def code_blocks(text: str) -> list[CodeBlock]:
     # indented blocks outside fences
     lines = text.splitlines(keepends=True)
     offset, prev_blank, cur = 0, True, None
+    starts = [s for s, _ in fenced]
     for line in lines:
-        in_fence = any(s <= offset < e for s, e in fenced)
+        k = bisect.bisect_right(starts, offset) - 1
+        in_fence = k >= 0 and offset < fenced[k][1]
         indented = (line.startswith("    ") or line.startswith("\t")) and line.strip() != ""
         if not in_fence and indented and (cur is not None or prev_blank):
             cur = (cur[0], offset + len(line)) if cur else (offset, offset + len(line))

@@ -161,13 +161,32 @@ class PiiAnalyzer:
         if not text:
             return []
         wanted = list(entities) if entities is not None else list(self.entities)
+        safe = defuse_long_runs(text)
         with self._lock:
-            results = self._analyzer.analyze(text=text, language="en", entities=wanted)
+            results = self._analyzer.analyze(text=safe, language="en", entities=wanted)
         spans = [
             PiiSpan(r.entity_type, int(r.start), int(r.end), max(float(r.score), CONFIDENCE_FLOOR.get(r.entity_type, 0.0)))
             for r in results
         ]
         return _drop_nested([s for s in spans if s.entity_type != "PERSON" or _NAME_SHAPE.fullmatch(text[s.start : s.end])])
+
+
+_LONG_RUN = re.compile(r"\S{64,}")
+# Runs of markup punctuation (``` fences, ** bold, ![ ]: ...) carry no PII; as spaces they cost the
+# tokenizer nothing. + @ . ( ) - stay: they are part of phone numbers and emails.
+_PUNCT_RUN = re.compile(r"[^\w\s@+.()\-]{2,}")
+_RUN_KEEP = frozenset("@.-")
+
+
+def defuse_long_runs(text: str) -> str:
+    """``text`` with the punctuation of long whitespace-free runs turned into spaces (same length,
+    so offsets hold). spaCy's tokenizer splits prefixes/suffixes one at a time and is quadratic on
+    runs such as ``"![" * 25000`` or ``"+" * 8000`` (minutes for a 50k-char response). Letters,
+    digits and ``@ . -`` are kept, so emails and hosts inside long URLs are still found."""
+    text = _PUNCT_RUN.sub(lambda m: " " * len(m.group(0)), text)
+    if not _LONG_RUN.search(text):
+        return text
+    return _LONG_RUN.sub(lambda m: "".join(c if c.isalnum() or c in _RUN_KEEP else " " for c in m.group(0)), text)
 
 
 def _drop_nested(spans: list[PiiSpan]) -> list[PiiSpan]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
 from sidecar.guardrails.attack_rules import PAYLOAD_WORDS, RULES, Rule
 from sidecar.guardrails.base import Source, make_violation, noisy_or, request_sources
-from sidecar.guardrails.encoded import decode_tag_chars, find_blobs, find_invisible
+from sidecar.guardrails.encoded import InvisibleRun, decode_tag_chars, find_blobs, find_invisible
 from sidecar.guardrails.learned import LearnedSignal, SegmentScore
 
 LEARNED_FLOOR = 0.5
@@ -142,7 +142,7 @@ class PromptAttackGuardrail:
 
     def _encoded_hits(self, text: str) -> list[_Hit]:
         hits: list[_Hit] = []
-        for run in find_invisible(text):
+        for run in _merge_runs(find_invisible(text)):
             if run.kind == "unicode_tag_smuggling":
                 hidden = decode_tag_chars(text[run.start : run.end])
                 conf = 0.95 if hidden.strip() else 0.7
@@ -161,6 +161,21 @@ class PromptAttackGuardrail:
                     _Hit(blob.start, blob.end, f"{blob.encoding}_payload", 0.9, "Reject encoded instructions; decode and review them as data.")
                 )
         return hits
+
+
+def _merge_runs(runs: list[InvisibleRun], gap: int = 16) -> list[InvisibleRun]:
+    """Runs of one kind at most ``gap`` visible chars apart become one finding (a text sprinkled
+    with thousands of zero-width characters is one violation, not thousands)."""
+    merged: list[InvisibleRun] = []
+    last: dict[str, int] = {}
+    for r in runs:
+        i = last.get(r.kind)
+        if i is not None and r.start - merged[i].end <= gap:
+            merged[i] = InvisibleRun(merged[i].start, r.end, r.kind)
+        else:
+            last[r.kind] = len(merged)
+            merged.append(r)
+    return merged
 
 
 def _dedupe(hits: list[_Hit]) -> list[_Hit]:

@@ -27,6 +27,19 @@ log = structlog.get_logger(__name__)
 Embed = Callable[[Sequence[str]], np.ndarray]
 
 
+def first_occurrences(violations: Sequence[GuardrailViolation]) -> list[GuardrailViolation]:
+    """One violation per (source, detector, content): the first occurrence. A response repeating
+    one CVE or email a thousand times yields one finding, not a thousand."""
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for v in sorted(violations, key=lambda v: (v.source, v.start, v.end)):
+        key = (v.source, v.detector, v.content_hash)
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out
+
+
 def apply_policy(violations: Sequence[GuardrailViolation], cfg: GuardrailConfig) -> list[GuardrailViolation]:
     """Drop findings below the config's severity / confidence thresholds; mark the rest blocking
     when the config says so."""
@@ -60,14 +73,14 @@ class GuardrailSuite:
 
     def scan(self, inp: EvaluateInput, configs: Mapping[GuardrailType, GuardrailConfig]) -> list[GuardrailViolation]:
         """Every violation of the enabled guardrails that passes its config's thresholds, in a
-        stable order (guardrail type, source, offset)."""
+        stable order (guardrail type, source, offset); repeated identical spans are reported once."""
         out: list[GuardrailViolation] = []
         for gtype, guardrail in self.guardrails.items():
             cfg = configs.get(gtype)
             if cfg is None or not cfg.enabled:
                 continue
             t0 = time.perf_counter()
-            found = guardrail.detect(inp, cfg)
+            found = first_occurrences(guardrail.detect(inp, cfg))
             kept = apply_policy(found, cfg)
             log.debug(
                 "guardrail_scanned",

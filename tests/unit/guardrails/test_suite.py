@@ -108,3 +108,16 @@ def test_learned_signal_caches_and_budgets(encoder) -> None:  # type: ignore[no-
     assert sum(len(s) for s in first) == 3 and calls == [3]
     again = signal.score_texts([chunk, "What is the harbour used for today?"])
     assert again == first and calls == [3]  # served from the cache
+
+
+def test_repeated_spans_are_reported_once_at_their_first_occurrence(rules_suite: GuardrailSuite) -> None:
+    response = "Known: CVE-2020-1234. " * 50 + "Also CVE-2020-9999."
+    inp = req(response=response, context=["Nothing about advisories here."])
+    vs = rules_suite.scan(inp, {G.VULN_HALLUCINATION: ALL})
+    assert [(v.start, v.end) for v in vs] == [(7, 20), (response.index("CVE-2020-9999"), len(response) - 1)]
+
+
+def test_many_invisible_characters_make_one_finding(rules_suite: GuardrailSuite) -> None:
+    chunk = "a\u200b" * 3000
+    vs = rules_suite.scan(req(context=[chunk]), {G.PROMPT_INJECTION: ALL})
+    assert [(v.detector, v.start, v.end) for v in vs] == [("zero_width_chars", 1, len(chunk))]
