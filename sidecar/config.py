@@ -103,6 +103,15 @@ class TelemetryConfig:
     log_level: str = "INFO"  # LOG_LEVEL
     log_format: str = "json"  # LOG_FORMAT: json | text
     service_name: str = "certus-evaluate"  # OTEL_SERVICE_NAME
+    # Traces are exported only when asked (standard OTel names; see docs/observability.md):
+    traces_exporter: str = ""  # OTEL_TRACES_EXPORTER: otlp,console,none; "" = otlp if an endpoint is set
+    otlp_endpoint: str = ""  # OTEL_EXPORTER_OTLP_ENDPOINT, e.g. http://collector:4317
+    otlp_traces_endpoint: str = ""  # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (wins over the general one)
+    otlp_protocol: str = ""  # OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL: grpc (default) | http/protobuf
+    sdk_disabled: bool = False  # OTEL_SDK_DISABLED: no tracing at all
+    # CERTUS_METRICS_MAX_WORKSPACES: workspaces without a manifest get their own metric label up to
+    # this many; later ones share workspace_id="other" (bounded label cardinality)
+    metrics_max_workspaces: int = 100
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,13 @@ ENV: dict[str, tuple[str, str]] = {
     "LOG_LEVEL": ("telemetry", "log_level"),
     "LOG_FORMAT": ("telemetry", "log_format"),
     "OTEL_SERVICE_NAME": ("telemetry", "service_name"),
+    "OTEL_TRACES_EXPORTER": ("telemetry", "traces_exporter"),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("telemetry", "otlp_endpoint"),
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("telemetry", "otlp_traces_endpoint"),
+    "OTEL_EXPORTER_OTLP_PROTOCOL": ("telemetry", "otlp_protocol"),
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": ("telemetry", "otlp_protocol"),
+    "OTEL_SDK_DISABLED": ("telemetry", "sdk_disabled"),
+    "CERTUS_METRICS_MAX_WORKSPACES": ("telemetry", "metrics_max_workspaces"),
     "CERTUS_AUTH_TOKENS_FILE": ("auth", "tokens_file"),
     "CERTUS_TLS_CERT": ("auth", "tls_cert"),
     "CERTUS_TLS_KEY": ("auth", "tls_key"),
