@@ -4,7 +4,9 @@ Bounded (``AsyncConfig.max_jobs``) with a TTL (``AsyncConfig.ttl_s``). A job mov
 pending -> processing -> completed. Its expiry is ``ttl_s`` after submission while it runs and
 ``ttl_s`` after completion once it is done; an expired job (and one that never finishes) is
 dropped, its task cancelled. Fetching a completed result does NOT remove it: ``get`` is
-idempotent, so a client whose reply was lost can ask again; the result lives until it expires.
+idempotent, so a client whose reply was lost can ask again; the result lives until it expires —
+except that when the table is full, the completed result fetched longest ago gives its slot to the
+new job (results survive until fetched or expired, whichever lets a new job in).
 
 Every deadline is ``clock() + ttl_s`` at the moment it is set, so with a monotonic clock the
 order in which deadlines are set is the order in which they fall due: the table is an
@@ -49,7 +51,7 @@ class JobView:
 
 
 class _Job:
-    __slots__ = ("evaluation_id", "workspace_id", "status", "result", "submitted_at", "deadline", "task")
+    __slots__ = ("evaluation_id", "workspace_id", "status", "result", "submitted_at", "deadline", "task", "fetched")
 
     def __init__(self, evaluation_id: str, workspace_id: str, now: float, deadline: float) -> None:
         self.evaluation_id = evaluation_id
@@ -59,6 +61,7 @@ class _Job:
         self.submitted_at = now
         self.deadline = deadline
         self.task: asyncio.Task[None] | None = None
+        self.fetched = False
 
 
 class JobTable:
@@ -84,9 +87,11 @@ class JobTable:
         self._ttl = float(cfg.ttl_s)
         self._clock = clock
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
+        self._fetched: OrderedDict[str, None] = OrderedDict()  # completed + fetched, in fetch order
         self._estimate_ms = float(initial_estimate_ms)
         self.expired_total = 0
         self.rejected_total = 0
+        self.evicted_fetched_total = 0
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -99,6 +104,10 @@ class JobTable:
         self._sweep(now)
         if evaluation_id in self._jobs:
             raise InvalidArgument.field("evaluation_id", "already submitted")
+        if len(self._jobs) >= self._max and self._fetched:
+            gone_id, _ = self._fetched.popitem(last=False)
+            del self._jobs[gone_id]
+            self.evicted_fetched_total += 1
         if len(self._jobs) >= self._max:
             self.rejected_total += 1
             oldest = next(iter(self._jobs.values()))
@@ -118,6 +127,9 @@ class JobTable:
         if job is None or job.workspace_id != workspace_id:
             raise NotFound(f"evaluation {evaluation_id} not found (unknown, expired or another workspace)")
         if job.status is JobStatus.COMPLETED:
+            if not job.fetched:
+                job.fetched = True
+                self._fetched[evaluation_id] = None
             return JobView(JobStatus.COMPLETED, job.result, 0)
         elapsed_ms = (now - job.submitted_at) * 1000.0
         return JobView(job.status, None, max(0, round(self._estimate_ms - elapsed_ms)))
@@ -137,6 +149,7 @@ class JobTable:
         """Cancel unfinished jobs and wait for them; the table is empty afterwards."""
         tasks = [j.task for j in self._jobs.values() if j.task is not None]
         self._jobs.clear()
+        self._fetched.clear()
         for t in tasks:
             t.cancel()
         if tasks:
@@ -151,6 +164,7 @@ class JobTable:
             if job.deadline > now:
                 break
             self._jobs.popitem(last=False)
+            self._fetched.pop(job.evaluation_id, None)
             if job.task is not None:
                 job.task.cancel()
             n += 1

@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import time
 import uuid
-from typing import Protocol, Sequence
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
+import numpy as np
 import structlog
+from opentelemetry import trace
 
-from sidecar import policy
+from sidecar import policy, telemetry
 from sidecar.batcher import Batcher
 from sidecar.domain import (
     EvaluateInput,
@@ -28,11 +31,17 @@ from sidecar.domain import (
     Scores,
     SkipReason,
 )
-from sidecar.errors import CertusError
+from sidecar.errors import EvaluatorTimeout, Fatal, ResourceExhausted, Unavailable
 from sidecar.evidence.decision import IntegrityDecision
+from sidecar.metrics import Metrics
 from sidecar.scoring import MeasureResult, Scorer
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer(__name__)
+
+# Errors of the service itself (not of an evaluator) that a synchronous caller is told about as a
+# status; every other exception raised while scoring becomes a signed skip (evaluator_error).
+SERVICE_ERRORS = (ResourceExhausted, Unavailable, Fatal)
 
 
 class Guardrails(Protocol):
@@ -41,6 +50,43 @@ class Guardrails(Protocol):
 
 class EvidenceSink(Protocol):
     async def append(self, decision: IntegrityDecision) -> tuple[str, object]: ...
+
+
+def _instrumented(fn: Callable[..., Awaitable[EvaluationResult]]) -> Callable[..., Awaitable[EvaluationResult]]:
+    """One evaluation: a ``certus.evaluate.run`` span, a log context (workspace_id, decision_id, and
+    the request's trace_id when there is no span context) and the request metrics."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: "Pipeline", inp: EvaluateInput, **kw: Any) -> EvaluationResult:
+        t0 = time.perf_counter()
+        attrs = {telemetry.ATTR_WORKSPACE_ID: inp.workspace_id, telemetry.ATTR_CONTEXT_CHUNKS: len(inp.context)}
+        with telemetry.span(tracer, telemetry.SPAN_EVALUATE, attrs) as span:
+            fields = {"workspace_id": inp.workspace_id, "decision_id": ""}
+            if inp.trace_id and not span.get_span_context().is_valid:
+                fields["trace_id"] = inp.trace_id
+            with structlog.contextvars.bound_contextvars(**fields):
+                try:
+                    result = await fn(self, inp, **kw)
+                except BaseException as exc:
+                    outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+                    mode = inp.mode.value if inp.mode is not None else "unknown"
+                    self.metrics.observe_evaluation(inp.workspace_id, mode, outcome, time.perf_counter() - t0)
+                    raise
+                seconds = time.perf_counter() - t0
+                outcome = "pending" if result.pending else result.outcome.value
+                telemetry.record_result(span, result)
+                self.metrics.observe_evaluation(inp.workspace_id, result.mode.value, outcome, seconds, result.skip_reason)
+                log.debug(
+                    "evaluation_finished",
+                    mode=result.mode.value,
+                    outcome=outcome,
+                    skip_reason=result.skip_reason or None,
+                    evidence_id=result.evidence_id,
+                    duration_ms=round(seconds * 1000.0, 3),
+                )
+                return result
+
+    return wrapper
 
 
 class Pipeline:
@@ -54,7 +100,9 @@ class Pipeline:
         jobs: object,
         kernel_threads: int = 2,
         guardrail_threads: int = 2,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.batcher = batcher
         self.scorer = scorer
         self.guardrails = guardrails
@@ -71,11 +119,13 @@ class Pipeline:
             await loop.run_in_executor(None, pool.shutdown, True)
 
     # -- Evaluate ---------------------------------------------------------------------------------
+    @_instrumented
     async def evaluate(
         self, inp: EvaluateInput, *, grpc_deadline_ms: int | None = None, is_admin: bool = True
     ) -> EvaluationResult:
         t0 = time.perf_counter_ns()
         evaluation_id = str(uuid.uuid4())
+        telemetry.bind_decision(evaluation_id)
         manifest = self.manifests.resolve(inp.workspace_id, inp.manifest_uri)
         mode = policy.effective_mode(manifest, inp.mode, is_admin)
         timeout_ms = policy.effective_timeout_ms(grpc_deadline_ms, inp.timeout_ms, manifest)
@@ -105,19 +155,28 @@ class Pipeline:
         self, inp: EvaluateInput, manifest: object, base: EvaluationResult, timeout_ms: int, t0: int
     ) -> EvaluationResult:
         if self.batcher.estimated_wait_s() * 1000.0 > timeout_ms:
+            log.warning("overloaded", evaluation_id=base.evaluation_id, timeout_ms=timeout_ms)
             return await self._record(inp, _skipped(base, SkipReason.OVERLOADED, t0))
         try:
             scores, violations = await asyncio.wait_for(self._score_and_guard(inp, manifest), timeout_ms / 1000.0)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, EvaluatorTimeout):
             log.warning("evaluator_timeout", evaluation_id=base.evaluation_id, timeout_ms=timeout_ms)
             return await self._record(inp, _skipped(base, SkipReason.EVALUATOR_TIMEOUT, t0))
-        except CertusError:
-            raise  # mapped to a status by the server (e.g. RESOURCE_EXHAUSTED when the queue is full)
-        except Exception as exc:
+        except SERVICE_ERRORS as exc:
+            if base.mode is not Mode.ASYNC:
+                raise  # a status for the caller (RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE)
+            # Nobody is waiting for a status code in async mode: the job's result is a signed skip.
+            reason = SkipReason.OVERLOADED if isinstance(exc, ResourceExhausted) else SkipReason.EVALUATOR_ERROR
+            log.warning(reason.value, evaluation_id=base.evaluation_id, error_type=type(exc).__name__)
+            return await self._record(inp, _skipped(base, reason, t0))
+        except Exception as exc:  # a broken evaluator (EvaluatorFailure or anything else) is not an error
             log.error("evaluator_error", evaluation_id=base.evaluation_id, error_type=type(exc).__name__)
             return await self._record(inp, _skipped(base, SkipReason.EVALUATOR_ERROR, t0))
         verdict_mode = Mode.SHADOW if base.mode is Mode.ASYNC else base.mode
-        verdict = policy.decide(manifest, scores, violations, verdict_mode)
+        with telemetry.span(tracer, telemetry.SPAN_POLICY) as span:
+            verdict = policy.decide(manifest, scores, violations, verdict_mode)
+            telemetry.record_verdict(span, verdict)
+        self.metrics.observe_verdict(base.workspace_id, verdict.metrics, verdict.violations)
         result = dataclasses.replace(
             base,
             outcome=verdict.outcome,
@@ -134,19 +193,35 @@ class Pipeline:
 
     async def _score_and_guard(self, inp: EvaluateInput, manifest: object) -> tuple[Scores, list[GuardrailViolation]]:
         loop = asyncio.get_running_loop()
-        guard = loop.run_in_executor(self._guard_pool, self.guardrails.scan, inp, manifest.guardrails)
+        # in_context: the worker threads see this request's span and log context
+        guard = loop.run_in_executor(self._guard_pool, telemetry.in_context(self._scan), inp, manifest.guardrails)
         try:
             layout = self.scorer.layout(inp)
-            vecs = await self.batcher.embed(layout.texts)
-            scores = await loop.run_in_executor(self._kernel_pool, self.scorer.score, inp, layout, vecs)
+            with telemetry.span(tracer, telemetry.SPAN_EMBED, {telemetry.ATTR_TEXTS: len(layout.texts)}):
+                vecs = await self.batcher.embed(layout.texts)
+            scores = await loop.run_in_executor(self._kernel_pool, telemetry.in_context(self._score), inp, layout, vecs)
             violations = await guard
         except BaseException:
             guard.cancel()
             raise
         return scores, violations
 
+    def _scan(self, inp: EvaluateInput, configs: object) -> list[GuardrailViolation]:
+        with telemetry.span(tracer, telemetry.SPAN_GUARDRAILS) as span:
+            found = self.guardrails.scan(inp, configs)
+            span.set_attribute(telemetry.ATTR_VIOLATIONS, len(found))
+            return found
+
+    def _score(self, inp: EvaluateInput, layout: Any, vecs: np.ndarray) -> Scores:
+        with telemetry.span(tracer, telemetry.SPAN_KERNELS):
+            return self.scorer.score(inp, layout, vecs)
+
     async def _record(self, inp: EvaluateInput, result: EvaluationResult) -> EvaluationResult:
-        evidence_id, _ = await self.evidence.append(IntegrityDecision.from_result(inp, result))
+        with telemetry.span(tracer, telemetry.SPAN_EVIDENCE) as span:  # sign + chain + durable append
+            t0 = time.perf_counter()
+            evidence_id, _ = await self.evidence.append(IntegrityDecision.from_result(inp, result))
+            self.metrics.observe_evidence_append(time.perf_counter() - t0)
+            span.set_attribute(telemetry.ATTR_EVIDENCE_ID, evidence_id)
         return dataclasses.replace(result, evidence_id=evidence_id)
 
     # -- Measure ----------------------------------------------------------------------------------

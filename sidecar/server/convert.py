@@ -130,7 +130,7 @@ def result_to_pb(r: EvaluationResult) -> "pb.EvaluateResponse":
     out = pb.EvaluateResponse(
         evaluation_id=r.evaluation_id,
         passed=r.passed,
-        outcome=OUTCOME_TO_PB[r.outcome],
+        outcome=pb.OUTCOME_UNSPECIFIED if r.pending else OUTCOME_TO_PB[r.outcome],  # async: not decided yet
         evidence_id=r.evidence_id,
         metrics=[metric_to_pb(m) for m in r.metrics],
         guardrail_violations=[violation_to_pb(x) for x in r.violations],

@@ -9,13 +9,29 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
-from sidecar import __version__
+from sidecar import __version__, telemetry
 from sidecar.errors import InvalidArgument
 from sidecar.protos import pb
 from sidecar.server import convert, errormap
 
 STREAM_MAX_IN_FLIGHT = 64  # per stream; the reader waits (HTTP/2 flow control) beyond it
+SERVICE = pb.DESCRIPTOR.services_by_name["Evaluator"].full_name
+# OpenTelemetry gRPC conventions: a server span is an error only for these (not for the caller's)
+SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,24 +63,85 @@ def _decoded(request: Any) -> Any:
     return request
 
 
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    """The status errormap gives ``exc`` (for spans and metrics; errormap does the answering)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    for cls in type(exc).__mro__:
+        code = errormap.STATUS_OF.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def rpc_span(method: str, context: grpc.aio.ServicerContext) -> trace.Span:
+    """The RPC's server span, a child of the caller's span when its metadata carries a W3C
+    ``traceparent``. Not made current here: callers attach it."""
+    return tracer.start_span(
+        f"{SERVICE}/{method}",
+        context=telemetry.extract_context(context.invocation_metadata()),
+        kind=trace.SpanKind.SERVER,
+        attributes={
+            telemetry.ATTR_RPC_SYSTEM: "grpc",
+            telemetry.ATTR_RPC_SERVICE: SERVICE,
+            telemetry.ATTR_RPC_METHOD: method,
+        },
+    )
+
+
+def end_rpc(app: Any, span: trace.Span, method: str, code: grpc.StatusCode, exc: BaseException | None) -> None:
+    span.set_attribute(telemetry.ATTR_RPC_GRPC_STATUS, code.value[0])
+    if exc is not None:
+        span.set_attribute(telemetry.ATTR_ERROR_TYPE, type(exc).__name__)
+    if code in SERVER_FAULTS:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, code.name))
+    span.end()
+    metrics = getattr(app, "metrics", None)
+    if metrics is not None:
+        metrics.observe_rpc(method, code.name)
+
+
 def unary(fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Errors of a unary handler cross the boundary through errormap, and only there."""
+    """Errors of a unary handler cross the boundary through errormap, and only there. Each call
+    is one server span (joined to the caller's trace) and one count by status code."""
+    method = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        span = rpc_span(method, context)
+        code, error = grpc.StatusCode.OK, None
         try:
-            return await fn(self, _decoded(request), context)
-        except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
-            await errormap.abort(context, exc)
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                try:
+                    return await fn(self, _decoded(request), context)
+                except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
+                    code, error = status_of(exc), exc
+                    await errormap.abort(context, exc)
+        except asyncio.CancelledError as exc:  # the caller went away
+            code, error = grpc.StatusCode.CANCELLED, exc
+            raise
+        finally:
+            end_rpc(self.app, span, method, code, error)
 
     return wrapper
 
 
+# Part of the caller's gRPC deadline is kept for signing, logging and sending a skipped answer, so
+# the caller receives it before its deadline instead of DEADLINE_EXCEEDED: 10% of what remains,
+# at least 20 ms and at most 250 ms.
+DEADLINE_RESERVE_FRACTION = 0.1
+DEADLINE_RESERVE_MIN_MS = 20
+DEADLINE_RESERVE_MAX_MS = 250
+
+
 def deadline_ms(context: grpc.aio.ServicerContext) -> int | None:
+    """The scoring budget the caller's gRPC deadline leaves (None without a deadline)."""
     remaining = context.time_remaining()
     if remaining is None or remaining > 86_400:
         return None
-    return max(0, int(remaining * 1000))
+    remaining_ms = remaining * 1000.0
+    reserve = min(DEADLINE_RESERVE_MAX_MS, max(DEADLINE_RESERVE_MIN_MS, remaining_ms * DEADLINE_RESERVE_FRACTION))
+    return max(0, int(remaining_ms - reserve))
 
 
 class EvaluatorService:
@@ -73,7 +150,8 @@ class EvaluatorService:
 
     @unary
     async def Evaluate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        inp = convert.evaluate_input_from_pb(request)
+        with telemetry.span(tracer, telemetry.SPAN_VALIDATE):
+            inp = convert.evaluate_input_from_pb(request)
         is_admin = self.app.authorize(context, inp)
         result = await self.app.pipeline.evaluate(inp, grpc_deadline_ms=deadline_ms(context), is_admin=is_admin)
         return convert.result_to_pb(result)
@@ -90,7 +168,8 @@ class EvaluatorService:
             request_id = getattr(request, "request_id", "")
             try:
                 req = _decoded(request)
-                inp = convert.evaluate_input_from_pb(req)
+                with telemetry.span(tracer, telemetry.SPAN_VALIDATE):
+                    inp = convert.evaluate_input_from_pb(req)
                 is_admin = self.app.authorize(context, inp)
                 result = await self.app.pipeline.evaluate(inp, grpc_deadline_ms=deadline_ms(context), is_admin=is_admin)
                 await out.put(pb.EvaluateStreamResponse(request_id=request_id, response=convert.result_to_pb(result)))
@@ -111,17 +190,27 @@ class EvaluatorService:
             finally:
                 await out.put(done)
 
-        reader_task = asyncio.create_task(reader())
+        span = rpc_span("EvaluateStream", context)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:  # the reader task (and each item's task) starts from a context holding the span
+            reader_task = asyncio.create_task(reader())
+        finally:
+            otel_context.detach(token)
+        code, error = grpc.StatusCode.OK, None
         try:
             while True:
                 item = await out.get()
                 if item is done:
                     break
                 yield item
+        except BaseException as exc:  # GeneratorExit/CancelledError: the client went away
+            code, error = grpc.StatusCode.CANCELLED, exc
+            raise
         finally:  # the client went away (or we finished): stop reading and drop unfinished work
             reader_task.cancel()
             for task in list(tasks):
                 task.cancel()
+            end_rpc(self.app, span, "EvaluateStream", code, error)
 
     @unary
     async def Measure(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
