@@ -97,8 +97,8 @@ class JobTable:
         return len(self._jobs)
 
     def submit(self, evaluation_id: str, workspace_id: str, coro_factory: CoroFactory) -> None:
-        """Accept a job and start it as a task; ResourceExhausted when the table is full of
-        unexpired jobs. ``coro_factory()`` is called inside the task."""
+        """Accept a job and start it as a task. When the table is full, the result fetched longest
+        ago makes room; without one, ResourceExhausted. ``coro_factory()`` is called inside the task."""
         loop = asyncio.get_running_loop()
         now = self._clock()
         self._sweep(now)

@@ -33,6 +33,8 @@ from sidecar.domain import (
 )
 from sidecar.errors import EvaluatorTimeout, Fatal, ResourceExhausted, Unavailable
 from sidecar.evidence.decision import IntegrityDecision
+from sidecar.jobs import JobTable
+from sidecar.manifests import Manifest, ManifestStore
 from sidecar.metrics import Metrics
 from sidecar.scoring import MeasureResult, Scorer
 
@@ -95,9 +97,9 @@ class Pipeline:
         batcher: Batcher,
         scorer: Scorer,
         guardrails: Guardrails,
-        manifests: object,
+        manifests: ManifestStore,
         evidence: EvidenceSink,
-        jobs: object,
+        jobs: JobTable,
         kernel_threads: int = 2,
         guardrail_threads: int = 2,
         metrics: Metrics | None = None,
@@ -152,7 +154,7 @@ class Pipeline:
         return await self._run(inp, manifest, base, timeout_ms, t0)
 
     async def _run(
-        self, inp: EvaluateInput, manifest: object, base: EvaluationResult, timeout_ms: int, t0: int
+        self, inp: EvaluateInput, manifest: Manifest, base: EvaluationResult, timeout_ms: int, t0: int
     ) -> EvaluationResult:
         if self.batcher.estimated_wait_s() * 1000.0 > timeout_ms:
             log.warning("overloaded", evaluation_id=base.evaluation_id, timeout_ms=timeout_ms)
@@ -191,7 +193,7 @@ class Pipeline:
         )
         return await self._record(inp, result)
 
-    async def _score_and_guard(self, inp: EvaluateInput, manifest: object) -> tuple[Scores, list[GuardrailViolation]]:
+    async def _score_and_guard(self, inp: EvaluateInput, manifest: Manifest) -> tuple[Scores, list[GuardrailViolation]]:
         loop = asyncio.get_running_loop()
         # in_context: the worker threads see this request's span and log context
         guard = loop.run_in_executor(self._guard_pool, telemetry.in_context(self._scan), inp, manifest.guardrails)

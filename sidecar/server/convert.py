@@ -15,6 +15,7 @@ from sidecar.domain import (
     Severity,
 )
 from sidecar.errors import FieldViolation, InvalidArgument
+from sidecar.jobs import JobView
 from sidecar.protos import pb
 
 MODE_FROM_PB = {
@@ -171,11 +172,10 @@ STATUS_TO_PB = {
 }
 
 
-def job_view_to_pb(evaluation_id: str, view: object) -> "pb.GetEvaluationResponse":
-    status = getattr(view.status, "value", view.status)
+def job_view_to_pb(evaluation_id: str, view: JobView) -> "pb.GetEvaluationResponse":
     out = pb.GetEvaluationResponse(
         evaluation_id=evaluation_id,
-        status=STATUS_TO_PB[status],
+        status=STATUS_TO_PB[view.status.value],
         estimated_completion_ms=int(view.estimated_completion_ms or 0),
     )
     if view.result is not None:
