@@ -319,3 +319,20 @@ class MetricsServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5.0)
+
+
+def attach_app(metrics: Metrics, app: Any, version: str) -> None:
+    """Wire a built sidecar into its metrics: workspaces with a manifest always keep their label,
+    component state is read at scrape time, and the service info is set."""
+    manifests = app.manifests
+    metrics.workspace_label.known = lambda ws: manifests.resolve(ws).workspace_id == ws
+    metrics.register(AppCollector(app))
+    info = app.info()
+    metrics.service_info.info(
+        {
+            "version": version,
+            "model": str(info["model"]),
+            "execution_provider": str(info["execution_provider"]),
+            "key_id": str(info["key_id"]),
+        }
+    )

@@ -20,12 +20,13 @@ trace. Span names and attribute keys follow the service spec (§3.3) and are def
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import logging
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, MutableMapping, Sequence, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, MutableMapping, Sequence, TextIO, TypeVar
 
 import structlog
 from opentelemetry import propagate, trace
@@ -396,3 +397,28 @@ def record_verdict(span: trace.Span, verdict: "Verdict") -> None:
             EVENT_METRIC, {ATTR_METRIC_NAME: m.name, ATTR_METRIC_VALUE: m.value, ATTR_METRIC_PASSED: m.passed}
         )
 
+
+
+@contextlib.contextmanager
+def span(
+    tracer: trace.Tracer,
+    name: str,
+    attributes: dict[str, Any] | None = None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    context: Context | None = None,
+) -> Iterator[trace.Span]:
+    """A current span that, on an exception, records only its type (never the message)."""
+    with tracer.start_as_current_span(
+        name, context=context, kind=kind, attributes=attributes, record_exception=False, set_status_on_exception=False
+    ) as s:
+        try:
+            yield s
+        except BaseException as exc:
+            set_error(s, exc)
+            raise
+
+
+def bind_decision(evaluation_id: str) -> None:
+    """Once an evaluation has its id: on the current span and on every later log line."""
+    trace.get_current_span().set_attribute(ATTR_DECISION_ID, evaluation_id)
+    structlog.contextvars.bind_contextvars(decision_id=evaluation_id)
