@@ -222,7 +222,7 @@ def bench_cases(full: GuardrailSuite, name: str, blurb: str) -> list[str]:
     return out
 
 
-def bench_latency(full: GuardrailSuite, data_dir: Path, n: int) -> list[str]:
+def bench_latency(full: GuardrailSuite, encode: Callable[[Sequence[str]], np.ndarray], data_dir: Path, n: int) -> list[str]:
     halu = load_jsonl(data_dir / "halueval" / "qa_dev.jsonl")
     squad = json.loads((data_dir / "squad_v2" / "dev_subset.json").read_text())
     paras = [p["context"] for a in squad["data"] for p in a["paragraphs"]]
@@ -246,6 +246,10 @@ def bench_latency(full: GuardrailSuite, data_dir: Path, n: int) -> list[str]:
             g.detect(x, cfg)
             times[t.value].append((time.perf_counter() - t0) * 1000)
         times["all six (sequential)"].append((time.perf_counter() - t_all) * 1000)
+        # baseline, same request: one encoder call on the query and whole chunks (what scoring embeds anyway)
+        t0 = time.perf_counter()
+        encode([x.query, *x.context])
+        times["baseline: encode query + 3 whole chunks"].append((time.perf_counter() - t0) * 1000)
     mean_chars = np.mean([len(x.response) + len(x.query) + sum(len(c) for c in x.context) for x in reqs])
     out = [f"{n} requests: HaluEval question as query, a ~{int(np.mean([len(x.response) for x in reqs]))}-char response "
            f"(answer + knowledge + an email + a code block), 3 context chunks (HaluEval knowledge + 2 SQuAD paragraphs); "
@@ -253,10 +257,12 @@ def bench_latency(full: GuardrailSuite, data_dir: Path, n: int) -> list[str]:
            "calling thread, embeddings by the ONNX encoder called directly (no batcher), segment-score cache cleared "
            "before each request (cold). prompt_injection includes embedding the query and context segments; "
            "jailbreak then reuses those scores.", "",
-           "| guardrail | p50 ms | p99 ms | mean ms |", "|---|---|---|---|"]
+           "| guardrail | p50 ms | p99 ms | mean ms | p50 / baseline p50 |", "|---|---|---|---|---|"]
+    base = np.percentile(np.asarray(times["baseline: encode query + 3 whole chunks"]), 50)
     for name, ts in times.items():
         a = np.asarray(ts)
-        out.append(f"| {name} | {np.percentile(a, 50):.2f} | {np.percentile(a, 99):.2f} | {a.mean():.2f} |")
+        p50 = np.percentile(a, 50)
+        out.append(f"| {name} | {p50:.2f} | {np.percentile(a, 99):.2f} | {a.mean():.2f} | {p50 / base:.2f} |")
     return out
 
 
@@ -284,7 +290,7 @@ def main() -> int:
             full, "bench_cases.jsonl", "written with the detectors; rules were revised after the first run on it, so it is a regression set, not an unseen test.")),
         ("Exfiltration, code safety, vulnerability hallucination, jailbreak: hand-written set B", bench_cases(
             full, "bench_cases_b.jsonl", "written after set A and run once; no detector was changed after seeing its results.")),
-        ("Latency per guardrail per request", bench_latency(full, args.data_dir, args.latency_requests)),
+        ("Latency per guardrail per request", bench_latency(full, encoder.encode, args.data_dir, args.latency_requests)),
     ]
     print(f"<!-- python tests/benchmarks/bench_guardrails.py; suite build {build_s:.2f} s -->")
     for title, lines in sections:
