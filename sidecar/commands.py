@@ -11,19 +11,30 @@ from sidecar import config as config_mod
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="run the sidecar (defaults: 127.0.0.1:50051, embedded manifest, local log)")
     p.add_argument("--address", help="host:port to listen on (else CERTUS_ADDRESS, default 127.0.0.1:50051)")
+    p.add_argument(
+        "--metrics-address", help="host:port for Prometheus metrics (else CERTUS_METRICS_ADDRESS; default off)"
+    )
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from sidecar.server.app import serve
-    from sidecar.telemetry import configure_logging
+    from sidecar.telemetry import configure_logging, configure_tracing, shutdown_tracing
 
-    overrides = {"server": {"address": args.address}} if args.address else {}
-    cfg = config_mod.load(args.config, overrides=overrides)
+    server: dict[str, str] = {}
+    if args.address:
+        server["address"] = args.address
+    if args.metrics_address:
+        server["metrics_address"] = args.metrics_address
+    cfg = config_mod.load(args.config, overrides={"server": server} if server else {})
     configure_logging(cfg.telemetry)
+    configure_tracing(cfg.telemetry)  # exports only when the OTEL_* settings ask
     if cfg.server.use_uvloop:
         import uvloop
 
         uvloop.install()
-    asyncio.run(serve(cfg))
+    try:
+        asyncio.run(serve(cfg))
+    finally:
+        shutdown_tracing()  # flush spans still batched
     return 0

@@ -21,7 +21,10 @@ import time
 from typing import Any, Callable, Sequence
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.context import Context
 
+from sidecar import telemetry
 from sidecar.config import ForwarderConfig
 from sidecar.evidence.log import EvidenceLog
 from sidecar.evidence.records import LogRecord
@@ -32,6 +35,7 @@ from sidecar.forwarder.wire import DUPLICATE, REJECTED
 from sidecar.signing import Envelope
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer(__name__)
 
 IDLE_POLL_S = 1.0  # safety net: look at the log even without a wake-up
 
@@ -234,7 +238,7 @@ class Forwarder:
                 await asyncio.sleep(wait)
             self.breaker.before_call()
             try:
-                receipts = await asyncio.wait_for(self.sink.send(records), timeout=self.policy.attempt_timeout_s + 1.0)
+                receipts = await self._send(records, attempt)
             except DeliveryError as exc:
                 if not exc.retryable:
                     self.breaker.record_success()  # the receiver is up and answering
@@ -274,6 +278,25 @@ class Forwarder:
             self.last_delivery_at = time.time()
             await self._advance(records[-1])
             return
+
+    async def _send(self, records: Sequence[LogRecord], attempt: int) -> Any:
+        """One delivery attempt as a span of its own trace (delivery runs apart from requests)."""
+        assert self.sink is not None
+        attrs = {
+            telemetry.ATTR_FORWARD_SINK: self.sink.name,
+            telemetry.ATTR_FORWARD_RECORDS: len(records),
+            telemetry.ATTR_FORWARD_FIRST_SEQ: records[0].seq,
+            telemetry.ATTR_FORWARD_LAST_SEQ: records[-1].seq,
+            telemetry.ATTR_FORWARD_ATTEMPT: attempt,
+        }
+        with telemetry.span(tracer, telemetry.SPAN_INTEGRITY_BRIDGE, attrs, trace.SpanKind.CLIENT, Context()) as span:
+            try:
+                receipts = await asyncio.wait_for(self.sink.send(records), timeout=self.policy.attempt_timeout_s + 1.0)
+            except DeliveryError as exc:
+                span.set_attribute(telemetry.ATTR_FORWARD_RESULT, "retry" if exc.retryable else "refused")
+                raise
+            span.set_attribute(telemetry.ATTR_FORWARD_RESULT, "answered")
+            return receipts
 
     def _failed(self, error: str) -> None:
         self.failures += 1

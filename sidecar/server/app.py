@@ -18,7 +18,7 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from sidecar import signing
+from sidecar import __version__, signing
 from sidecar.batcher import Batcher
 from sidecar.config import Config
 from sidecar.domain import EvaluateInput
@@ -27,6 +27,7 @@ from sidecar.forwarder import Forwarder
 from sidecar.guardrails import GuardrailSuite
 from sidecar.jobs import JobTable
 from sidecar.manifests import ManifestStore
+from sidecar.metrics import InstrumentedEncoder, Metrics, MetricsServer, attach_app
 from sidecar.pipeline import Pipeline
 from sidecar.protos import pb
 from sidecar.scoring import Scorer
@@ -54,6 +55,8 @@ class App:
     jobs: JobTable
     pipeline: Pipeline
     health: HealthServicer = field(default_factory=HealthServicer)
+    metrics: Metrics = field(default_factory=Metrics)  # own registry (sidecar.metrics)
+    metrics_server: MetricsServer | None = None  # Prometheus endpoint, when server.metrics_address is set
 
     @classmethod
     async def create(cls, cfg: Config, encoder: Any = None) -> "App":
@@ -75,7 +78,8 @@ class App:
                     max_batch_tokens=cfg.batcher.max_batch_tokens,
                 ),
             )
-        batcher = Batcher(encoder, cfg.batcher)
+        metrics = Metrics(cfg.telemetry.metrics_max_workspaces)
+        batcher = Batcher(InstrumentedEncoder(encoder, metrics), cfg.batcher)  # batch size/time histograms
         await batcher.start()
         key, created = signing.load_or_create(cfg.evidence.key_path)
         if created:
@@ -88,8 +92,10 @@ class App:
         guardrails = GuardrailSuite(embed=batcher.embed_sync)
         jobs = JobTable(cfg.async_jobs)
         scorer = Scorer(cfg.scoring)
-        pipeline = Pipeline(batcher, scorer, guardrails, manifests, evidence, jobs)
+        pipeline = Pipeline(batcher, scorer, guardrails, manifests, evidence, jobs, metrics=metrics)
         app = cls(cfg, encoder, batcher, scorer, manifests, key, evidence, forwarder, guardrails, jobs, pipeline)
+        app.metrics = metrics
+        attach_app(metrics, app, __version__)
         await app.warmup()
         return app
 
@@ -145,6 +151,9 @@ class App:
         await self.forwarder.stop(drain_s=self.cfg.server.grace_s)
         await self.evidence.close()
         self.manifests.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            self.metrics_server = None
 
 
 async def build_server(cfg: Config, app: App | None = None) -> tuple[grpc.aio.Server, int, App]:
@@ -162,6 +171,8 @@ async def build_server(cfg: Config, app: App | None = None) -> tuple[grpc.aio.Se
     port = server.add_insecure_port(cfg.server.address)
     if port == 0:
         raise RuntimeError(f"could not bind {cfg.server.address}")
+    if cfg.server.metrics_address and app.metrics_server is None:
+        app.metrics_server = MetricsServer.start(cfg.server.metrics_address, app.metrics.registry)
     await app.health.set("", health_pb2.HealthCheckResponse.SERVING)
     await app.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     return server, port, app

@@ -109,7 +109,7 @@ def unary(fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]) ->
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         span = rpc_span(method, context)
-        code, error = grpc.StatusCode.OK, None
+        code, error = grpc.StatusCode.OK, None  # type: tuple[grpc.StatusCode, BaseException | None]
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                 try:
@@ -196,7 +196,7 @@ class EvaluatorService:
             reader_task = asyncio.create_task(reader())
         finally:
             otel_context.detach(token)
-        code, error = grpc.StatusCode.OK, None
+        code, error = grpc.StatusCode.OK, None  # type: tuple[grpc.StatusCode, BaseException | None]
         try:
             while True:
                 item = await out.get()
