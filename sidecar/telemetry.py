@@ -87,6 +87,7 @@ ATTR_RPC_GRPC_STATUS = "rpc.grpc.status_code"
 # -- logging ----------------------------------------------------------------------------------------
 
 _STDLIB_HANDLER_NAME = "certus-telemetry"
+_root_level_before: int | None = None  # the root logger's level before configure_logging
 
 
 def add_trace_context(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -151,9 +152,12 @@ def configure_logging(cfg: TelemetryConfig, stream: TextIO | None = None) -> Non
             ],
         )
     )
+    global _root_level_before
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _STDLIB_HANDLER_NAME]:
         root.removeHandler(old)
+    if _root_level_before is None:
+        _root_level_before = root.level
     root.addHandler(handler)
     root.setLevel(handler.level)
     # Presidio's "decision process" trace (off unless asked for per call) has its own INFO stream
@@ -166,10 +170,14 @@ def configure_logging(cfg: TelemetryConfig, stream: TextIO | None = None) -> Non
 
 def unconfigure_logging() -> None:
     """Undo :func:`configure_logging` (tests): structlog defaults, our stdlib handler removed."""
+    global _root_level_before
     structlog.reset_defaults()
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _STDLIB_HANDLER_NAME]:
         root.removeHandler(old)
+    if _root_level_before is not None:
+        root.setLevel(_root_level_before)
+        _root_level_before = None
 
 
 # -- tracing: provider and exporters ----------------------------------------------------------------
