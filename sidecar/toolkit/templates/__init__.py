@@ -1,0 +1,1 @@
+"""Report templates: the system-metadata template (JSON) and the HTML stylesheet."""

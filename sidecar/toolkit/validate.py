@@ -1,0 +1,292 @@
+"""Reproduce CERT's validation methodology with the sidecar's own scoring.
+
+Two labelled sets, each scored as Evaluate would score ``(query, response, [passage])``:
+
+**SQuAD v2** (``squad_v2/dev_subset.json``): for every answerable question, the *positive* is its
+first gold answer; the *negative* is a wrong answer to the same question drawn from the same
+passage — the first gold answer of the next answerable question of that paragraph (in file order,
+wrapping around) whose text differs from every gold answer of this question (neither contains the
+other, case-insensitive); when the paragraph has none, the first ``plausible_answer`` of one of its
+unanswerable questions that differs likewise. Questions with no such wrong answer are left out.
+So there is one negative per positive, and both are spans of the passage the grader sees.
+
+**HaluEval QA** (``halueval/qa_dev.jsonl``): per row, ``right_answer`` is the positive and
+``hallucinated_answer`` the negative, both against the row's ``knowledge``.
+
+Reported per metric (``confidence`` = CERT's score, ``faithfulness``, and for context the parts
+``semantic_similarity``, ``grounding`` and the query-aware ``answer_relevancy``): ROC AUC and the
+separation of the two score distributions (Cohen's d: difference of means in pooled standard
+deviations) on all pairs; the best-accuracy threshold over all pairs (in-sample, as CERT reports
+it); and the honest figure — a threshold tuned for accuracy on the *tune* half and the accuracy it
+gets on the *test* half. The halves are fixed: an item (a SQuAD question with its two answers, a
+HaluEval row with its two answers) is in the tune half when the first byte of
+``sha256("certus-split-v1:" + key)`` is even, key = the SQuAD question id or ``halueval:<row>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from sidecar.config import Config
+from sidecar.domain import EvaluateInput
+from sidecar.toolkit import roc
+from sidecar.toolkit.engine import OfflineScorer
+from sidecar.toolkit.progress import Progress
+
+REPORTED_METRICS = ("confidence", "faithfulness", "semantic_similarity", "grounding", "answer_relevancy")
+CERT_CLAIM = {"dataset": "SQuAD v2", "roc_auc": 0.961, "accuracy": 0.953, "threshold": 0.46, "separation_sigma": 0.247}
+VALIDATION_FORMAT = "certus.validation/v1"
+
+
+@dataclass(frozen=True)
+class Example:
+    key: str  # split key (question id / row)
+    query: str
+    answer: str
+    passage: str
+    label: int  # 1 correct, 0 incorrect
+    kind: str  # how the answer was made: gold | other_question | plausible | right | hallucinated
+
+
+@dataclass(frozen=True)
+class MetricReport:
+    metric: str
+    n: int
+    auc: float
+    cohens_d: float
+    mean_correct: float
+    mean_incorrect: float
+    best_threshold_all: float
+    best_accuracy_all: float  # in-sample (threshold chosen on the same pairs)
+    tuned_threshold: float  # on the tune half
+    test_accuracy: float  # of that threshold on the test half
+    test_auc: float | None
+
+
+@dataclass(frozen=True)
+class DatasetReport:
+    name: str
+    source: str
+    examples: int
+    positives: int
+    negatives: int
+    negatives_by_kind: dict[str, int]
+    tune_examples: int
+    test_examples: int
+    metrics: list[MetricReport] = field(default_factory=list)
+
+    def metric(self, name: str) -> MetricReport:
+        for m in self.metrics:
+            if m.metric == name:
+                return m
+        raise KeyError(name)
+
+
+# -- datasets ---------------------------------------------------------------------------------------
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.lower().split()).strip(" .,;:!?\"'")
+
+
+def _differs(candidate: str, golds: Iterable[str]) -> bool:
+    c = _norm(candidate)
+    if not c:
+        return False
+    for g in golds:
+        n = _norm(g)
+        if not n or c == n or c in n or n in c:
+            return False
+    return True
+
+
+def squad_examples(path: str | Path, limit: int | None = None) -> list[Example]:
+    """Pairs (gold answer, wrong answer from the same passage) per answerable question."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    out: list[Example] = []
+    questions = 0
+    for article in data["data"]:
+        for para in article["paragraphs"]:
+            passage = para["context"]
+            answerable = [q for q in para["qas"] if not q.get("is_impossible") and q.get("answers")]
+            plausible = [
+                q["plausible_answers"][0]["text"]
+                for q in para["qas"]
+                if q.get("is_impossible") and q.get("plausible_answers")
+            ]
+            for i, q in enumerate(answerable):
+                if limit is not None and questions >= limit:
+                    return out
+                golds = [a["text"] for a in q["answers"]]
+                wrong, kind = None, ""
+                for step in range(1, len(answerable)):
+                    other = answerable[(i + step) % len(answerable)]
+                    cand = other["answers"][0]["text"]
+                    if _differs(cand, golds):
+                        wrong, kind = cand, "other_question"
+                        break
+                if wrong is None:
+                    for cand in plausible:
+                        if _differs(cand, golds):
+                            wrong, kind = cand, "plausible"
+                            break
+                if wrong is None:
+                    continue
+                questions += 1
+                out.append(Example(q["id"], q["question"], golds[0], passage, 1, "gold"))
+                out.append(Example(q["id"], q["question"], wrong, passage, 0, kind))
+    return out
+
+
+def halueval_examples(path: str | Path, limit: int | None = None) -> list[Example]:
+    out: list[Example] = []
+    with Path(path).open(encoding="utf-8") as f:
+        for row_no, line in enumerate(f):
+            if limit is not None and row_no >= limit:
+                break
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            key = f"halueval:{row_no}"
+            out.append(Example(key, r["question"], r["right_answer"], r["knowledge"], 1, "right"))
+            out.append(Example(key, r["question"], r["hallucinated_answer"], r["knowledge"], 0, "hallucinated"))
+    return out
+
+
+# -- scoring ----------------------------------------------------------------------------------------
+
+
+def metric_report(name: str, scores: np.ndarray, labels: np.ndarray, tune: np.ndarray) -> MetricReport:
+    best = roc.best_threshold(scores, labels, "accuracy")
+    tuned = roc.best_threshold(scores[tune], labels[tune], "accuracy")
+    test = roc.confusion(scores[~tune], labels[~tune], tuned.threshold)
+    ty = labels[~tune]
+    return MetricReport(
+        metric=name,
+        n=int(scores.size),
+        auc=round(roc.roc_auc(scores, labels), 4),
+        cohens_d=round(roc.cohens_d(scores[labels == 1], scores[labels == 0]), 4),
+        mean_correct=round(float(scores[labels == 1].mean()), 4),
+        mean_incorrect=round(float(scores[labels == 0].mean()), 4),
+        best_threshold_all=round(best.threshold, 4),
+        best_accuracy_all=round(best.accuracy, 4),
+        tuned_threshold=round(tuned.threshold, 4),
+        test_accuracy=round(test.accuracy, 4),
+        test_auc=round(roc.roc_auc(scores[~tune], ty), 4) if 0 < ty.sum() < ty.size else None,
+    )
+
+
+async def score_examples(engine: OfflineScorer, examples: list[Example], progress: Progress | None = None) -> dict[str, np.ndarray]:
+    inputs = [
+        EvaluateInput(workspace_id="validate", query=e.query, response=e.answer, context=(e.passage,)) for e in examples
+    ]
+    scores = await engine.score_many(inputs, on_done=progress.advance if progress else None)
+    return {m: np.array([s.values[m] for s in scores], dtype=np.float64) for m in REPORTED_METRICS}
+
+
+def dataset_report(name: str, source: Path, examples: list[Example], values: dict[str, np.ndarray]) -> DatasetReport:
+    labels = np.array([e.label for e in examples], dtype=np.int64)
+    tune = roc.split_mask([e.key for e in examples])
+    kinds: dict[str, int] = {}
+    for e in examples:
+        if e.label == 0:
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+    return DatasetReport(
+        name=name,
+        source=str(source),
+        examples=len(examples),
+        positives=int(labels.sum()),
+        negatives=int(labels.size - labels.sum()),
+        negatives_by_kind=kinds,
+        tune_examples=int(tune.sum()),
+        test_examples=int((~tune).sum()),
+        metrics=[metric_report(m, values[m], labels, tune) for m in REPORTED_METRICS],
+    )
+
+
+@dataclass(frozen=True)
+class Validation:
+    datasets: list[DatasetReport]
+    model: str
+    execution_provider: str
+    elapsed_s: float
+    cert_claim: dict[str, Any] = field(default_factory=lambda: dict(CERT_CLAIM))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format"] = VALIDATION_FORMAT
+        return d
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        for ds in self.datasets:
+            out.append(
+                f"{ds.name}: {ds.examples} answers ({ds.positives} correct, {ds.negatives} incorrect: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(ds.negatives_by_kind.items()))
+                + f"); tune half {ds.tune_examples}, test half {ds.test_examples}"
+            )
+            out.append(
+                f"  {'metric':<20} {'ROC AUC':>7} {'Cohen d':>8} {'best thr':>8} {'acc(all)':>8} "
+                f"{'tuned thr':>9} {'test acc':>8} {'test AUC':>8}"
+            )
+            for m in ds.metrics:
+                test_auc = f"{m.test_auc:.3f}" if m.test_auc is not None else "-"
+                out.append(
+                    f"  {m.metric:<20} {m.auc:>7.3f} {m.cohens_d:>8.2f} {m.best_threshold_all:>8.3f} "
+                    f"{m.best_accuracy_all:>8.1%} {m.tuned_threshold:>9.3f} {m.test_accuracy:>8.1%} {test_auc:>8}"
+                )
+        c = self.cert_claim
+        out.append(
+            f"CERT's claim ({c['dataset']}, its own scorer): ROC AUC {c['roc_auc']}, accuracy {c['accuracy']:.1%} "
+            f"at threshold {c['threshold']}, separation {c['separation_sigma']}σ"
+        )
+        out.append(f"model: {self.model} on {self.execution_provider}; {self.elapsed_s:.1f}s")
+        return out
+
+
+def run_validation(
+    data_dir: str | Path,
+    *,
+    cfg: Config,
+    datasets: tuple[str, ...] = ("squad_v2", "halueval"),
+    limit: int | None = None,
+    encoder: Any = None,
+    show_progress: bool = False,
+) -> Validation:
+    t0 = time.perf_counter()
+    root = Path(data_dir)
+    wanted: list[tuple[str, Path, list[Example]]] = []
+    for name in datasets:
+        if name == "squad_v2":
+            src = root / "squad_v2" / "dev_subset.json"
+            loader = squad_examples
+        elif name == "halueval":
+            src = root / "halueval" / "qa_dev.jsonl"
+            loader = halueval_examples
+        else:
+            raise ValueError(f"unknown dataset {name!r} (squad_v2, halueval)")
+        if not src.is_file():
+            raise FileNotFoundError(f"{src}: validation data not found (see ../shared/data/README.md)")
+        wanted.append((name, src, loader(src, limit)))
+    total = sum(len(ex) for _, _, ex in wanted)
+    progress = Progress(total, "validate", enabled=show_progress)
+
+    async def run() -> tuple[list[DatasetReport], str, str]:
+        reports = []
+        async with OfflineScorer(cfg, encoder) as engine:
+            for name, src, examples in wanted:
+                values = await score_examples(engine, examples, progress)
+                reports.append(dataset_report(name, src, examples, values))
+            enc = engine.encoder
+        return reports, f"all-MiniLM-L6-v2/{getattr(enc, 'variant', 'custom')}", str(getattr(enc, "provider", "custom"))
+
+    reports, model, provider = asyncio.run(run())
+    progress.close()
+    return Validation(reports, model, provider, round(time.perf_counter() - t0, 2))
