@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "sidecar.manifest_cli",  # manifest validate|sign|verify|keygen
     "sidecar.evidence.cli",  # keygen, verify
     "sidecar.forwarder.cli",  # integrity-serve
+    "sidecar.toolkit.cli",  # evaluate, calibrate, validate, report
 ]
 
 
