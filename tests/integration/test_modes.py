@@ -489,6 +489,39 @@ def test_a_failing_evaluator_is_a_signed_error_skip(sc: RunningSidecar, quiet: F
     assert ok.skipped is False and ok.outcome == pb.OUTCOME_PASS
 
 
+def test_async_jobs_degrade_into_signed_skips_too(sc: RunningSidecar, quiet: FaultyEncoder) -> None:
+    """An async job whose scoring outlives its timeout completes as a signed evaluator_timeout skip."""
+    quiet.delay_s = 1.5
+    accepted = sc.stub.Evaluate(request("acme", tag(), mode=pb.EVALUATION_MODE_ASYNC, timeout_ms=200), timeout=60)
+    assert accepted.status == pb.EVALUATION_STATUS_PENDING
+    done = wait_completed(sc, accepted.evaluation_id, "acme")
+    assert done.result.mode == pb.EVALUATION_MODE_ASYNC
+    assert_skipped(sc, done.result, "evaluator_timeout", "async")
+
+
+def test_a_full_encoder_queue_is_a_status_when_sync_and_a_signed_skip_when_async(tmp_path: Path, encoder: Any) -> None:
+    """More new texts than the queue holds: a synchronous caller gets RESOURCE_EXHAUSTED with a retry
+    hint (it can act on it); an async job, which nobody waits on, completes as a signed ``overloaded``."""
+    cfg = make_config(tmp_path, batcher={"max_queue": 12})
+    sc = start_sidecar(cfg, encoder=encoder)
+    try:
+        t = tag()
+        big = dict(context=[f"Context chunk number {i} about Normandy [{t}]." for i in range(20)])
+        with pytest.raises(grpc.RpcError) as exc:
+            sc.stub.Evaluate(request("acme", t, **big), timeout=60)
+        assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "embedding queue is full" in exc.value.details()
+        assert retry_delay_ms(exc.value) is not None
+        accepted = sc.stub.Evaluate(request("acme", t, mode=pb.EVALUATION_MODE_ASYNC, **big), timeout=60)
+        done = wait_completed(sc, accepted.evaluation_id, "acme")
+        assert_skipped(sc, done.result, "overloaded", "async")
+        # a request the queue can hold is served as usual
+        ok = sc.stub.Evaluate(request("acme", tag()), timeout=60)
+        assert ok.skipped is False and SHA256.fullmatch(ok.evidence_id)
+    finally:
+        sc.stop()
+
+
 def test_an_overloaded_encoder_queue_is_a_signed_overloaded_skip(tmp_path: Path, encoder: Any) -> None:
     """Estimated queue wait beyond the deadline: skipped ``overloaded`` at once, while a request with
     a deadline the queue can meet is accepted and completes."""
