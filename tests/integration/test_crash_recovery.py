@@ -11,7 +11,9 @@ on the same directories (same key), and then:
 - the chain continues: new calls get the next seq, linked to the last record before the crash;
 - once the reference integrity receiver (real gRPC / HTTP server in this process) comes up on the
   port the sidecar was configured with, every decision of the log arrives there exactly once by
-  decision_id, with the exact envelope of the log.
+  decision_id, with the exact envelope of the log. With the grpc sink the receiver comes up while
+  the sidecar runs (GetInfo shows the backlog drain); with the http sink it comes up just as the
+  sidecar gets SIGTERM with its breaker open, so the shutdown drain (grace period) must deliver it.
 
 A second test keeps the receiver down for a whole load: the breaker opens, the backlog grows and is
 visible in GetInfo, evaluations keep succeeding; when the receiver comes up the backlog drains and
@@ -231,7 +233,7 @@ def verify_cli(home: Home, pub: Path) -> dict[str, Any]:
     return report
 
 
-def crash_under_load(sc: Sidecar, home: Home, tag: str, min_ok: int = 24) -> tuple[Load, list[LogRecord]]:
+def crash_under_load(sc: Sidecar, home: Home, tag: str, min_ok: int = 16) -> tuple[Load, list[LogRecord]]:
     """Start the load, SIGKILL the process once ``min_ok`` calls were answered, and check every
     answered evidence_id is in the log the dead process left behind."""
     load = Load(sc.stub, tag, per_thread=400).start()
@@ -250,7 +252,7 @@ def crash_under_load(sc: Sidecar, home: Home, tag: str, min_ok: int = 24) -> tup
     return load, records
 
 
-def assert_chain_continues(sc: Sidecar, home: Home, before: list[LogRecord], tag: str, n: int = 3) -> list[LogRecord]:
+def assert_chain_continues(sc: Sidecar, home: Home, before: list[LogRecord], tag: str, n: int = 2) -> list[LogRecord]:
     """New calls after a restart get the next seqs, linked to the last record before the crash."""
     last = before[-1]
     eids = [sc.stub.Evaluate(fresh_request(tag, i), timeout=30).evidence_id for i in range(n)]
@@ -293,13 +295,20 @@ def drained(sc: Sidecar) -> bool:
 
 @pytest.mark.parametrize("sink", ["grpc", "http"])
 def test_kill9_under_load_twice_then_receiver_gets_everything_once(sink: str, tmp_path: Path, model_dir: Any) -> None:
+    """grpc: the receiver comes up after the first restart, so the second kill -9 hits live
+    delivery (a batch may be re-sent after the restart: the receiver drops it as a duplicate).
+    http: the receiver comes up only after the last restart, just as the sidecar gets SIGTERM."""
     home = Home(tmp_path / "sidecar")
-    port = free_port()  # the receiver will listen here, but only after the last restart
+    port = free_port()  # the receiver will listen here, but only after a restart
     url = f"127.0.0.1:{port}" if sink == "grpc" else f"http://127.0.0.1:{port}"
     env = home.env(sink, url)
+    env["CIRCUIT_BREAKER_TIMEOUT_SECONDS"] = "2"
+    env["CERTUS_GRACE_S"] = "20"
+    batch_size = int(env["CERTUS_FORWARD_BATCH_SIZE"])
     answered: dict[str, str] = {}
     sc = Sidecar(env)
     receiver: IntegrityReceiver | None = None
+    store = tmp_path / "receiver" / "store.jsonl"
     try:
         info = sc.info()
         pub = write_trusted_key(tmp_path, info)
@@ -314,24 +323,41 @@ def test_kill9_under_load_twice_then_receiver_gets_everything_once(sink: str, tm
             assert report["records"] == len(before) and report["last_seq"] == before[-1].seq
             assert report["last_evidence_id"] == before[-1].evidence_id
             records = assert_chain_continues(sc, home, before, f"{sink}-after{crash}")
+            d = sc.details()
+            assert d["forwarder.sink"] == sink and d["forwarder.last_seq"] == str(records[-1].seq)
+            if receiver is None:  # nothing could be delivered so far: the backlog is the whole log
+                assert d["forwarder.delivered_seq"] == "-1" and d["forwarder.backlog"] == str(len(records))
+            if sink == "grpc" and crash == 0:
+                receiver = start_receiver(sink, port, info, store)
+                wait_until(lambda: drained(sc), "the backlog drained to the receiver", timeout_s=60)
+                assert receiver.stats()["accepted"] == len(records)
         report = verify_cli(home, pub)
         assert report["records"] == len(records) == records[-1].seq + 1
         by_eid = {r.evidence_id: r.decision_id for r in records}
         assert all(by_eid.get(eid) == did for eid, did in answered.items())
-        # nothing could be delivered so far: the backlog is the whole log
-        d = sc.details()
-        assert d["forwarder.delivered_seq"] == "-1" and d["forwarder.backlog"] == str(len(records))
-        assert d["forwarder.sink"] == sink
 
-        receiver = start_receiver(sink, port, info, tmp_path / "receiver" / "store.jsonl")
-        wait_until(lambda: drained(sc), "the backlog drained to the receiver", timeout_s=60)
-        d = sc.details()
-        assert d["forwarder.dead_letters_total"] == "0"
-        assert int(d["forwarder.delivered"]) + int(d["forwarder.duplicates"]) == len(records)
+        if sink == "grpc":
+            assert receiver is not None
+            wait_until(lambda: drained(sc), "the re-delivery after the second crash", timeout_s=60)
+            assert sc.details()["forwarder.dead_letters_total"] == "0"
+            assert sc.terminate() == 0
+        else:
+            # the receiver comes up just as the sidecar is told to stop, while the breaker is
+            # freshly open (no probe due for ~2 s): only the shutdown drain (grace period) can
+            # deliver the backlog, and the durable cursor must say so
+            opened = int(sc.details()["forwarder.breaker_opened"])
+            wait_until(
+                lambda: int(sc.details()["forwarder.breaker_opened"]) > opened, "the breaker opened again", step_s=0.01
+            )
+            receiver = start_receiver(sink, port, info, store)
+            assert sc.terminate() == 0
+            cursor = json.loads((home.root / "outbox" / "cursor.json").read_text())
+            assert cursor == {"delivered_seq": records[-1].seq, "evidence_id": records[-1].evidence_id}
+            assert receiver.stats()["duplicates"] == 0
         assert_delivered_exactly_once(receiver, records)
         dups = receiver.stats()["duplicates"]
+        assert dups <= batch_size  # at most the batch in flight at the kill is sent twice
         print(f"[{sink}] {len(answered)} answered before the kills, {len(records)} records, receiver duplicates dropped: {dups}")
-        assert sc.terminate() == 0
     finally:
         sc.cleanup()
         if receiver is not None:
@@ -385,34 +411,3 @@ def test_receiver_down_for_the_whole_load_then_up(tmp_path: Path, model_dir: Any
         if receiver is not None:
             receiver.stop()
 
-
-# -- SIGTERM delivers the outbox before exiting ------------------------------------------------------
-
-
-def test_sigterm_drains_the_outbox_within_the_grace_period(tmp_path: Path, model_dir: Any) -> None:
-    """A backlog left when SIGTERM arrives is delivered during the grace period (the breaker is still
-    open when the receiver comes up, so only the shutdown drain can deliver it), and the durable
-    cursor says so."""
-    home = Home(tmp_path / "sidecar")
-    port = free_port()
-    env = home.env("grpc", f"127.0.0.1:{port}")
-    env["CIRCUIT_BREAKER_TIMEOUT_SECONDS"] = "2"
-    env["CERTUS_GRACE_S"] = "20"
-    sc = Sidecar(env)
-    receiver: IntegrityReceiver | None = None
-    try:
-        info = sc.info()
-        load = Load(sc.stub, "drain", per_thread=2).start().join()
-        assert not load.errors and len(load.ok) == 2 * THREADS
-        wait_until(lambda: sc.details()["forwarder.breaker_state"] == "open", "breaker open", timeout_s=30, step_s=0.02)
-        records = log_records(home)
-        assert sc.details()["forwarder.backlog"] == str(len(records))
-        receiver = start_receiver("grpc", port, info, tmp_path / "receiver" / "store.jsonl")
-        assert sc.terminate() == 0
-        assert_delivered_exactly_once(receiver, records)
-        cursor = json.loads((home.root / "outbox" / "cursor.json").read_text())
-        assert cursor == {"delivered_seq": records[-1].seq, "evidence_id": records[-1].evidence_id}
-    finally:
-        sc.cleanup()
-        if receiver is not None:
-            receiver.stop()
