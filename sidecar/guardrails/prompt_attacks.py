@@ -19,13 +19,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sidecar.cache import LruCache, text_key
 from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
 from sidecar.guardrails.attack_rules import PAYLOAD_WORDS, RULES, Rule
-from sidecar.guardrails.base import Source, make_violation, noisy_or, request_sources
+from sidecar.guardrails.base import make_violation, noisy_or, request_sources
 from sidecar.guardrails.encoded import InvisibleRun, decode_tag_chars, find_blobs, find_invisible
 from sidecar.guardrails.learned import LearnedSignal, SegmentScore
 
 LEARNED_FLOOR = 0.5
+FINDINGS_CACHE_ENTRIES = 20_000  # per guardrail type; context chunks repeat across RAG requests
 
 _SEVERITY = {
     "fake_role_marker": Severity.MEDIUM,
@@ -42,6 +44,7 @@ class _Hit:
     detector: str
     confidence: float
     remediation: str
+    severity: Severity = Severity.HIGH
 
 
 def _clean(text: str) -> tuple[str, list[int]]:
@@ -78,22 +81,43 @@ class PromptAttackGuardrail:
             raise ValueError(f"not a prompt-attack guardrail: {guardrail_type}")
         self.guardrail_type: GuardrailType = guardrail_type
         self.learned = learned
+        # findings depend on the text alone (thresholds apply later), so a repeated chunk is
+        # scanned once; keyed by content hash, never by content
+        self._findings: LruCache[tuple[_Hit, ...]] = LruCache(FINDINGS_CACHE_ENTRIES)
 
     def detect(self, inp: EvaluateInput, cfg: GuardrailConfig) -> list[GuardrailViolation]:
         sources = list(request_sources(inp, query=True, context=True, response=False))
-        scores: list[list[SegmentScore]] = [[] for _ in sources]
-        if self.learned is not None:
-            scores = self.learned.score_texts([s.text for s in sources])
+        keys = [text_key(s.text) for s in sources]
+        findings = [self._findings.get(k) for k in keys]
+        todo = [i for i, f in enumerate(findings) if f is None]
+        if todo:
+            scores: list[list[SegmentScore]] = [[] for _ in todo]
+            if self.learned is not None:
+                scores = self.learned.score_texts([sources[i].text for i in todo])
+            for i, segs in zip(todo, scores):
+                findings[i] = tuple(self._hits(sources[i].text, segs))
+                self._findings.put(keys[i], findings[i])
         out: list[GuardrailViolation] = []
-        for src, segs in zip(sources, scores):
-            out.extend(self._detect_source(src, segs))
+        for src, hits in zip(sources, findings):
+            for h in hits or ():
+                out.append(
+                    make_violation(
+                        self.guardrail_type,
+                        source=src,
+                        start=h.start,
+                        end=h.end,
+                        severity=h.severity,
+                        confidence=h.confidence,
+                        detector=h.detector,
+                        remediation=h.remediation,
+                    )
+                )
         return out
 
     def _learned_value(self, seg: SegmentScore) -> float:
         return seg.injection if self.guardrail_type is GuardrailType.PROMPT_INJECTION else seg.jailbreak
 
-    def _detect_source(self, src: Source, segs: list[SegmentScore]) -> list[GuardrailViolation]:
-        text = src.text
+    def _hits(self, text: str, segs: list[SegmentScore]) -> list[_Hit]:
         hits = _rule_hits(text, self.guardrail_type)
         cleaned, index = _clean(text)
         if index:
@@ -126,18 +150,7 @@ class PromptAttackGuardrail:
             sev = _SEVERITY.get(h.detector.removeprefix("obfuscated_"), Severity.HIGH)
             if h.detector in ("injection_classifier", "jailbreak_similarity"):
                 sev = Severity.HIGH if h.confidence >= 0.8 else Severity.MEDIUM
-            out.append(
-                make_violation(
-                    self.guardrail_type,
-                    source=src,
-                    start=h.start,
-                    end=h.end,
-                    severity=sev,
-                    confidence=h.confidence,
-                    detector=h.detector,
-                    remediation=h.remediation,
-                )
-            )
+            out.append(_Hit(h.start, h.end, h.detector, h.confidence, h.remediation, sev))
         return out
 
     def _encoded_hits(self, text: str) -> list[_Hit]:
