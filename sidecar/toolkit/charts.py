@@ -76,10 +76,16 @@ def histogram_png(
     fig, ax = _figure()
     edges = np.linspace(0.0, 1.0, bins + 1)
     colours = [BLUE, RED, GREEN, ORANGE, GREY]
+    many = len(series) > 2  # overlapping fills get unreadable: outlines instead
     for i, (name, values) in enumerate(series.items()):
         v = np.asarray(values, dtype=np.float64)
         if v.size:
-            ax.hist(v, bins=edges, alpha=0.55, color=colours[i % len(colours)], label=f"{name} (n={v.size})")
+            c = colours[i % len(colours)]
+            label = f"{name} (n={v.size})"
+            if many:
+                ax.hist(v, bins=edges, histtype="step", lw=2, color=c, label=label)
+            else:
+                ax.hist(v, bins=edges, alpha=0.55, color=c, label=label)
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.2f}")
     ax.set_xlim(0, 1)

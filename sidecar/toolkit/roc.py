@@ -26,6 +26,8 @@ class RocCurve:
     fpr: npt.NDArray[np.float64]
     tpr: npt.NDArray[np.float64]
     thresholds: npt.NDArray[np.float64]  # thresholds[i] gives the point (fpr[i], tpr[i]); [0] is +inf
+    tp_counts: npt.NDArray[np.int64] | None = None  # integer counts behind tpr / fpr (exact AUC)
+    fp_counts: npt.NDArray[np.int64] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,11 +107,22 @@ def roc_curve(scores: npt.ArrayLike, labels: npt.ArrayLike) -> RocCurve:
     tpr = np.concatenate([[0.0], tps / pos])
     fpr = np.concatenate([[0.0], fps / neg])
     thr = np.concatenate([[np.inf], s_sorted[ends]])
-    return RocCurve(fpr=fpr.astype(np.float64), tpr=tpr.astype(np.float64), thresholds=thr.astype(np.float64))
+    return RocCurve(
+        fpr=fpr.astype(np.float64),
+        tpr=tpr.astype(np.float64),
+        thresholds=thr.astype(np.float64),
+        tp_counts=np.concatenate([[0], tps]).astype(np.int64),
+        fp_counts=np.concatenate([[0], fps]).astype(np.int64),
+    )
 
 
 def auc(curve: RocCurve) -> float:
-    """Area under the curve by the trapezoid rule (exact for the step curve with ties)."""
+    """Area under the curve by the trapezoid rule (exact for the step curve with ties; computed on
+    integer counts with one final division when the counts are known)."""
+    if curve.tp_counts is not None and curve.fp_counts is not None:
+        tp, fp = curve.tp_counts, curve.fp_counts
+        twice = int(np.sum((fp[1:] - fp[:-1]) * (tp[1:] + tp[:-1])))
+        return twice / (2 * int(tp[-1]) * int(fp[-1]))
     x, y = curve.fpr, curve.tpr
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
 

@@ -537,28 +537,22 @@ def build_document(inp: ReportInputs, figures: dict[str, Path]) -> Document:
         )
     )
     if ev.guardrail_types:
+        breakdown: list[tuple[str, str, str]] = []
+        breakdown += [("type", k, str(v)) for k, v in ev.guardrail_types.most_common()]
+        breakdown += [
+            ("severity", k, str(ev.guardrail_severities[k]))
+            for k in ("critical", "high", "medium", "low")
+            if ev.guardrail_severities[k]
+        ]
+        breakdown += [("found in", k, str(v)) for k, v in ev.guardrail_sources.most_common()]
+        breakdown += [("detector", k, str(v)) for k, v in ev.guardrail_detectors.most_common(12)]
         doc.add(
             Table(
-                ("Guardrail type", "Violations"),
-                [(k, str(v)) for k, v in ev.guardrail_types.most_common()],
-                widths=(0.6, 0.4),
-            ),
-            Table(
-                ("Severity", "Violations"),
-                [(k, str(ev.guardrail_severities[k])) for k in ("critical", "high", "medium", "low") if ev.guardrail_severities[k]],
-                widths=(0.6, 0.4),
-            ),
-            Table(
-                ("Where found", "Violations"),
-                [(k, str(v)) for k, v in ev.guardrail_sources.most_common()],
-                caption="context = indirect injection / data in retrieved chunks.",
-                widths=(0.6, 0.4),
-            ),
-            Table(
-                ("Detector", "Violations"),
-                [(k, str(v)) for k, v in ev.guardrail_detectors.most_common(12)],
-                widths=(0.6, 0.4),
-            ),
+                ("Breakdown", "Value", "Violations"),
+                breakdown,
+                caption="found in: context = indirect injection or data in retrieved chunks.",
+                widths=(0.25, 0.5, 0.25),
+            )
         )
     doc.add(Figure(figures["guardrails"], "Guardrail violations by type."))
     doc.add(

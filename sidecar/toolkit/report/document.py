@@ -245,7 +245,7 @@ def to_pdf(doc: Document, path: Path) -> Path:
     for b in doc.blocks:
         if isinstance(b, Heading):
             size = {1: 13.5, 2: 11.5, 3: 10.2}.get(b.level, 10)
-            if b.level == 1 and pdf.get_y() > pdf.h - 60:
+            if pdf.get_y() > pdf.h - (60 if b.level == 1 else 45):  # keep a heading with what follows
                 pdf.add_page()
             pdf.ln(3 if b.level == 1 else 1.5)
             pdf.set_text_color(20, 60, 120)
