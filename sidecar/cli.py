@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "sidecar.evidence.cli",  # keygen, verify
     "sidecar.forwarder.cli",  # integrity-serve
     "sidecar.toolkit.cli",  # evaluate, calibrate, validate, report
+    "sidecar.security.cli",  # token new|hash
 ]
 
 

@@ -29,6 +29,10 @@ class ServerConfig:
     allow_insecure_remote: bool = False  # CERTUS_ALLOW_INSECURE_REMOTE: bind non-loopback without auth
     metrics_address: str = ""  # CERTUS_METRICS_ADDRESS: e.g. 127.0.0.1:9464 for Prometheus text; "" off
     use_uvloop: bool = True  # CERTUS_UVLOOP
+    # CERTUS_MEMORY_RECLAIM_S: every this many seconds, if RSS grew by memory_reclaim_growth_mib
+    # since the last reclaim and stopped rising, run gc + malloc_trim (sidecar/memory.py); 0 = off
+    memory_reclaim_interval_s: float = 2.0
+    memory_reclaim_growth_mib: float = 64.0  # CERTUS_MEMORY_RECLAIM_GROWTH_MIB
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,10 @@ class TelemetryConfig:
     otlp_endpoint: str = ""  # OTEL_EXPORTER_OTLP_ENDPOINT, e.g. http://collector:4317
     otlp_traces_endpoint: str = ""  # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (wins over the general one)
     otlp_protocol: str = ""  # OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL: grpc (default) | http/protobuf
+    # OTEL_TRACES_SAMPLER: parentbased_always_on (default) | parentbased_traceidratio | traceidratio |
+    # always_on | always_off | parentbased_always_off; a ratio cuts the export cost at high QPS
+    traces_sampler: str = ""
+    traces_sampler_arg: str = ""  # OTEL_TRACES_SAMPLER_ARG: the ratio for the *traceidratio samplers
     sdk_disabled: bool = False  # OTEL_SDK_DISABLED: no tracing at all
     # CERTUS_METRICS_MAX_WORKSPACES: workspaces without a manifest get their own metric label up to
     # this many; later ones share workspace_id="other" (bounded label cardinality)
@@ -116,13 +124,16 @@ class TelemetryConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    # CERTUS_AUTH_TOKENS_FILE: JSON/TOML list of {token_sha256|token, workspaces, scopes}
+    # CERTUS_AUTH_TOKENS_FILE: JSON/TOML list of {name, token_sha256, workspaces, scopes}; unset = no
+    # auth (allowed on loopback only, see docs/security.md)
     tokens_file: Path | None = None
     tls_cert: Path | None = None  # CERTUS_TLS_CERT
     tls_key: Path | None = None  # CERTUS_TLS_KEY
     tls_client_ca: Path | None = None  # CERTUS_TLS_CLIENT_CA: set to require client certs (mTLS)
     rate_limit_rps: float = 0.0  # CERTUS_RATE_LIMIT_RPS per workspace; 0 = unlimited
-    rate_limit_burst: int = 0  # CERTUS_RATE_LIMIT_BURST
+    rate_limit_burst: int = 0  # CERTUS_RATE_LIMIT_BURST: bucket size; 0 = ceil(rps), at least 1
+    # CERTUS_RATE_LIMIT_MAX_BUCKETS: bounds the bucket table (least recently used dropped beyond it)
+    rate_limit_max_buckets: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,8 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_ALLOW_INSECURE_REMOTE": ("server", "allow_insecure_remote"),
     "CERTUS_METRICS_ADDRESS": ("server", "metrics_address"),
     "CERTUS_UVLOOP": ("server", "use_uvloop"),
+    "CERTUS_MEMORY_RECLAIM_S": ("server", "memory_reclaim_interval_s"),
+    "CERTUS_MEMORY_RECLAIM_GROWTH_MIB": ("server", "memory_reclaim_growth_mib"),
     "CERTUS_MODEL_DIR": ("model", "model_dir"),
     "CERTUS_MODEL_VARIANT": ("model", "variant"),
     "CERTUS_PROVIDER": ("model", "provider"),
@@ -198,6 +211,8 @@ ENV: dict[str, tuple[str, str]] = {
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("telemetry", "otlp_traces_endpoint"),
     "OTEL_EXPORTER_OTLP_PROTOCOL": ("telemetry", "otlp_protocol"),
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": ("telemetry", "otlp_protocol"),
+    "OTEL_TRACES_SAMPLER": ("telemetry", "traces_sampler"),
+    "OTEL_TRACES_SAMPLER_ARG": ("telemetry", "traces_sampler_arg"),
     "OTEL_SDK_DISABLED": ("telemetry", "sdk_disabled"),
     "CERTUS_METRICS_MAX_WORKSPACES": ("telemetry", "metrics_max_workspaces"),
     "CERTUS_AUTH_TOKENS_FILE": ("auth", "tokens_file"),
@@ -206,6 +221,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_TLS_CLIENT_CA": ("auth", "tls_client_ca"),
     "CERTUS_RATE_LIMIT_RPS": ("auth", "rate_limit_rps"),
     "CERTUS_RATE_LIMIT_BURST": ("auth", "rate_limit_burst"),
+    "CERTUS_RATE_LIMIT_MAX_BUCKETS": ("auth", "rate_limit_max_buckets"),
 }
 
 

@@ -27,10 +27,12 @@ from sidecar.forwarder import Forwarder
 from sidecar.guardrails import GuardrailSuite
 from sidecar.jobs import JobTable
 from sidecar.manifests import ManifestStore
+from sidecar.memory import MemoryReclaimer
 from sidecar.metrics import InstrumentedEncoder, Metrics, MetricsServer, attach_app
 from sidecar.pipeline import Pipeline
 from sidecar.protos import pb
 from sidecar.scoring import Scorer
+from sidecar.security import AccessControl, AuthInterceptor, check_binding, server_credentials
 from sidecar.server import reflection
 from sidecar.server.servicer import EvaluatorService, method_handlers
 
@@ -55,11 +57,15 @@ class App:
     jobs: JobTable
     pipeline: Pipeline
     health: HealthServicer = field(default_factory=HealthServicer)
+    # tokens + per-workspace rate limits (sidecar.security.access); default: open, unlimited
+    access: AccessControl = field(default_factory=AccessControl.disabled)
+    reclaimer: MemoryReclaimer | None = None  # gives memory back after a burst (sidecar/memory.py)
     metrics: Metrics = field(default_factory=Metrics)  # own registry (sidecar.metrics)
     metrics_server: MetricsServer | None = None  # Prometheus endpoint, when server.metrics_address is set
 
     @classmethod
     async def create(cls, cfg: Config, encoder: Any = None) -> "App":
+        access = AccessControl.from_config(cfg)  # a bad tokens file fails before the model loads
         if encoder is None:
             from models.encoder import OnnxEncoder
             from models.export import ensure_model
@@ -96,6 +102,9 @@ class App:
         app = cls(cfg, encoder, batcher, scorer, manifests, key, evidence, forwarder, guardrails, jobs, pipeline)
         app.metrics = metrics
         attach_app(metrics, app, __version__)
+        app.access = access
+        app.reclaimer = MemoryReclaimer(cfg.server.memory_reclaim_interval_s, cfg.server.memory_reclaim_growth_mib)
+        app.reclaimer.start()
         await app.warmup()
         return app
 
@@ -120,12 +129,16 @@ class App:
         self.batcher.cache.clear()
         log.info("warmed_up", seconds=round(loop.time() - t0, 3))
 
-    # -- auth hooks (the auth interceptor fills the context; loopback default: everyone is admin) --
+    # -- auth hooks (the auth interceptor binds the caller's identity; without a tokens file every
+    # caller is admin). authorize() also admits the call through the workspace's rate limit. --
     def authorize(self, context: grpc.aio.ServicerContext, inp: EvaluateInput | None) -> bool:
-        return True
+        if inp is None:
+            self.access.authorize_measure()
+            return False
+        return self.access.authorize_evaluate(inp)
 
     def authorize_workspace(self, context: grpc.aio.ServicerContext, workspace_id: str) -> None:
-        return None
+        self.access.authorize_workspace(workspace_id)
 
     def info(self) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -134,6 +147,8 @@ class App:
         details["batcher.queue_depth"] = self.batcher.queue_depth
         details["cache.hit_ratio"] = round(self.batcher.cache.hit_ratio, 4)
         details.update({f"manifests.{k}": v for k, v in self.manifests.health_details().items()})
+        details.update({f"ratelimit.{k}": v for k, v in self.access.limiter.stats().as_dict().items()})
+        details["auth.enabled"] = self.access.auth_enabled
         return {
             "key_id": self.signing_key.key_id,
             "payload_type": signing.DECISION_PAYLOAD_TYPE,
@@ -143,6 +158,8 @@ class App:
         }
 
     async def close(self) -> None:
+        if self.reclaimer is not None:
+            await self.reclaimer.stop()
         await self.jobs.aclose()
         await self.pipeline.close()
         await self.batcher.stop()
@@ -157,18 +174,28 @@ class App:
 
 
 async def build_server(cfg: Config, app: App | None = None) -> tuple[grpc.aio.Server, int, App]:
+    check_binding(cfg)  # before anything binds: non-loopback needs auth or allow_insecure_remote
+    credentials = server_credentials(cfg.auth)  # None = plaintext; TLS, or mTLS with tls_client_ca
     app = app or await App.create(cfg)
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if app.access.tokens is not None:
+        interceptors.append(AuthInterceptor(app.access.tokens))
     options = [
         ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
         ("grpc.max_send_message_length", cfg.server.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs)
+    server = grpc.aio.server(
+        options=options, interceptors=interceptors, maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs
+    )
     service = EvaluatorService(app)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, method_handlers(service)),))
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable(server, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
-    port = server.add_insecure_port(cfg.server.address)
+    if credentials is None:
+        port = server.add_insecure_port(cfg.server.address)
+    else:
+        port = server.add_secure_port(cfg.server.address, credentials)
     if port == 0:
         raise RuntimeError(f"could not bind {cfg.server.address}")
     if cfg.server.metrics_address and app.metrics_server is None:

@@ -1,0 +1,125 @@
+"""Give memory back to the OS after a burst (a flood of large requests).
+
+Two things keep a CPython server's RSS high after a burst even when nothing is alive any more:
+reference cycles (an exception's traceback holding the frame that held a 4 MB request) wait for the
+next full ``gc`` pass, and glibc keeps freed heap pages in its arenas. Measured with
+tests/benchmarks/bench_flood.py (docs/security.md): after a flood RSS stayed 100-230 MiB above
+baseline; ``gc.collect()`` + ``malloc_trim(0)`` brought it back to within ~10 MiB.
+
+:class:`MemoryReclaimer` samples RSS every ``interval_s``; when RSS is more than ``growth_mib``
+above the level after the previous reclaim *and* no longer rising (the burst is over), it runs a
+full collection and ``malloc_trim(0)`` (glibc only; elsewhere just the collection) off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import gc
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident set size of ``pid`` (default: this process) from /proc; 0 where /proc is missing."""
+    try:
+        text = Path(f"/proc/{pid or os.getpid()}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _malloc_trim() -> Callable[[], Any] | None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+    except OSError:
+        return None
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim()
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    rss_before: int
+    rss_after: int
+    collected: int
+    seconds: float
+
+
+def reclaim() -> Reclaimed:
+    """One full collection, then return free heap pages to the OS. Blocking (tens of ms)."""
+    t0 = time.perf_counter()
+    before = rss_bytes()
+    collected = gc.collect()
+    if _TRIM is not None:
+        _TRIM()
+    return Reclaimed(before, rss_bytes(), collected, time.perf_counter() - t0)
+
+
+class MemoryReclaimer:
+    def __init__(self, interval_s: float = 2.0, growth_mib: float = 64.0) -> None:
+        self.interval_s = interval_s
+        self.growth_bytes = int(growth_mib * 1024 * 1024)
+        self.runs = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval_s > 0 and rss_bytes() > 0
+
+    def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="memory-reclaimer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        floor = rss_bytes()  # RSS after the last reclaim (or at start)
+        previous = floor
+        while True:
+            await asyncio.sleep(self.interval_s)
+            now = rss_bytes()
+            if now - floor > self.growth_bytes and now <= previous:
+                r = await loop.run_in_executor(None, reclaim)
+                self.runs += 1
+                floor = r.rss_after
+                now = r.rss_after
+                log.info(
+                    "memory_reclaimed",
+                    rss_before_mib=round(r.rss_before / 2**20, 1),
+                    rss_after_mib=round(r.rss_after / 2**20, 1),
+                    gc_objects=r.collected,
+                    ms=round(r.seconds * 1000, 1),
+                )
+            elif now < floor:
+                floor = now
+            previous = now
