@@ -138,24 +138,34 @@ class Metrics:
             "certus_evaluate_grpc_requests_total", "RPCs by method and status code", ["method", "code"], registry=r
         )
         self.service_info = Info("certus_evaluate_service", "Sidecar version, model and key", registry=r)
+        # labelled children by label values: a dict hit instead of labels() (validation + lock) per
+        # observation; bounded like the label values themselves
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # -- request path ---------------------------------------------------------------------------
 
     def observe_evaluation(self, workspace_id: str, mode: str, outcome: str, seconds: float, skip_reason: str = "") -> None:
         ws = self.workspace_label(workspace_id)
-        self.requests_total.labels(ws, mode, outcome).inc()
-        self.request_duration.labels(ws, mode).observe(seconds)
+        self._child(self.requests_total, ws, mode, outcome).inc()
+        self._child(self.request_duration, ws, mode).observe(seconds)
         if skip_reason:
-            self.skipped_total.labels(ws, skip_reason).inc()
+            self._child(self.skipped_total, ws, skip_reason).inc()
 
     def observe_verdict(
         self, workspace_id: str, metrics: Iterable[MetricScore], violations: Iterable[GuardrailViolation]
     ) -> None:
         ws = self.workspace_label(workspace_id)
         for m in metrics:
-            self.metric_score.labels(ws, m.name, m.framework).observe(m.value)
+            self._child(self.metric_score, ws, m.name, m.framework).observe(m.value)
         for v in violations:
-            self.guardrail_violations.labels(ws, v.guardrail_type.value, v.severity.value).inc()
+            self._child(self.guardrail_violations, ws, v.guardrail_type.value, v.severity.value).inc()
 
     def observe_evidence_append(self, seconds: float) -> None:
         self.evidence_append.observe(seconds)
@@ -165,7 +175,7 @@ class Metrics:
         self.batch_seconds.observe(seconds)
 
     def observe_rpc(self, method: str, code: str) -> None:
-        self.grpc_requests.labels(method, code).inc()
+        self._child(self.grpc_requests, method, code).inc()
 
     # -- exposition -----------------------------------------------------------------------------
 

@@ -187,6 +187,7 @@ TRACE_EXPORTERS = ("otlp", "console", "none")
 _lock = threading.Lock()
 _provider: "TracerProvider | None" = None
 _switch: Any = None  # the _SwitchProcessor on the provider (its class needs the SDK, made lazily)
+_sampler: Any = None  # the provider's _SwitchSampler
 
 
 def traces_exporters(cfg: TelemetryConfig) -> tuple[str, ...]:
@@ -232,6 +233,55 @@ def _otlp_exporter(cfg: TelemetryConfig) -> "SpanExporter":
     raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: must be grpc or http/protobuf, got {cfg.otlp_protocol!r}")
 
 
+SAMPLERS = (
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+    "always_on",
+    "always_off",
+    "traceidratio",
+)
+
+
+def make_sampler(cfg: TelemetryConfig) -> Any:
+    """The sampler ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` name (default: parent-based,
+    always on: a caller's sampled flag is followed, root requests are all sampled)."""
+    from opentelemetry.sdk.trace import sampling
+
+    name = (cfg.traces_sampler or "parentbased_always_on").strip().lower()
+    if name not in SAMPLERS:
+        raise ValueError(f"OTEL_TRACES_SAMPLER: unknown sampler {cfg.traces_sampler!r} ({', '.join(SAMPLERS)})")
+    if name.endswith("traceidratio"):
+        try:
+            ratio = float(cfg.traces_sampler_arg) if cfg.traces_sampler_arg.strip() else 1.0
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"OTEL_TRACES_SAMPLER_ARG: a ratio in [0, 1], got {cfg.traces_sampler_arg!r}")
+        root: Any = sampling.TraceIdRatioBased(ratio)
+    else:
+        root = sampling.ALWAYS_OFF if name.endswith("always_off") else sampling.ALWAYS_ON
+    return sampling.ParentBased(root) if name.startswith("parentbased") else root
+
+
+def _make_switch_sampler() -> Any:
+    from opentelemetry.sdk.trace import sampling
+
+    class _SwitchSampler(sampling.Sampler):
+        """Delegates to a replaceable sampler (the provider's own is fixed at creation)."""
+
+        def __init__(self) -> None:
+            self.delegate: sampling.Sampler = sampling.DEFAULT_ON
+
+        def should_sample(self, *args: Any, **kwargs: Any) -> sampling.SamplingResult:
+            return self.delegate.should_sample(*args, **kwargs)
+
+        def get_description(self) -> str:
+            return self.delegate.get_description()
+
+    return _SwitchSampler()
+
+
 def _make_switch() -> Any:
     from opentelemetry.sdk.trace import SpanProcessor
 
@@ -272,6 +322,7 @@ def configure_tracing(cfg: TelemetryConfig, exporters: Sequence["SpanExporter"] 
     no provider installed earlier in this process, the OpenTelemetry API stays a no-op. Calling it
     again replaces the exporters (the previous ones are flushed and shut down)."""
     names = traces_exporters(cfg)
+    sampler = make_sampler(cfg)  # validated even when nothing is exported
     processors: list[SpanProcessor] = []
     if names:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -283,7 +334,7 @@ def configure_tracing(cfg: TelemetryConfig, exporters: Sequence["SpanExporter"] 
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
         processors.extend(SimpleSpanProcessor(e) for e in exporters)
-    global _provider, _switch
+    global _provider, _switch, _sampler
     with _lock:
         if not processors and _provider is None:
             return ()
@@ -294,11 +345,13 @@ def configure_tracing(cfg: TelemetryConfig, exporters: Sequence["SpanExporter"] 
             from sidecar import __version__
 
             _switch = _make_switch()
+            _sampler = _make_switch_sampler()
             resource = Resource.create({"service.name": cfg.service_name, "service.version": __version__})
-            _provider = TracerProvider(resource=resource)
+            _provider = TracerProvider(resource=resource, sampler=_sampler)
             _provider.add_span_processor(_switch)
             trace.set_tracer_provider(_provider)
         old, _switch.processors = _switch.processors, tuple(processors)
+        _sampler.delegate = sampler
     for p in old:
         p.shutdown()
     return (*names, *("custom" for _ in exporters))
@@ -415,7 +468,14 @@ def span(
     kind: trace.SpanKind = trace.SpanKind.INTERNAL,
     context: Context | None = None,
 ) -> Iterator[trace.Span]:
-    """A current span that, on an exception, records only its type (never the message)."""
+    """A current span that, on an exception, records only its type (never the message).
+
+    Only while spans are exported somewhere (:func:`tracing_active`); otherwise it yields the
+    current span and creates nothing: a stage span that goes nowhere would only cost time (the
+    RPC's server span, made by the servicer, still carries the caller's trace id to the logs)."""
+    if not tracing_active():
+        yield trace.get_current_span()
+        return
     with tracer.start_as_current_span(
         name, context=context, kind=kind, attributes=attributes, record_exception=False, set_status_on_exception=False
     ) as s:

@@ -184,3 +184,46 @@ def test_span_helper_records_the_error_type_never_the_message() -> None:
     assert s.status.description == "ValueError"
     assert s.attributes[telemetry.ATTR_ERROR_TYPE] == "ValueError"
     assert s.events == ()  # no exception event (it would carry the message)
+
+
+@pytest.mark.parametrize(
+    "env,description",
+    [
+        ({}, "ParentBased{root:AlwaysOnSampler,"),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, "AlwaysOffSampler"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}, "TraceIdRatioBased{0.25}"),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}, "ParentBased{root:TraceIdRatioBased{0.1},"),
+    ],
+)
+def test_sampler_from_the_standard_variables(env: dict[str, str], description: str) -> None:
+    assert telemetry.make_sampler(tcfg(env)).get_description().startswith(description)
+
+
+@pytest.mark.parametrize(
+    "env,name",
+    [
+        ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"}, "OTEL_TRACES_SAMPLER_ARG"),
+    ],
+)
+def test_bad_sampler_settings_name_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        telemetry.configure_tracing(tcfg(env))
+
+
+def test_ratio_sampler_drops_roots_but_follows_a_sampled_caller() -> None:
+    exporter = InMemorySpanExporter()
+    tracer = trace.get_tracer("certus.test")
+    cfg = tcfg({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"})
+    try:
+        telemetry.configure_tracing(cfg, exporters=[exporter])
+        for _ in range(20):
+            with tracer.start_as_current_span("root"):
+                pass
+        sampled = telemetry.extract_context([("traceparent", f"00-{TRACE_ID}-{SPAN_ID}-01")])
+        with tracer.start_as_current_span("child-of-sampled-caller", context=sampled):
+            pass
+    finally:
+        telemetry.configure_tracing(TelemetryConfig())
+    assert [s.name for s in exporter.get_finished_spans()] == ["child-of-sampled-caller"]
