@@ -236,6 +236,11 @@ class Forwarder:
                 wait = max(wait, min(retry_after, self.policy.max_s))
             if wait > 0:
                 await asyncio.sleep(wait)
+            # Never call through an open breaker: an event-loop timer may fire a little before the
+            # breaker's clock says the recovery timeout passed (uvloop's timers count whole
+            # milliseconds from the time cached at the start of the loop iteration).
+            while (rest := self.breaker.wait_s()) > 0:
+                await asyncio.sleep(rest)
             self.breaker.before_call()
             try:
                 receipts = await self._send(records, attempt)

@@ -24,6 +24,8 @@ Every wait is bounded; nothing leaves 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import signal
 import socket
@@ -40,11 +42,15 @@ from typing import Any, Callable
 import grpc
 import pytest
 
+from sidecar.config import EvidenceConfig, ForwarderConfig
+from sidecar.evidence.decision import IntegrityDecision, utc_timestamp
+from sidecar.evidence.log import EvidenceLog
 from sidecar.evidence.records import LogRecord, iter_log
+from sidecar.forwarder import Forwarder
 from sidecar.forwarder.receiver import IntegrityReceiver
 from sidecar.loadgen import start_local_sidecar
 from sidecar.protos import pb, pb_grpc
-from sidecar.signing import VerifyKey
+from sidecar.signing import SigningKey, VerifyKey
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +98,7 @@ class Home:
             "CERTUS_MANIFEST_DIR": str(self.root / "manifests"),
             "CERTUS_INTEGRITY_SINK": sink,
             "CERTUS_INTEGRITY_URL": url,
+            "CERTUS_SEGMENT_BYTES": "8192",  # a few records per segment: kills land near rolls too
             "CERTUS_FORWARD_BATCH_SIZE": "20",
             "CERTUS_FORWARD_TIMEOUT_S": "2",
             "CERTUS_FORWARD_BACKOFF_INITIAL_S": "0.05",
@@ -333,6 +340,7 @@ def test_kill9_under_load_twice_then_receiver_gets_everything_once(sink: str, tm
                 assert receiver.stats()["accepted"] == len(records)
         report = verify_cli(home, pub)
         assert report["records"] == len(records) == records[-1].seq + 1
+        assert report["segments"] == len({r.segment for r in records}) > 3
         by_eid = {r.evidence_id: r.decision_id for r in records}
         assert all(by_eid.get(eid) == did for eid, did in answered.items())
 
@@ -372,6 +380,7 @@ def test_receiver_down_for_the_whole_load_then_up(tmp_path: Path, model_dir: Any
     port = free_port()  # nothing listens here during the load
     env = home.env("grpc", f"127.0.0.1:{port}")
     env["CIRCUIT_BREAKER_TIMEOUT_SECONDS"] = "1"  # open long enough to be seen, short enough to recover
+    threshold = int(env["CIRCUIT_BREAKER_FAILURE_THRESHOLD"])
     sc = Sidecar(env)
     receiver: IntegrityReceiver | None = None
     try:
@@ -387,8 +396,11 @@ def test_receiver_down_for_the_whole_load_then_up(tmp_path: Path, model_dir: Any
         # wave 2: still answered; the backlog grows by exactly the new decisions
         wave2 = Load(sc.stub, "down-2", per_thread=4).start().join()
         assert not wave2.errors and len(wave2.ok) == 4 * THREADS
+        wait_until(lambda: int(sc.details()["forwarder.breaker_opened"]) >= 3, "two failed probes", timeout_s=30)
         d2 = sc.details()
         assert d2["forwarder.breaker_state"] in ("open", "half_open")
+        for d in (d1, d2):  # one probe per open period, never a call through the open breaker
+            assert int(d["forwarder.failures"]) == threshold + int(d["forwarder.breaker_opened"]) - 1, d
         assert d2["forwarder.delivered_seq"] == "-1"
         assert int(d2["forwarder.backlog"]) == len(wave1.ok) + len(wave2.ok) > int(d1["forwarder.backlog"])
         records = log_records(home)
@@ -411,3 +423,65 @@ def test_receiver_down_for_the_whole_load_then_up(tmp_path: Path, model_dir: Any
         if receiver is not None:
             receiver.stop()
 
+
+
+# -- the breaker lets exactly one probe through per open period -------------------------------------
+
+
+def test_the_breaker_never_lets_a_call_through_while_open(tmp_path: Path) -> None:
+    """An event-loop timer may fire a little before the breaker's clock says its recovery timeout
+    passed (uvloop's millisecond timers do, under load). The forwarder must then wait the rest, not
+    call through the open breaker. Here the breaker's clock runs at 80% speed so that every wake-up
+    is early; the receiver (real gRPC socket) answers UNAVAILABLE to every call. One probe per
+    open period means failures == threshold + (times opened - 1)."""
+    key = SigningKey(bytes(range(100, 132)))
+    receiver = IntegrityReceiver([key.verify_key])
+    receiver.unavailable = True
+    receiver.retry_after_s = 0.0
+    port = receiver.start_grpc()
+    t0 = time.monotonic()
+
+    def slow_clock() -> float:
+        return t0 + 0.8 * (time.monotonic() - t0)
+
+    threshold = 2
+    cfg = ForwarderConfig(
+        sink="grpc",
+        url=f"127.0.0.1:{port}",
+        outbox_dir=tmp_path / "outbox",
+        file_path=tmp_path / "unused.jsonl",
+        timeout_s=2.0,
+        failure_threshold=threshold,
+        recovery_timeout_s=0.1,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.02,
+    )
+    digest = "sha256:" + hashlib.sha256(b"x").hexdigest()
+
+    async def run() -> dict[str, Any]:
+        log = EvidenceLog.open(EvidenceConfig(log_dir=tmp_path / "evidence", fsync="never"), key)
+        fwd = Forwarder(cfg, log, clock=slow_clock)
+        await fwd.start()
+        await log.append(
+            IntegrityDecision(
+                decision_id=str(uuid.uuid4()), workspace_id="probe", decision_type="evaluation",
+                query_hash=digest, response_hash=digest, context_hashes=(), metrics=(),
+                guardrail_violations=(), outcome="skipped", overall_score=None, manifest_uri="",
+                mode="shadow", timestamp=utc_timestamp(), processing_time_ms=0,
+            )
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while fwd.breaker.times_opened < 6:
+            assert time.monotonic() < deadline, "the breaker did not cycle"
+            await asyncio.sleep(0.01)
+        stats = fwd.stats()
+        await fwd.stop()
+        await log.close()
+        return stats
+
+    try:
+        stats = asyncio.run(run())
+    finally:
+        receiver.stop()
+    assert stats["breaker_opened"] >= 6 and stats["delivered"] == 0 and stats["backlog"] == 1
+    assert stats["failures"] == threshold + stats["breaker_opened"] - 1, stats
