@@ -4,7 +4,8 @@ Raw bytes go to every method through a bytes-in/bytes-out channel (no client-sid
 server's decoder sees exactly what was generated): random bytes; mutations of valid messages (bit
 flips, truncation, corrupted length fields, splices, wrong tags); hand-built wire with invalid
 UTF-8 in string fields, wrong wire types, bad field numbers, deep group nesting; oversized fields;
-10k context chunks; a million-element repeated field; messages above the size limit; valid
+10k context chunks; a million-element repeated field; messages above the size limit; hostile
+call metadata (malformed traceparent/tracestate, junk authorization, binary headers); valid
 requests with adversarial text (huge numbers, control characters, astral code points, one 10k-char
 token, ...); and streams mixing all of these, one of them abandoned half-way.
 
@@ -216,6 +217,7 @@ class Case:
     payload: bytes
     allowed: frozenset[grpc.StatusCode] = PROPER
     field: str | None = None  # INVALID_ARGUMENT must name this field in its BadRequest
+    metadata: tuple[tuple[str, str | bytes], ...] = ()
 
 
 def valid_evaluate(rng: random.Random, **kw: Any) -> pb.EvaluateRequest:
@@ -380,12 +382,43 @@ def adversarial_cases(rng: random.Random) -> list[Case]:
     cases.append(Case("adversarial_text", "Evaluate", valid_evaluate(rng, query="😀" * 10_000, response="€" * 50_000, context=["ü" * 10_000] * 50).SerializeToString(), ok))
     for mode in (pb.EVALUATION_MODE_ASYNC, pb.EVALUATION_MODE_DISABLED, pb.EVALUATION_MODE_ENFORCE):
         cases.append(Case("modes", "Evaluate", valid_evaluate(rng, mode=mode, response=rng.choice(ADVERSARIAL_TEXTS)).SerializeToString(), ok))
-    # manifest that does not exist: a proper NOT_FOUND (or OK when the service falls back)
-    cases.append(Case("modes", "Evaluate", valid_evaluate(rng, manifest_uri="certus://manifests/none/v9").SerializeToString(), frozenset({S.OK, S.NOT_FOUND, S.INVALID_ARGUMENT})))
+    # a manifest version that does not exist: NOT_FOUND; one of another workspace: INVALID_ARGUMENT
+    cases.append(Case("manifests", "Evaluate", valid_evaluate(rng, manifest_uri="certus://manifests/fuzz/2099-01").SerializeToString(), frozenset({S.NOT_FOUND})))
+    cases.append(Case("manifests", "Evaluate", valid_evaluate(rng, manifest_uri="certus://manifests/other/2025-01").SerializeToString(), frozenset({S.INVALID_ARGUMENT}), "manifest_uri"))
     for _ in range(10):
         eid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         cases.append(Case("get_evaluation", "GetEvaluation", pb.GetEvaluationRequest(evaluation_id=eid, workspace_id="fuzz").SerializeToString(), frozenset({S.NOT_FOUND})))
     cases.append(Case("unknown_method", "NoSuchMethod", b"", frozenset({S.UNIMPLEMENTED})))
+    return cases
+
+
+def metadata_cases(rng: random.Random) -> list[Case]:
+    """A valid request with hostile call metadata: trace context, auth header, binary headers."""
+    printable = "".join(chr(c) for c in range(0x20, 0x7F))
+
+    def junk(n: int) -> str:
+        return "".join(rng.choice(printable) for _ in range(n))
+
+    values = [
+        ("traceparent", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"),  # all-zero ids are invalid
+        ("traceparent", "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),  # forbidden version
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-zz"),
+        ("traceparent", "00-" + "g" * 32 + "-" + "b" * 16 + "-01"),
+        ("traceparent", "-" * 55),
+        ("tracestate", ",".join(f"k{i}=v{i}" for i in range(100))),
+        ("tracestate", "=,=,==" * 100),
+        ("authorization", "Bearer " + junk(64)),
+        ("authorization", "Basic " + junk(4000)),
+        ("authorization", "Bearer"),
+    ]
+    cases = []
+    good = valid_evaluate(rng).SerializeToString()
+    for key, value in values:
+        cases.append(Case("metadata", "Evaluate", good, frozenset({S.OK, S.INVALID_ARGUMENT}), metadata=((key, value),)))
+    for _ in range(20):
+        key = rng.choice(("traceparent", "tracestate", "authorization", "x-request-id", "baggage"))
+        cases.append(Case("metadata", rng.choice(UNARY_METHODS), b"", metadata=((key, junk(rng.randint(0, 2000))),)))
+        cases.append(Case("metadata", "Evaluate", good, metadata=(("trace-bin", rng.randbytes(rng.randint(0, 512))),)))
     return cases
 
 
@@ -405,7 +438,7 @@ def random_cases(rng: random.Random, n: int) -> list[Case]:
 
 def all_cases() -> list[Case]:
     rng = random.Random(SEED)
-    fixed = oversized_cases() + wire_cases(rng) + adversarial_cases(rng)
+    fixed = oversized_cases() + wire_cases(rng) + adversarial_cases(rng) + metadata_cases(rng)
     cases = fixed + random_cases(rng, MAX_MESSAGES - len(fixed))
     rng.shuffle(cases)  # categories interleaved, so a cut by the time budget still covers all
     return cases[:MAX_MESSAGES]
@@ -482,7 +515,8 @@ def run_unary(channel: grpc.Channel, cases: list[Case], deadline: float, out: Ou
     for case in cases:
         if time.monotonic() > deadline:
             break
-        in_flight.append((case, callable_for(case.method).future(case.payload, timeout=CALL_TIMEOUT_S)))
+        call = callable_for(case.method).future(case.payload, timeout=CALL_TIMEOUT_S, metadata=case.metadata or None)
+        in_flight.append((case, call))
         out.sent += 1
         if len(in_flight) >= WINDOW:
             settle(*in_flight.pop(0))
@@ -612,7 +646,7 @@ def test_fuzz_every_method_with_raw_bytes(sidecar_proc: Sidecar) -> None:
         assert "UNKNOWN" not in out.by_code and "INTERNAL" not in out.by_code
         # every category was exercised
         cats = {c for c, _ in out.by_category}
-        for needed in ("random_bytes", "invalid_utf8", "oversized", "10k_chunks", "huge_repeated", "over_limit", "wrong_wire", "adversarial_text"):
+        for needed in ("random_bytes", "invalid_utf8", "oversized", "10k_chunks", "huge_repeated", "over_limit", "wrong_wire", "adversarial_text", "metadata"):
             assert needed in cats, f"category {needed} not exercised"
         assert any(c.startswith("mutated:") for c in cats)
         assert rss1 < 1.5 * rss0 + 100 * 1024, f"RSS {rss1} KiB vs baseline {rss0} KiB"
