@@ -222,7 +222,7 @@ class AppCollector(Collector):
         return []  # dynamic: do not collect at registration
 
     def collect(self) -> Iterator[Metric]:
-        for part in (self._batcher, self._forwarder, self._evidence, self._jobs):
+        for part in (self._batcher, self._forwarder, self._evidence, self._jobs, self._limits):
             try:
                 yield from part()
             except Exception as exc:  # noqa: BLE001 - a scrape must not fail because one part did
@@ -282,6 +282,14 @@ class AppCollector(Collector):
 
     def _jobs(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("certus_evaluate_async_jobs", "Async evaluations in the job table", value=len(self._app.jobs))
+
+    def _limits(self) -> Iterator[Metric]:
+        access = getattr(self._app, "access", None)  # auth + per-workspace rate limits, when wired
+        if access is None:
+            return
+        st = access.limiter.stats()
+        yield CounterMetricFamily("certus_evaluate_rate_limited", "Calls refused by a workspace rate limit", value=st.dropped)
+        yield GaugeMetricFamily("certus_evaluate_rate_limit_buckets", "Workspaces with a token bucket", value=st.buckets)
 
 
 # -- the HTTP endpoint ------------------------------------------------------------------------------

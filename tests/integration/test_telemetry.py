@@ -402,11 +402,23 @@ def test_repeated_request_is_served_from_the_embedding_cache(sc: RunningSidecar)
     assert ratio == pytest.approx(hits_total / (hits_total + misses_total))
 
 
-def test_metrics_endpoint_stops_with_the_sidecar(tmp_path: Path, encoder: Any) -> None:
-    running = start_sidecar(make_config(tmp_path, server={"metrics_address": "127.0.0.1:0"}), encoder=encoder)
+def test_rate_limit_refusals_are_counted_and_the_endpoint_stops_with_the_sidecar(tmp_path: Path, encoder: Any) -> None:
+    cfg = make_config(
+        tmp_path, server={"metrics_address": "127.0.0.1:0"}, auth={"rate_limit_rps": 0.001, "rate_limit_burst": 1}
+    )
+    running = start_sidecar(cfg, encoder=encoder)
     port = running.app.metrics_server.port
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        assert b"# TYPE certus_evaluate_requests_total counter" in resp.read()
-    running.stop()
+    try:
+        running.stub.Evaluate(request(workspace_id="limited"), timeout=60)
+        with pytest.raises(grpc.RpcError) as err:
+            running.stub.Evaluate(request(workspace_id="limited"), timeout=60)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        after = scrape(running)
+    finally:
+        running.stop()
+    assert value(after, "certus_evaluate_rate_limited_total") == 1
+    assert value(after, "certus_evaluate_rate_limit_buckets") == 1
+    assert value(after, "certus_evaluate_grpc_requests_total", method="Evaluate", code="RESOURCE_EXHAUSTED") == 1
+    assert value(after, "certus_evaluate_grpc_requests_total", method="Evaluate", code="OK") == 1
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
