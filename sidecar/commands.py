@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from sidecar import config as config_mod
 
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _serve(args: argparse.Namespace) -> int:
     from sidecar.server.app import serve
+    from sidecar.metrics import parse_address
     from sidecar.telemetry import configure_logging, configure_tracing, shutdown_tracing
 
     server: dict[str, str] = {}
@@ -27,8 +29,14 @@ def _serve(args: argparse.Namespace) -> int:
     if args.metrics_address:
         server["metrics_address"] = args.metrics_address
     cfg = config_mod.load(args.config, overrides={"server": server} if server else {})
-    configure_logging(cfg.telemetry)
-    configure_tracing(cfg.telemetry)  # exports only when the OTEL_* settings ask
+    try:
+        configure_logging(cfg.telemetry)
+        configure_tracing(cfg.telemetry)  # exports only when the OTEL_* settings ask
+        if cfg.server.metrics_address:
+            parse_address(cfg.server.metrics_address)
+    except ValueError as exc:  # a bad LOG_* / OTEL_* setting: say which, no traceback
+        print(f"certus-sidecar: {exc}", file=sys.stderr)
+        return 2
     if cfg.server.use_uvloop:
         import uvloop
 
