@@ -55,7 +55,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_MAX_QUEUE = 10_000
 _BATCH_MAX = 512
-_IDLE_WAIT_S = 0.5
+_IDLE_WAIT_S = 1.0  # deep sleep: woken by the next record (or this timeout, as a safety net)
+_POLL_S = 0.02  # while records flow: how long a record may wait before the writer looks
+_DEEP_SLEEP_AFTER_S = 1.0
+_YIELD_EVERY = 8  # records serialised between GIL hand-backs on the writer thread
 
 
 @dataclass
@@ -139,6 +142,7 @@ class TraceWriter:
         self._items: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()
         self._closed = False
+        self._sleeping = True
         self._error_reported = False
         self._thread = threading.Thread(target=self._run, name=f"trace-writer:{path.name}", daemon=True)
         self._thread.start()
@@ -150,7 +154,7 @@ class TraceWriter:
             return False
         self._items.append((record, forward))
         self.stats.enqueued += 1
-        if not self._wake.is_set():
+        if self._sleeping:  # only an idle writer needs a wake-up (a syscall); a busy one polls
             self._wake.set()
         return True
 
@@ -179,13 +183,21 @@ class TraceWriter:
 
     def _run(self) -> None:
         f = None
+        idle_since = time.monotonic()
         while True:
             if not self._items:
                 if self._closed:
                     break
-                self._wake.wait(_IDLE_WAIT_S)
+                if time.monotonic() - idle_since < _DEEP_SLEEP_AFTER_S:
+                    self._wake.wait(_POLL_S)  # records are flowing: poll, callers need not wake us
+                else:
+                    self._sleeping = True
+                    if not self._items:  # re-check after publishing the flag (no lost wake-up)
+                        self._wake.wait(_IDLE_WAIT_S)
+                    self._sleeping = False
                 self._wake.clear()
                 continue
+            idle_since = time.monotonic()
             batch: list[tuple[dict[str, Any], _Forward | None]] = []
             markers: list[_Flush] = []
             while self._items and len(batch) < _BATCH_MAX:
@@ -195,11 +207,13 @@ class TraceWriter:
                     break  # everything before the marker is in this batch
                 batch.append(item)
             lines = []
-            for record, _fwd in batch:
+            for n, (record, _fwd) in enumerate(batch, start=1):
                 try:
                     lines.append(self._serialize(record))
                 except Exception:  # noqa: BLE001 - an unserialisable record is dropped, counted
                     self.stats.write_errors += 1
+                if n % _YIELD_EVERY == 0:
+                    time.sleep(0)  # hand the GIL back: a caller never waits for a whole batch
             try:
                 if lines:
                     if f is None:
