@@ -3,7 +3,8 @@
 The sidecar runs as ``python -m sidecar.cli serve`` (``start_local_sidecar``) with its evidence log,
 key and outbox in a test directory, and is called over loopback gRPC through the generated stubs by
 8 client threads with fresh texts. It is killed with SIGKILL in the middle of that load, restarted
-on the same directories (same key), and then:
+on the same directories (same key) — after a torn last line (half a record, a zero-filled block)
+was appended to the log, as a kill landing mid-write leaves it — and then:
 
 - ``certus-sidecar verify DIR --key PUB`` (the real CLI, trusting the key the server published in
   GetInfo) passes;
@@ -45,7 +46,7 @@ import pytest
 from sidecar.config import EvidenceConfig, ForwarderConfig
 from sidecar.evidence.decision import IntegrityDecision, utc_timestamp
 from sidecar.evidence.log import EvidenceLog
-from sidecar.evidence.records import LogRecord, iter_log
+from sidecar.evidence.records import LogRecord, iter_log, list_segments
 from sidecar.forwarder import Forwarder
 from sidecar.forwarder.receiver import IntegrityReceiver
 from sidecar.loadgen import start_local_sidecar
@@ -225,7 +226,7 @@ def write_trusted_key(tmp: Path, info: Any) -> Path:
     return path
 
 
-def verify_cli(home: Home, pub: Path) -> dict[str, Any]:
+def verify_cli(home: Home, pub: Path, expect_ok: bool = True) -> dict[str, Any]:
     """``certus-sidecar verify DIR --key PUB --json``: the real command, as an auditor runs it."""
     done = subprocess.run(
         [sys.executable, "-m", "sidecar.cli", "verify", str(home.evidence), "--key", str(pub), "--json"],
@@ -234,10 +235,20 @@ def verify_cli(home: Home, pub: Path) -> dict[str, Any]:
         text=True,
         timeout=120,
     )
-    assert done.returncode == 0, f"verify failed ({done.returncode}): {done.stdout}\n{done.stderr}"
     report: dict[str, Any] = json.loads(done.stdout)
+    if not expect_ok:
+        assert done.returncode == 1 and not report["ok"], done.stdout
+        return report
+    assert done.returncode == 0, f"verify failed ({done.returncode}): {done.stdout}\n{done.stderr}"
     assert report["ok"] and report["first_bad"] is None and report["key_source"] == "given"
     return report
+
+
+# what a write cut short by the kill can leave: half of a record, or a block never filled
+TORN_TAILS: list[Callable[[LogRecord], bytes]] = [
+    lambda last: last.line[: len(last.line) // 2],
+    lambda last: b"\0" * 4096,
+]
 
 
 def crash_under_load(sc: Sidecar, home: Home, tag: str, min_ok: int = 16) -> tuple[Load, list[LogRecord]]:
@@ -324,6 +335,12 @@ def test_kill9_under_load_twice_then_receiver_gets_everything_once(sink: str, tm
             load, before = crash_under_load(sc, home, f"{sink}-crash{crash}")
             answered.update(load.ok)
             assert len(before) >= len(records) + len(load.ok)
+            # as if the kill had landed mid-write: a torn last line the restart must cut away
+            seg = list_segments(home.evidence)[-1][1]
+            with seg.open("ab") as f:
+                f.write(TORN_TAILS[crash](before[-1]))
+            torn = verify_cli(home, pub, expect_ok=False)
+            assert "incomplete last line" in torn["first_bad"]["reason"]
             sc = Sidecar(env)  # same directories, same key
             assert sc.info().key_id == info.key_id
             report = verify_cli(home, pub)
@@ -365,7 +382,7 @@ def test_kill9_under_load_twice_then_receiver_gets_everything_once(sink: str, tm
         assert_delivered_exactly_once(receiver, records)
         dups = receiver.stats()["duplicates"]
         assert dups <= batch_size  # at most the batch in flight at the kill is sent twice
-        print(f"[{sink}] {len(answered)} answered before the kills, {len(records)} records, receiver duplicates dropped: {dups}")
+        print(f"[{sink}] {len(answered)} answered before the kills, {len(records)} records, duplicates dropped: {dups}")
     finally:
         sc.cleanup()
         if receiver is not None:

@@ -131,7 +131,12 @@ def test_evidence_verifies_with_the_published_key_and_holds_no_content(sidecar: 
     ]
     resp = sidecar.stub.Evaluate(
         pb.EvaluateRequest(
-            workspace_id="audit", query=query, response=response, context=context, request_id=tag[:12], timeout_ms=30_000
+            workspace_id="audit",
+            query=query,
+            response=response,
+            context=context,
+            request_id=tag[:12],
+            timeout_ms=30_000,
         ),
         timeout=60,
     )
@@ -190,7 +195,9 @@ def test_evidence_verifies_with_the_published_key_and_holds_no_content(sidecar: 
 
     # a changed payload or another key does not verify (the check above can fail)
     env = json.loads(line)
-    forged = dict(env, payload=base64.b64encode(payload.replace(b'"workspace_id":"audit"', b'"workspace_id":"audiT"')).decode())
+    edited = payload.replace(b'"workspace_id":"audit"', b'"workspace_id":"audiT"')
+    assert edited != payload
+    forged = dict(env, payload=base64.b64encode(edited).decode())
     with pytest.raises(InvalidSignature):
         verify_line(canonical(forged), info.public_key)
     other = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
@@ -267,7 +274,8 @@ def test_torn_tail_is_cut_at_restart_and_the_chain_continues(tmp_path: Path, enc
         sc = start_sidecar(cfg, encoder=encoder)  # must start, cutting the debris away
         try:
             health = health_pb2_grpc.HealthStub(sc.channel)
-            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
             assert seg.read_bytes() == good, f"{what}: the debris was not cut exactly at the last good record"
             new_ids = _evaluate(sc.stub, what.replace(" ", "-"), 2)
             assert sc.stub.GetInfo(pb.GetInfoRequest(), timeout=10).details["forwarder.last_seq"] == str(last.seq + 2)
