@@ -305,6 +305,6 @@ def test_info_key_verifies_every_record_of_the_shared_log(sidecar: Any) -> None:
         assert keyid == decision["key_id"] == info.key_id
         assert decision["seq"] == n - 1 and decision["prev_hash"] == prev
         prev = sha256_ref(rec.line)
-    assert n >= 2
-    assert info.details["forwarder.last_seq"] == str(n - 1)
+    # other tests' async jobs may still be appending: the log holds at least what GetInfo saw
+    assert n >= 2 and n - 1 >= int(info.details["forwarder.last_seq"])
 
