@@ -50,7 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     v = sub.add_parser("validate", help="CERT's validation (SQuAD v2, HaluEval) with the sidecar's scoring")
     v.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help=f"shared data directory (default {DEFAULT_DATA_DIR})")
-    v.add_argument("--dataset", action="append", choices=("squad_v2", "halueval"), help="repeatable; default both")
+    v.add_argument(
+        "--dataset",
+        action="append",
+        choices=("squad_v2", "halueval", "squad_v2_other_passage"),
+        help="repeatable; default squad_v2 and halueval (squad_v2_other_passage: a contrast set, see docs)",
+    )
     v.add_argument("--limit", type=int, help="first N questions / rows of each dataset (quick runs)")
     v.add_argument("--output", "-o", help="write the validation JSON here")
     v.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -10,6 +10,10 @@ other, case-insensitive); when the paragraph has none, the first ``plausible_ans
 unanswerable questions that differs likewise. Questions with no such wrong answer are left out.
 So there is one negative per positive, and both are spans of the passage the grader sees.
 
+``squad_v2_other_passage`` (on request, ``--dataset``) is a contrast set: the negative is a gold
+answer of a question on the next paragraph that does not occur in this passage — ungrounded, like a
+hallucination — to show how much the figure depends on how negatives are built.
+
 **HaluEval QA** (``halueval/qa_dev.jsonl``): per row, ``right_answer`` is the positive and
 ``hallucinated_answer`` the negative, both against the row's ``knowledge``.
 
@@ -43,6 +47,7 @@ from sidecar.toolkit.progress import Progress
 REPORTED_METRICS = ("confidence", "faithfulness", "semantic_similarity", "grounding", "answer_relevancy")
 CERT_CLAIM = {"dataset": "SQuAD v2", "roc_auc": 0.961, "accuracy": 0.953, "threshold": 0.46, "separation_sigma": 0.247}
 VALIDATION_FORMAT = "certus.validation/v1"
+DATASETS = ("squad_v2", "halueval", "squad_v2_other_passage")
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,43 @@ def squad_examples(path: str | Path, limit: int | None = None) -> list[Example]:
                 questions += 1
                 out.append(Example(q["id"], q["question"], golds[0], passage, 1, "gold"))
                 out.append(Example(q["id"], q["question"], wrong, passage, 0, kind))
+    return out
+
+
+def squad_other_passage_examples(path: str | Path, limit: int | None = None) -> list[Example]:
+    """A contrast set (not the README's method): the negative is the first gold answer of a question
+    on the *next paragraph* (file order, wrapping) that does not occur in this passage at all —
+    an answer not grounded in the passage, like a hallucination, instead of a wrong span of it."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    paras = [p for a in data["data"] for p in a["paragraphs"]]
+    out: list[Example] = []
+    questions = 0
+    for pi, para in enumerate(paras):
+        passage = para["context"]
+        low = passage.lower()
+        for q in para["qas"]:
+            if q.get("is_impossible") or not q.get("answers"):
+                continue
+            if limit is not None and questions >= limit:
+                return out
+            golds = [a["text"] for a in q["answers"]]
+            wrong = None
+            for step in range(1, len(paras)):
+                other = paras[(pi + step) % len(paras)]
+                for oq in other["qas"]:
+                    if oq.get("is_impossible") or not oq.get("answers"):
+                        continue
+                    cand = oq["answers"][0]["text"]
+                    if _differs(cand, golds) and cand.lower() not in low:
+                        wrong = cand
+                        break
+                if wrong is not None:
+                    break
+            if wrong is None:
+                continue
+            questions += 1
+            out.append(Example(q["id"], q["question"], golds[0], passage, 1, "gold"))
+            out.append(Example(q["id"], q["question"], wrong, passage, 0, "other_passage"))
     return out
 
 
@@ -267,11 +309,14 @@ def run_validation(
         if name == "squad_v2":
             src = root / "squad_v2" / "dev_subset.json"
             loader = squad_examples
+        elif name == "squad_v2_other_passage":
+            src = root / "squad_v2" / "dev_subset.json"
+            loader = squad_other_passage_examples
         elif name == "halueval":
             src = root / "halueval" / "qa_dev.jsonl"
             loader = halueval_examples
         else:
-            raise ValueError(f"unknown dataset {name!r} (squad_v2, halueval)")
+            raise ValueError(f"unknown dataset {name!r} ({', '.join(DATASETS)})")
         if not src.is_file():
             raise FileNotFoundError(f"{src}: validation data not found (see ../shared/data/README.md)")
         wanted.append((name, src, loader(src, limit)))

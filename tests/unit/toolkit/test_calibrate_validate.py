@@ -20,6 +20,7 @@ from sidecar.toolkit.validate import (
     halueval_examples,
     run_validation,
     squad_examples,
+    squad_other_passage_examples,
 )
 from tests.unit.toolkit.conftest import SHARED_DATA, data_file, write_jsonl
 
@@ -84,6 +85,14 @@ def test_squad_negatives_are_built_as_documented() -> None:
         assert _differs(neg.answer, golds[pos.key])
         assert neg.answer in pos.passage  # a span of the same passage: wrong for this question, not off-topic
     assert len(squad_examples(src, limit=5)) == 10
+
+
+def test_squad_contrast_set_negatives_are_not_in_the_passage() -> None:
+    examples = squad_other_passage_examples(data_file("squad_v2", "dev_subset.json"), limit=40)
+    assert len(examples) == 80
+    for pos, neg in zip(examples[::2], examples[1::2]):
+        assert pos.answer in pos.passage or pos.answer.lower() in pos.passage.lower()
+        assert neg.kind == "other_passage" and neg.answer.lower() not in neg.passage.lower()
 
 
 def test_halueval_pairs() -> None:
