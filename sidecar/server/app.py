@@ -104,8 +104,8 @@ class App:
         attach_app(metrics, app, __version__)
         app.access = access
         app.reclaimer = MemoryReclaimer(cfg.server.memory_reclaim_interval_s, cfg.server.memory_reclaim_growth_mib)
-        app.reclaimer.start()
         await app.warmup()
+        app.reclaimer.start()  # after warm-up: what is alive now is frozen out of gc passes
         return app
 
     async def warmup(self) -> None:

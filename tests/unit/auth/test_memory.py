@@ -46,5 +46,35 @@ def test_reclaimer_starts_and_stops_on_the_loop() -> None:
     assert asyncio.run(main()) == 0  # no growth, no reclaim
 
 
+@pytest.mark.skipif(rss_bytes() == 0, reason="needs /proc")
+def test_reclaimer_runs_once_rss_has_grown_and_stopped_rising() -> None:
+    class Node:
+        pass
+
+    async def main() -> tuple[int, int, int]:
+        rec = MemoryReclaimer(interval_s=0.05, growth_mib=64)
+        rec.start()
+        gc.disable()
+        try:
+            for _ in range(160):  # 160 MiB held only by unreachable cycles
+                a, b = Node(), Node()
+                a.other, b.other = b, a  # type: ignore[attr-defined]
+                a.payload = bytearray(b"x" * MIB)  # type: ignore[attr-defined]
+            del a, b
+            grown = rss_bytes()
+            for _ in range(200):  # bounded: 10 s
+                if rec.runs:
+                    break
+                await asyncio.sleep(0.05)
+            return grown, rss_bytes(), rec.runs
+        finally:
+            gc.enable()
+            await rec.stop()
+
+    grown, after, runs = asyncio.run(main())
+    assert runs >= 1
+    assert after < grown - 100 * MIB
+
+
 def test_zero_interval_disables() -> None:
     assert not MemoryReclaimer(interval_s=0).enabled
