@@ -46,6 +46,9 @@ def generate() -> None:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed: " + " ".join(args))
+    # empty package markers so a wheel carries the generated modules as regular packages
+    for d in [GEN_DIR, *(p for p in GEN_DIR.rglob("*") if p.is_dir() and p.name != "__pycache__")]:
+        (d / "__init__.py").touch()
     _STAMP.write_text(_digest())
 
 
