@@ -80,6 +80,7 @@ class ForwarderConfig:
     file_path: Path = DEFAULT_HOME / "integrity" / "decisions.jsonl"  # CERTUS_INTEGRITY_FILE
     outbox_dir: Path = DEFAULT_HOME / "outbox"  # CERTUS_OUTBOX_DIR
     batch_size: int = 100  # CERTUS_FORWARD_BATCH_SIZE
+    linger_ms: float = 50.0  # CERTUS_FORWARD_LINGER_MS: wait this long for a batch to fill (0 = send at once)
     timeout_s: float = 5.0  # CERTUS_FORWARD_TIMEOUT_S
     failure_threshold: int = 3  # CIRCUIT_BREAKER_FAILURE_THRESHOLD
     recovery_timeout_s: float = 30.0  # CIRCUIT_BREAKER_TIMEOUT_SECONDS
@@ -191,6 +192,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_INTEGRITY_FILE": ("forwarder", "file_path"),
     "CERTUS_OUTBOX_DIR": ("forwarder", "outbox_dir"),
     "CERTUS_FORWARD_BATCH_SIZE": ("forwarder", "batch_size"),
+    "CERTUS_FORWARD_LINGER_MS": ("forwarder", "linger_ms"),
     "CERTUS_FORWARD_TIMEOUT_S": ("forwarder", "timeout_s"),
     "CIRCUIT_BREAKER_FAILURE_THRESHOLD": ("forwarder", "failure_threshold"),
     "CIRCUIT_BREAKER_TIMEOUT_SECONDS": ("forwarder", "recovery_timeout_s"),

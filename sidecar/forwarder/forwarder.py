@@ -209,6 +209,14 @@ class Forwarder:
                     except asyncio.TimeoutError:
                         pass
                 continue
+            if (
+                self.cfg.linger_ms > 0
+                and not self._stopping
+                and self._log.last_seq - next_seq + 1 < self.cfg.batch_size
+            ):
+                # a short linger turns a trickle of decisions into batches: one sink call and one
+                # cursor fsync for many records instead of one each
+                await asyncio.sleep(self.cfg.linger_ms / 1000.0)
             try:
                 records = await asyncio.to_thread(self._log.read, next_seq, self.cfg.batch_size)
             except (OSError, ValueError) as exc:  # unreadable record: say so, keep trying (no skipping)
