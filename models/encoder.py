@@ -182,6 +182,8 @@ class OnnxEncoder:
         out_shape = self._session.get_outputs()[0].shape
         self.dim: int = int(out_shape[1]) if isinstance(out_shape[1], int) else DIM
 
+        self.texts_encoded = 0
+        self.tokens_encoded = 0
         self._tokenizer = Tokenizer.from_file(str(self.model_dir / TOKENIZER_FILE))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=max_seq_len)
@@ -247,6 +249,8 @@ class OnnxEncoder:
         if n == 0:
             return out
         lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+        self.texts_encoded += n  # plain counters for benchmarks and GetInfo (GIL-atomic enough)
+        self.tokens_encoded += int(lens.sum())
         order = np.argsort(lens, kind="stable")
         for chunk in self._chunks(lens[order]):
             rows = order[chunk]

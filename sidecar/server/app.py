@@ -32,7 +32,15 @@ from sidecar.metrics import InstrumentedEncoder, Metrics, MetricsServer, attach_
 from sidecar.pipeline import Pipeline
 from sidecar.protos import pb
 from sidecar.scoring import Scorer
-from sidecar.security import AccessControl, AuthInterceptor, check_binding, server_credentials
+from sidecar.security import (
+    AccessControl,
+    AuthInterceptor,
+    BindingRefused,
+    TlsConfigError,
+    TokensFileError,
+    check_binding,
+    server_credentials,
+)
 from sidecar.server import reflection
 from sidecar.server.servicer import EvaluatorService, method_handlers
 
@@ -145,6 +153,9 @@ class App:
         details.update({f"forwarder.{k}": v for k, v in self.forwarder.stats().items()})
         details.update({f"batcher.{k}": v for k, v in self.batcher.stats.as_dict().items()})
         details["batcher.queue_depth"] = self.batcher.queue_depth
+        for name in ("texts_encoded", "tokens_encoded"):
+            if hasattr(self.encoder, name):
+                details[f"encoder.{name}"] = getattr(self.encoder, name)
         details["cache.hit_ratio"] = round(self.batcher.cache.hit_ratio, 4)
         details.update({f"manifests.{k}": v for k, v in self.manifests.health_details().items()})
         details.update({f"ratelimit.{k}": v for k, v in self.access.limiter.stats().as_dict().items()})
@@ -213,7 +224,10 @@ async def shutdown(server: grpc.aio.Server, app: App) -> None:
 
 
 async def serve(cfg: Config) -> None:
-    server, port, app = await build_server(cfg)
+    try:
+        server, port, app = await build_server(cfg)
+    except (BindingRefused, TlsConfigError, TokensFileError) as exc:  # a setting to fix: no traceback
+        raise SystemExit(f"certus-sidecar: {exc}") from exc
     await server.start()
     host = cfg.server.address.rsplit(":", 1)[0]
     log.info("serving", address=f"{host}:{port}", key_id=app.signing_key.key_id, provider=info_provider(app))
