@@ -86,7 +86,7 @@ class TokenStore:
 
     def __init__(self, entries: list[TokenEntry]) -> None:
         if not entries:
-            raise TokensFileError("tokens: the file lists no tokens (every call would be refused)")
+            raise TokensFileError("the tokens file lists no tokens (every call would be refused)")
         self._entries = tuple(entries)
 
     def __len__(self) -> int:
@@ -109,21 +109,23 @@ class TokenStore:
         except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
             kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
             raise TokensFileError(f"auth.tokens_file: {path} is not valid {kind}: {exc}") from exc
-        return cls.from_data(data, source=str(path))
+        return cls.from_data(data, source=f"auth.tokens_file {path}")
 
     @classmethod
-    def from_data(cls, data: Any, source: str = "tokens") -> "TokenStore":
+    def from_data(cls, data: Any, source: str = "") -> "TokenStore":
+        """Entries from parsed JSON/TOML; ``source`` prefixes error messages (the file)."""
+        prefix = f"{source}: " if source else ""
         items = data.get("tokens") if isinstance(data, dict) else data
         if not isinstance(items, list):
-            raise TokensFileError(f"{source}: expected a list under 'tokens'")
-        entries = [_parse_entry(item, f"tokens[{i}]") for i, item in enumerate(items)]
+            raise TokensFileError(f"{prefix}expected a list under 'tokens'")
+        entries = [_parse_entry(item, f"{prefix}tokens[{i}]") for i, item in enumerate(items)]
         names = [e.identity.name for e in entries]
         dup_names = sorted({n for n in names if names.count(n) > 1})
         if dup_names:
-            raise TokensFileError(f"{source}: token names must be unique, repeated: {', '.join(dup_names)}")
+            raise TokensFileError(f"{prefix}token names must be unique, repeated: {', '.join(dup_names)}")
         digests = [e.digest for e in entries]
         if len(set(digests)) != len(digests):
-            raise TokensFileError(f"{source}: the same token_sha256 is listed twice")
+            raise TokensFileError(f"{prefix}the same token_sha256 is listed twice")
         return cls(entries)
 
     def authenticate(self, token: str) -> Identity | None:

@@ -345,3 +345,47 @@ def test_mtls_requires_a_client_certificate_from_the_ca(
             assert code_of(_info, ch) == grpc.StatusCode.UNAVAILABLE
     finally:
         running.stop()
+
+
+# -- the real `certus-sidecar serve` process (uvloop, settings from the environment) ---------------
+
+
+@pytest.mark.slow
+def test_serve_process_with_tokens_from_the_environment(tmp_path: Path, model_dir: Path) -> None:
+    from sidecar.loadgen import start_local_sidecar
+
+    tokens_file = tmp_path / "tokens.json"
+    tokens_file.write_text(json.dumps(TOKENS))
+    proc, target, _home = start_local_sidecar({"CERTUS_AUTH_TOKENS_FILE": str(tokens_file)})
+    try:
+        with grpc.insecure_channel(target) as ch:
+            stub = pb_grpc.EvaluatorStub(ch)
+            assert code_of(stub.Evaluate, request(), timeout=30) == grpc.StatusCode.UNAUTHENTICATED
+            assert stub.Evaluate(request(), metadata=bearer(READER), timeout=60).evidence_id.startswith("sha256:")
+            reqs = [request(request_id="ok"), request(request_id="no", workspace_id="beta")]
+            answers = {a.request_id: a for a in stub.EvaluateStream(iter(reqs), metadata=bearer(READER), timeout=60)}
+            assert answers["ok"].WhichOneof("result") == "response"
+            assert answers["no"].error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "CERTUS_HOME": str(tmp_path),
+        "CERTUS_ADDRESS": "0.0.0.0:0",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "serve"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode != 0
+    assert "CERTUS_AUTH_TOKENS_FILE" in out.stderr and "CERTUS_ALLOW_INSECURE_REMOTE" in out.stderr
+    assert not (tmp_path / "evidence").exists()  # refused before anything was created

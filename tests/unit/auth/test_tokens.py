@@ -150,3 +150,11 @@ def test_parse_bearer(values: list[str], token: str) -> None:
 def test_parse_bearer_refuses(values: list[str]) -> None:
     with pytest.raises(ValueError):
         parse_bearer(values)
+
+
+def test_entry_errors_from_a_file_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps([entry(scopes=["admin"])]))
+    with pytest.raises(TokensFileError) as exc:
+        TokenStore.load(path)
+    assert str(exc.value).startswith(f"auth.tokens_file {path}: tokens[0].scopes: unknown scope 'admin'")
