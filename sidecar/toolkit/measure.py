@@ -32,7 +32,7 @@ def _components() -> tuple[Any, Any]:
             cfg = config_mod.load()
             comps = (build_encoder(cfg), Scorer(cfg.scoring))
             _state["components"] = comps
-    return comps  # type: ignore[no-any-return]
+    return comps
 
 
 def use_encoder(encoder: Any, scorer: Any = None) -> None:

@@ -202,7 +202,7 @@ def to_pdf(doc: Document, path: Path) -> Path:
 
     title, footer_text = doc.title, doc.footer
 
-    class _PDF(FPDF):  # type: ignore[misc]
+    class _PDF(FPDF):
         def header(self) -> None:
             if self.page_no() == 1:
                 return
