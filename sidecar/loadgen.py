@@ -54,8 +54,11 @@ class Mix:
     pool: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
-        self.pool = [" ".join(_sentence(self.rng, 20) for _ in range(5)) for _ in range(self.chunk_pool)]
+        # the chunk pool is fixed by the seed (so a warm-up run warms the cache for later runs);
+        # queries and responses are fresh in every run, as in real traffic
+        pool_rng = random.Random(self.seed)
+        self.pool = [" ".join(_sentence(pool_rng, 20) for _ in range(5)) for _ in range(self.chunk_pool)]
+        self.rng = random.Random()
         self.counter = 0
 
     def request(self) -> Any:
