@@ -11,8 +11,9 @@ Given the embeddings of a request's texts (from the batcher), computes with Numb
 - ``answer_relevancy``: cosine(query, response);
 - ``context_relevance``: mean cosine(query, chunk);
 - ``faithfulness``: the response split into sentences (claims); each claim's support against each chunk
-  is 0.5 * cosine + 0.5 * grounding * numeric_consistency; a claim is supported when its best chunk's
-  support reaches ``claim_support_threshold``; faithfulness = supported / total.
+  is w * cosine + (1 - w) * grounding * numeric_consistency (w = ``claim_semantic_weight``, 0.2); a
+  claim is supported when its best chunk's support reaches ``claim_support_threshold`` (0.75);
+  faithfulness = supported / total.
 
 The response vector is the response's own embedding when it is one sentence, otherwise the
 length-weighted mean of its sentence embeddings (so long answers are not truncated at 256 tokens and
@@ -133,7 +134,8 @@ class Scorer:
         a, b = kernels.pack_features(claim_f), kernels.pack_features(chunk_f)
         g = kernels.term_grounding_matrix(a.term_offsets, a.terms, b.term_offsets, b.terms)
         n = kernels.numeric_matrix(a.number_offsets, a.numbers, b.number_offsets, b.numbers)
-        support = 0.5 * cos + 0.5 * g * n
+        w = self.cfg.claim_semantic_weight
+        support = w * cos + (1.0 - w) * g * n
         best = support.argmax(axis=1)
         out = []
         thr = self.cfg.claim_support_threshold

@@ -64,7 +64,7 @@ def test_seed_example_faithful_paraphrase_is_matched(encoder: Any) -> None:
 
 
 def test_faithful_answer_has_every_claim_supported_by_the_right_chunk(encoder: Any) -> None:
-    s, _ = score(encoder, "Apple's Q4 revenue was $89.5 billion. Services hit a record $22.3 billion.")
+    s, _ = score(encoder, "Apple's Q4 revenue was $89.5 billion. Services reached a record $22.3 billion.")
     assert s.values[FAITHFULNESS] == 1.0
     assert [c.chunk_index for c in s.claims] == [0, 1]
     assert all(c.numeric == 1.0 for c in s.claims)
@@ -72,7 +72,7 @@ def test_faithful_answer_has_every_claim_supported_by_the_right_chunk(encoder: A
 
 
 def test_one_wrong_figure_fails_one_claim(encoder: Any) -> None:
-    s, _ = score(encoder, "Apple's Q4 revenue was $89.5 billion. Services hit a record $31 billion.")
+    s, _ = score(encoder, "Apple's Q4 revenue was $89.5 billion. Services reached a record $31 billion.")
     assert s.values[FAITHFULNESS] == 0.5
     assert s.claims[0].supported and not s.claims[1].supported
     assert s.claims[1].chunk_index == -1 and s.claims[1].numeric == 0.0
@@ -81,7 +81,7 @@ def test_one_wrong_figure_fails_one_claim(encoder: Any) -> None:
 
 
 def test_multi_sentence_response_vector_is_the_weighted_mean_of_claims(encoder: Any) -> None:
-    response = "Apple's Q4 revenue was $89.5 billion. Services hit a record $22.3 billion."
+    response = "Apple's Q4 revenue was $89.5 billion. Services reached a record $22.3 billion."
     s, layout = score(encoder, response)
     v = encoder.encode(layout.texts)
     spans = layout.claim_spans
