@@ -196,6 +196,8 @@ async def build_server(cfg: Config, app: App | None = None) -> tuple[grpc.aio.Se
         ("grpc.max_send_message_length", cfg.server.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if cfg.server.max_concurrent_streams > 0:  # per connection; bounds the bytes a flood can park
+        options.append(("grpc.max_concurrent_streams", cfg.server.max_concurrent_streams))
     server = grpc.aio.server(
         options=options, interceptors=interceptors, maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs
     )

@@ -13,8 +13,9 @@ flood workspace's bucket with one small call, then sends (round robin, ``concurr
 
 The server's RSS (/proc/<pid>/status VmRSS, or psutil when installed) is sampled every 20 ms: the
 baseline after warm-up, the peak during the flood, and the value once the flood is over (waiting up
-to --settle seconds for it to come within 32 MiB of the baseline). Runs twice, with the memory
-reclaimer (sidecar/memory.py) off and on. Bounded by --requests and --seconds.
+to --settle seconds for it to come within 32 MiB of the baseline). Runs with the memory reclaimer
+(sidecar/memory.py) off, with the defaults, and with server.max_concurrent_streams=--streams.
+Bounded by --requests and --seconds.
 """
 
 from __future__ import annotations
@@ -247,11 +248,18 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1500)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--settle", type=float, default=6.0, help="max seconds to wait for RSS to come back")
+    ap.add_argument("--streams", type=int, default=64, help="also run with server.max_concurrent_streams=N (0: skip)")
     args = ap.parse_args()
     if not (0 < args.seconds <= 120 and 0 < args.requests <= 100_000 and 0 < args.concurrency <= 1024):
         raise SystemExit("keep it bounded: seconds <= 120, requests <= 100000, concurrency <= 1024")
     ok = True
-    for label, env in (("reclaim off", {"CERTUS_MEMORY_RECLAIM_S": "0"}), ("reclaim on (default)", {})):
+    variants: list[tuple[str, dict[str, str]]] = [
+        ("reclaim off", {"CERTUS_MEMORY_RECLAIM_S": "0"}),
+        ("defaults (reclaim on)", {}),
+    ]
+    if args.streams > 0:
+        variants.append((f"max_concurrent_streams={args.streams}", {"CERTUS_MAX_CONCURRENT_STREAMS": str(args.streams)}))
+    for label, env in variants:
         ok = run_variant(label, env, args) and ok
     return 0 if ok else 1
 

@@ -174,6 +174,22 @@ def test_concurrency_cap_refuses_beyond_max_concurrent_rpcs(tmp_path: Path, enco
         running.stop()
 
 
+def test_max_concurrent_streams_queues_calls_on_a_busy_connection(tmp_path: Path, encoder: Any) -> None:
+    running = start_sidecar(make_config(tmp_path, server={"max_concurrent_streams": 1}), encoder=encoder)
+    try:
+        stream = OpenStream(running.stub, "acme")  # takes the connection's only stream
+        with pytest.raises(grpc.RpcError) as exc:  # queued behind it on this connection, never sent
+            running.stub.GetInfo(pb.GetInfoRequest(), timeout=1)
+        assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        own_connection = [("grpc.use_local_subchannel_pool", 1)]  # not the process-wide shared one
+        with grpc.insecure_channel(running.target, options=own_connection) as other:  # its own stream
+            assert len(pb_grpc.EvaluatorStub(other).GetInfo(pb.GetInfoRequest(), timeout=10).public_key) == 32
+        stream.close()
+        assert len(running.stub.GetInfo(pb.GetInfoRequest(), timeout=10).public_key) == 32
+    finally:
+        running.stop()
+
+
 # -- flood ---------------------------------------------------------------------------------------
 
 
