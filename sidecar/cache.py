@@ -35,6 +35,11 @@ class LruCache(Generic[V]):
             self.hits += 1
             return value
 
+    def peek(self, key: bytes) -> V | None:
+        """Like :meth:`get`, without counting a hit or miss or refreshing recency."""
+        with self._lock:
+            return self._data.get(key)
+
     def put(self, key: bytes, value: V) -> None:
         if self.max_entries <= 0:
             return

@@ -47,6 +47,8 @@ SERVICE_ERRORS = (ResourceExhausted, Unavailable, Fatal)
 
 
 class Guardrails(Protocol):
+    def texts_to_embed(self, inp: EvaluateInput, configs: object) -> list[str]: ...
+
     def scan(self, inp: EvaluateInput, configs: object) -> list[GuardrailViolation]: ...
 
 
@@ -199,8 +201,11 @@ class Pipeline:
         guard = loop.run_in_executor(self._guard_pool, telemetry.in_context(self._scan), inp, manifest.guardrails)
         try:
             layout = self.scorer.layout(inp)
-            with telemetry.span(tracer, telemetry.SPAN_EMBED, {telemetry.ATTR_TEXTS: len(layout.texts)}):
-                vecs = await self.batcher.embed(layout.texts)
+            # the guardrails' new texts ride in the same encoder batch (their own lookup then hits
+            # the batcher cache instead of waiting for a second encoder round)
+            extra = self.guardrails.texts_to_embed(inp, manifest.guardrails)
+            with telemetry.span(tracer, telemetry.SPAN_EMBED, {telemetry.ATTR_TEXTS: len(layout.texts) + len(extra)}):
+                vecs = await self.batcher.embed(layout.texts + extra)
             scores = await loop.run_in_executor(self._kernel_pool, telemetry.in_context(self._score), inp, layout, vecs)
             violations = await guard
         except BaseException:

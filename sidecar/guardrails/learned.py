@@ -148,8 +148,26 @@ class LearnedSignal:
         self._cache_entries = cache_entries
         self._lock = threading.Lock()
 
+    def uncached_pieces(self, texts: Sequence[str]) -> list[str]:
+        """The segments :meth:`score_texts` would embed for ``texts`` and has not scored yet: the
+        pipeline embeds them in the same batch as the scoring texts, so the guardrail's own
+        embedding call finds them in the batcher's cache instead of waiting for an encoder round."""
+        pieces = [texts[i][s:e] for i, s, e in self._plan(texts)]
+        with self._lock:
+            return [p for p in pieces if content_hash(p) not in self._cache]
+
     def score_texts(self, texts: Sequence[str]) -> list[list[SegmentScore]]:
         """Per text, the scores of its segments (within the per-call segment budget)."""
+        chosen = self._plan(texts)
+        pieces = [texts[i][s:e] for i, s, e in chosen]
+        scores = self._score_pieces(pieces)
+        out: list[list[SegmentScore]] = [[] for _ in texts]
+        for (i, s, e), (p, j) in zip(chosen, scores):
+            out[i].append(SegmentScore(s, e, p, j))
+        return out
+
+    def _plan(self, texts: Sequence[str]) -> list[tuple[int, int, int]]:
+        """(text index, start, end) of the segments to score, by priority, within the budget."""
         spans = []
         for t in texts:
             segs = [(s, e) for s, e in segments(t) if len(t[s:e].split()) >= MIN_WORDS]
@@ -165,12 +183,7 @@ class LearnedSignal:
         chosen, dropped = order[: self.max_segments], len(order) - self.max_segments
         if dropped > 0:
             log.info("injection_segments_over_budget", scored=len(chosen), skipped=dropped)
-        pieces = [texts[i][s:e] for i, s, e in chosen]
-        scores = self._score_pieces(pieces)
-        out: list[list[SegmentScore]] = [[] for _ in texts]
-        for (i, s, e), (p, j) in zip(chosen, scores):
-            out[i].append(SegmentScore(s, e, p, j))
-        return out
+        return chosen
 
     def _score_pieces(self, pieces: list[str]) -> list[tuple[float, float]]:
         keys = [content_hash(p) for p in pieces]

@@ -85,6 +85,14 @@ class PromptAttackGuardrail:
         # scanned once; keyed by content hash, never by content
         self._findings: LruCache[tuple[_Hit, ...]] = LruCache(FINDINGS_CACHE_ENTRIES)
 
+    def unscanned(self, inp: EvaluateInput) -> list[str]:
+        """The query/context texts whose findings are not cached yet."""
+        return [
+            s.text
+            for s in request_sources(inp, query=True, context=True, response=False)
+            if self._findings.peek(text_key(s.text)) is None
+        ]
+
     def detect(self, inp: EvaluateInput, cfg: GuardrailConfig) -> list[GuardrailViolation]:
         sources = list(request_sources(inp, query=True, context=True, response=False))
         keys = [text_key(s.text) for s in sources]

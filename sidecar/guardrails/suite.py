@@ -71,6 +71,19 @@ class GuardrailSuite:
             learned=self.learned is not None,
         )
 
+    def texts_to_embed(self, inp: EvaluateInput, configs: Mapping[GuardrailType, GuardrailConfig]) -> list[str]:
+        """Texts the learned prompt-attack signal will embed during :meth:`scan` (segments of query
+        and chunks not seen before), so the caller can batch them with its own encoder call."""
+        if self.learned is None:
+            return []
+        texts: dict[str, None] = {}
+        for gtype in (GuardrailType.PROMPT_INJECTION, GuardrailType.JAILBREAK):
+            cfg = configs.get(gtype)
+            guardrail = self.guardrails[gtype]
+            if cfg is not None and cfg.enabled and isinstance(guardrail, PromptAttackGuardrail):
+                texts.update(dict.fromkeys(guardrail.unscanned(inp)))
+        return self.learned.uncached_pieces(list(texts)) if texts else []
+
     def scan(self, inp: EvaluateInput, configs: Mapping[GuardrailType, GuardrailConfig]) -> list[GuardrailViolation]:
         """Every violation of the enabled guardrails that passes its config's thresholds, in a
         stable order (guardrail type, source, offset); repeated identical spans are reported once."""

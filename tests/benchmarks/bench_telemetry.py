@@ -67,6 +67,9 @@ INP = EvaluateInput(
 
 
 class NullGuardrails:
+    def texts_to_embed(self, inp: Any, configs: Any) -> list[str]:
+        return []
+
     def scan(self, inp: Any, configs: Any) -> list[Any]:
         return []
 

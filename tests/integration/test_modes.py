@@ -107,6 +107,9 @@ class RaisingGuardrails:
         self.real = real
         self.scans = 0
 
+    def texts_to_embed(self, inp: Any, configs: Any) -> Any:
+        return self.real.texts_to_embed(inp, configs)
+
     def scan(self, inp: Any, configs: Any) -> Any:
         self.scans += 1
         self.real.scan(inp, configs)
