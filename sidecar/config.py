@@ -70,6 +70,14 @@ class ScoringConfig:
 
 
 @dataclass(frozen=True)
+class GuardrailsConfig:
+    # CERTUS_PII_NER: spaCy NER for PII (PERSON and NER-backed entities). Off = Presidio's pattern
+    # recognizers only (email, phone, card, IBAN, IP, SSN): ~1 ms instead of ~8 ms of CPU per
+    # 60-word response, the largest single cost of an evaluation on CPU (README, Benchmarks).
+    pii_ner: bool = True
+
+
+@dataclass(frozen=True)
 class EvidenceConfig:
     log_dir: Path = DEFAULT_HOME / "evidence"  # CERTUS_EVIDENCE_DIR
     key_path: Path = DEFAULT_HOME / "keys" / "signing.key"  # CERTUS_SIGNING_KEY (generated if absent)
@@ -152,6 +160,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    guardrails: GuardrailsConfig = field(default_factory=GuardrailsConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     forwarder: ForwarderConfig = field(default_factory=ForwarderConfig)
     manifests: ManifestConfig = field(default_factory=ManifestConfig)
@@ -192,6 +201,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_MATCH_THRESHOLD": ("scoring", "match_threshold"),
     "CERTUS_CLAIM_SUPPORT_THRESHOLD": ("scoring", "claim_support_threshold"),
     "CERTUS_CLAIM_SEMANTIC_WEIGHT": ("scoring", "claim_semantic_weight"),
+    "CERTUS_PII_NER": ("guardrails", "pii_ner"),
     "CERTUS_EVIDENCE_DIR": ("evidence", "log_dir"),
     "CERTUS_SIGNING_KEY": ("evidence", "key_path"),
     "CERTUS_SEGMENT_BYTES": ("evidence", "segment_bytes"),

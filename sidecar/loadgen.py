@@ -110,6 +110,14 @@ class RunResult:
         )
 
 
+def _count(resp: Any, ms: float, latencies: list[float], errors: Counter[str]) -> None:
+    """A scored answer counts as served; a skipped one (timeout, overload) is reported apart."""
+    if resp.skipped:
+        errors[f"skipped:{resp.skip_reason}"] += 1
+    else:
+        latencies.append(ms)
+
+
 async def _closed_loop(stub: Any, mix: Mix, concurrency: int, duration_s: float, stream: bool) -> RunResult:
     latencies: list[float] = []
     errors: Counter[str] = Counter()
@@ -119,8 +127,8 @@ async def _closed_loop(stub: Any, mix: Mix, concurrency: int, duration_s: float,
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
             try:
-                await stub.Evaluate(mix.request(), timeout=30)
-                latencies.append((time.perf_counter() - t0) * 1000)
+                resp = await stub.Evaluate(mix.request(), timeout=30)
+                _count(resp, (time.perf_counter() - t0) * 1000, latencies, errors)
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] += 1
 
@@ -134,7 +142,7 @@ async def _closed_loop(stub: Any, mix: Mix, concurrency: int, duration_s: float,
                 if resp.WhichOneof("result") == "error":
                     errors[f"code{resp.error.code}"] += 1
                 else:
-                    latencies.append((time.perf_counter() - t0) * 1000)
+                    _count(resp.response, (time.perf_counter() - t0) * 1000, latencies, errors)
             await call.done_writing()
         except grpc.aio.AioRpcError as exc:
             errors[exc.code().name] += 1
@@ -154,8 +162,8 @@ async def _open_loop(stub: Any, mix: Mix, rate: float, duration_s: float) -> Run
 
     async def one(scheduled: float) -> None:
         try:
-            await stub.Evaluate(mix.request(), timeout=30)
-            latencies.append((time.perf_counter() - scheduled) * 1000)
+            resp = await stub.Evaluate(mix.request(), timeout=30)
+            _count(resp, (time.perf_counter() - scheduled) * 1000, latencies, errors)
         except grpc.aio.AioRpcError as exc:
             errors[exc.code().name] += 1
 

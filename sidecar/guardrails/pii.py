@@ -71,10 +71,13 @@ def _offline_tld_extractor() -> Any:
     return tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
 
 
-def _load_spacy() -> tuple[Any, str, bool]:
-    """The spaCy pipeline: the PyPI-packaged English model if installed, else a blank one."""
+def _load_spacy(ner: bool = True) -> tuple[Any, str, bool]:
+    """The spaCy pipeline: the PyPI-packaged English model if installed (and ``ner``), else a
+    blank one (pattern recognizers only: no PERSON, about 1 ms instead of 8 per 60-word text)."""
     import spacy
 
+    if not ner:
+        return spacy.blank("en"), "blank:en", False
     try:
         nlp = spacy.load(NER_PACKAGE, exclude=["parser"])  # lemmas feed the context enhancer
         return nlp, NER_PACKAGE, "ner" in nlp.pipe_names
@@ -87,17 +90,17 @@ class _Engines:
     """Builds the analyzer once; shared by every PiiGuardrail of the process."""
 
     _lock = threading.Lock()
-    _built: tuple[Any, str, tuple[str, ...]] | None = None
+    _built: dict[bool, tuple[Any, str, tuple[str, ...]]] = {}
 
     @classmethod
-    def get(cls) -> tuple[Any, str, tuple[str, ...]]:
+    def get(cls, ner: bool = True) -> tuple[Any, str, tuple[str, ...]]:
         with cls._lock:
-            if cls._built is None:
-                cls._built = cls._build()
-            return cls._built
+            if ner not in cls._built:
+                cls._built[ner] = cls._build(ner)
+            return cls._built[ner]
 
     @staticmethod
-    def _build() -> tuple[Any, str, tuple[str, ...]]:
+    def _build(ner: bool) -> tuple[Any, str, tuple[str, ...]]:
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
         from presidio_analyzer.predefined_recognizers import (
@@ -116,7 +119,7 @@ class _Engines:
             def validate_result(self, pattern_text: str) -> bool:
                 return bool(extractor(pattern_text).fqdn)
 
-        nlp, model_name, has_ner = _load_spacy()
+        nlp, model_name, has_ner = _load_spacy(ner)
 
         class PreloadedSpacyNlpEngine(SpacyNlpEngine):
             def load(self) -> None:  # already loaded: never download, never probe for a GPU
@@ -153,8 +156,8 @@ class _Engines:
 class PiiAnalyzer:
     """Thin, thread-safe wrapper over the shared Presidio analyzer: text in, spans out."""
 
-    def __init__(self) -> None:
-        self._analyzer, self.ner_model, self.entities = _Engines.get()
+    def __init__(self, ner: bool = True) -> None:
+        self._analyzer, self.ner_model, self.entities = _Engines.get(ner)
         self._lock = threading.Lock()
 
     def analyze(self, text: str, entities: Sequence[str] | None = None) -> list[PiiSpan]:
@@ -202,8 +205,8 @@ def _drop_nested(spans: list[PiiSpan]) -> list[PiiSpan]:
 class PiiGuardrail:
     guardrail_type = GuardrailType.PII
 
-    def __init__(self, analyzer: PiiAnalyzer | None = None) -> None:
-        self.analyzer = analyzer or PiiAnalyzer()
+    def __init__(self, analyzer: PiiAnalyzer | None = None, *, ner: bool = True) -> None:
+        self.analyzer = analyzer or PiiAnalyzer(ner)
 
     @property
     def ner_model(self) -> str:

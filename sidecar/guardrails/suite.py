@@ -52,11 +52,11 @@ def apply_policy(violations: Sequence[GuardrailViolation], cfg: GuardrailConfig)
 
 
 class GuardrailSuite:
-    def __init__(self, embed: Embed | None = None, *, head: AttackHead | None = None) -> None:
+    def __init__(self, embed: Embed | None = None, *, head: AttackHead | None = None, pii_ner: bool = True) -> None:
         """``embed``: the sidecar's shared batched encoder (thread-safe, blocking, float32[n, 384]
         L2-normalised); None disables the learned prompt-attack signal (rules only)."""
         self.learned = LearnedSignal(embed, head) if embed is not None else None
-        self.pii = PiiGuardrail()
+        self.pii = PiiGuardrail(ner=pii_ner)
         self.guardrails: dict[GuardrailType, Guardrail] = {
             GuardrailType.PII: self.pii,
             GuardrailType.PROMPT_INJECTION: PromptAttackGuardrail(GuardrailType.PROMPT_INJECTION, self.learned),

@@ -103,7 +103,7 @@ class App:
         await forwarder.start()
         manifests = ManifestStore(cfg.manifests)
         manifests.start()
-        guardrails = GuardrailSuite(embed=batcher.embed_sync)
+        guardrails = GuardrailSuite(embed=batcher.embed_sync, pii_ner=cfg.guardrails.pii_ner)
         jobs = JobTable(cfg.async_jobs)
         scorer = Scorer(cfg.scoring)
         pipeline = Pipeline(batcher, scorer, guardrails, manifests, evidence, jobs, metrics=metrics)

@@ -113,13 +113,29 @@ def main() -> None:
     ap.add_argument("--rates", default="10,25,50,100")
     ap.add_argument("--png", default="")
     ap.add_argument("--json", default="")
+    ap.add_argument(
+        "--no-guardrails",
+        action="store_true",
+        help="workspace manifest with every guardrail disabled: the scoring path alone vs the encoder",
+    )
     args = ap.parse_args()
     threads = os.cpu_count() or 2
 
     print(f"raw encoder ({args.variant}, {threads} threads):", flush=True)
     raw = raw_encoder(args.variant, threads, min(args.duration, 5.0))
 
-    proc, target, _home = start_local_sidecar({"CERTUS_MODEL_VARIANT": args.variant, "LOG_LEVEL": "ERROR"})
+    proc, target, home = start_local_sidecar({"CERTUS_MODEL_VARIANT": args.variant, "LOG_LEVEL": "ERROR"})
+    if args.no_guardrails:
+        default = json.loads((ROOT / "sidecar" / "default_manifest.json").read_text())
+        default.update(
+            manifest_id="manifest_bench_2025_01",
+            manifest_uri="certus://manifests/bench/2025-01",
+            workspace_id="bench",
+            guardrails={g: {"enabled": False} for g in default["guardrails"]},
+        )
+        (home / "manifests" / "bench").mkdir(parents=True, exist_ok=True)
+        (home / "manifests" / "bench" / "2025-01.json").write_text(json.dumps(default))
+        time.sleep(2.5)  # the store polls for changes every second
     try:
         concurrencies = [int(c) for c in args.concurrency.split(",") if c]
         rates = [float(r) for r in args.rates.split(",") if r]

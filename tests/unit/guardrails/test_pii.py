@@ -149,3 +149,19 @@ def test_long_punctuation_runs_are_defused_without_moving_offsets(rules_suite: G
     # spaCy's tokenizer is quadratic on such runs (minutes at this size without the defusing)
     inp = req(response="![" * 20000 + f" see {url} " + "+" * 20000)
     assert [(v.detector, text_of(inp, v)) for v in scan_one(rules_suite, GuardrailType.PII, inp)] == [("EMAIL_ADDRESS", "ann.lee@example.org")]
+
+
+def test_pattern_only_mode_keeps_pattern_entities_and_drops_ner() -> None:
+    """CERTUS_PII_NER=false: Presidio's pattern recognizers on a blank pipeline (no PERSON)."""
+    from sidecar.domain import GuardrailConfig, Severity
+    from sidecar.guardrails.pii import PiiGuardrail
+
+    g = PiiGuardrail(ner=False)
+    assert g.ner_model == "blank:en"
+    inp = req(response="John Smith can be reached at john.smith@example.com or 212-555-0199.")
+    cfg = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0)
+    found = {v.detector for v in g.detect(inp, cfg)}
+    assert "EMAIL_ADDRESS" in found and "PHONE_NUMBER" in found
+    assert "PERSON" not in found
+    with_ner = {v.detector for v in PiiGuardrail().detect(inp, cfg)}
+    assert "PERSON" in with_ner
