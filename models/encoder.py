@@ -34,6 +34,7 @@ from models.export import (
     OUTPUT_NAME,
     TOKENIZER_FILE,
     VARIANTS,
+    resolve_variant,
     default_model_dir,
     ensure_model,
     read_manifest,
@@ -123,6 +124,7 @@ class OnnxEncoder:
         export_if_missing: bool = False,
     ) -> None:
         violations = []
+        variant = resolve_variant(variant)
         if variant not in VARIANTS:
             violations.append(FieldViolation("model.variant", f"must be one of {', '.join(VARIANTS)}"))
         if provider not in PROVIDERS:

