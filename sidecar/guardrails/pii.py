@@ -100,7 +100,7 @@ class _Engines:
             return cls._built[ner]
 
     @staticmethod
-    def _build(ner: bool) -> tuple[Any, str, tuple[str, ...]]:
+    def _build(ner: bool = True) -> tuple[Any, str, tuple[str, ...]]:
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
         from presidio_analyzer.predefined_recognizers import (
