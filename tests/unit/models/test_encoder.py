@@ -176,5 +176,6 @@ def test_from_config_uses_the_config_tree(default_dir: Path) -> None:
         },
     )
     enc = OnnxEncoder.from_config(cfg.model, cfg.batcher)
-    assert (enc.provider, enc.variant, enc.max_batch_size, enc.max_seq_len) == ("CPUExecutionProvider", "fp32", 16, 128)
+    # the config's default variant is "auto": int8 on the CPU execution provider
+    assert (enc.provider, enc.variant, enc.max_batch_size, enc.max_seq_len) == ("CPUExecutionProvider", "int8", 16, 128)
     assert enc.token_counts(["word " * 500]).tolist() == [128]
