@@ -76,21 +76,10 @@ class App:
         access = AccessControl.from_config(cfg)  # a bad tokens file fails before the model loads
         if encoder is None:
             from models.encoder import OnnxEncoder
-            from models.export import ensure_model
 
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, ensure_model, cfg.model.model_dir, cfg.model.variant)
-            encoder = await loop.run_in_executor(
-                None,
-                lambda: OnnxEncoder(
-                    cfg.model.model_dir,
-                    variant=cfg.model.variant,
-                    provider=cfg.model.provider,
-                    intra_op_threads=cfg.model.intra_op_threads,
-                    max_seq_len=cfg.model.max_seq_len,
-                    max_batch_size=cfg.batcher.max_batch_size,
-                    max_batch_tokens=cfg.batcher.max_batch_tokens,
-                ),
+            # exports the model first when it is missing (off the event loop: seconds)
+            encoder = await asyncio.get_running_loop().run_in_executor(
+                None, OnnxEncoder.from_config, cfg.model, cfg.batcher
             )
         metrics = Metrics(cfg.telemetry.metrics_max_workspaces)
         batcher = Batcher(InstrumentedEncoder(encoder, metrics), cfg.batcher)  # batch size/time histograms

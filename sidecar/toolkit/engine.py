@@ -24,18 +24,8 @@ from sidecar.scoring import Scorer
 def build_encoder(cfg: Config) -> Any:
     """The serving encoder for ``cfg`` (exports the model first if it is missing), as App.create does."""
     from models.encoder import OnnxEncoder
-    from models.export import ensure_model
 
-    ensure_model(cfg.model.model_dir, cfg.model.variant)
-    return OnnxEncoder(
-        cfg.model.model_dir,
-        variant=cfg.model.variant,
-        provider=cfg.model.provider,
-        intra_op_threads=cfg.model.intra_op_threads,
-        max_seq_len=cfg.model.max_seq_len,
-        max_batch_size=cfg.batcher.max_batch_size,
-        max_batch_tokens=max(cfg.batcher.max_batch_tokens, cfg.model.max_seq_len),
-    )
+    return OnnxEncoder.from_config(cfg.model, cfg.batcher)
 
 
 class _TextBudget:
