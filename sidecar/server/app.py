@@ -70,6 +70,7 @@ class App:
     reclaimer: MemoryReclaimer | None = None  # gives memory back after a burst (sidecar/memory.py)
     metrics: Metrics = field(default_factory=Metrics)  # own registry (sidecar.metrics)
     metrics_server: MetricsServer | None = None  # Prometheus endpoint, when server.metrics_address is set
+    health_server: grpc.aio.Server | None = None  # health-only listener, when server.health_address is set
 
     @classmethod
     async def create(cls, cfg: Config, encoder: Any = None) -> "App":
@@ -202,14 +203,31 @@ async def build_server(cfg: Config, app: App | None = None) -> tuple[grpc.aio.Se
         raise RuntimeError(f"could not bind {cfg.server.address}")
     if cfg.server.metrics_address and app.metrics_server is None:
         app.metrics_server = MetricsServer.start(cfg.server.metrics_address, app.metrics.registry)
+    if cfg.server.health_address and app.health_server is None:
+        app.health_server = await start_health_listener(cfg.server.health_address, app.health)
     await app.health.set("", health_pb2.HealthCheckResponse.SERVING)
     await app.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     return server, port, app
 
 
+async def start_health_listener(address: str, health: HealthServicer) -> grpc.aio.Server:
+    """``grpc.health.v1`` alone on its own address (e.g. the pod IP), sharing the main server's
+    statuses, so kubelet's native gRPC probes work while the API stays on loopback. It serves
+    nothing else: no auth is needed there, and nothing about requests is exposed."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if server.add_insecure_port(address) == 0:
+        raise RuntimeError(f"could not bind server.health_address {address}")
+    await server.start()
+    return server
+
+
 async def shutdown(server: grpc.aio.Server, app: App) -> None:
     await app.health.enter_graceful_shutdown()
     await server.stop(app.cfg.server.grace_s)
+    if app.health_server is not None:  # last: probes see NOT_SERVING while the main server drains
+        await app.health_server.stop(0)
+        app.health_server = None
     await app.close()
     log.info("stopped")
 

@@ -60,3 +60,33 @@ def test_sigterm_finishes_in_flight_calls_then_exits(model_dir) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_health_only_listener_mirrors_health_and_serves_nothing_else(tmp_path, encoder) -> None:
+    """CERTUS_HEALTH_ADDRESS: kubelet's native gRPC probe target beside a loopback-only API."""
+    import socket
+
+    from tests.conftest import make_config, start_sidecar
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        health_port = s.getsockname()[1]
+    cfg = make_config(tmp_path, server={"health_address": f"127.0.0.1:{health_port}"})
+    running = start_sidecar(cfg, encoder=encoder)
+    probe = grpc.insecure_channel(f"127.0.0.1:{health_port}")
+    try:
+        health = health_pb2_grpc.HealthStub(probe)
+        for service in ("", "certus.evaluate.v1.Evaluator"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status == (
+                health_pb2.HealthCheckResponse.SERVING
+            )
+        with pytest.raises(grpc.RpcError) as exc:  # the API is not on this listener
+            pb_grpc.EvaluatorStub(probe).GetInfo(pb.GetInfoRequest(), timeout=10)
+        assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        running.loop.run(running.app.health.enter_graceful_shutdown())  # statuses are shared
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+    finally:
+        probe.close()
+        running.stop()
