@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import grpc
 import structlog
 
+from sidecar.breaker import CircuitBreaker as _SharedBreaker
 from sidecar.protos import pb, pb_grpc
 
 log = structlog.get_logger(__name__)
@@ -81,74 +82,18 @@ MODES = {
 # -- breaker ----------------------------------------------------------------------------------------
 
 
-class CircuitBreaker:
-    """Thread-safe breaker: closed -> open after N consecutive failures -> one half-open probe."""
+class CircuitBreaker(_SharedBreaker):
+    """Thread-safe breaker (:mod:`sidecar.breaker`): closed -> open after N consecutive failures ->
+    one half-open probe; transitions are logged as ``client_breaker_*`` events."""
 
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-    def __init__(
-        self, failure_threshold: int = 3, recovery_timeout_s: float = 30.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if failure_threshold < 1:
-            raise ValueError("failure_threshold must be >= 1")
-        if recovery_timeout_s < 0:
-            raise ValueError("recovery_timeout_s must be >= 0")
-        self.failure_threshold = failure_threshold
-        self.recovery_timeout_s = recovery_timeout_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._state = self.CLOSED
-        self._failures = 0
-        self._opened_at = 0.0
-        self._probe_in_flight = False
-        self.times_opened = 0
-        self.times_closed = 0
-
-    @property
-    def state(self) -> str:
-        with self._lock:
-            return self._state
-
-    @property
-    def consecutive_failures(self) -> int:
-        return self._failures
-
-    def allow(self) -> bool:
-        """May a call be made now? In half-open only the single probe call is allowed."""
-        with self._lock:
-            if self._state == self.CLOSED:
-                return True
-            if self._state == self.OPEN:
-                if self._clock() - self._opened_at < self.recovery_timeout_s:
-                    return False
-                self._state = self.HALF_OPEN
-                self._probe_in_flight = False
-                log.info("client_breaker_half_open")
-            if self._probe_in_flight:
-                return False
-            self._probe_in_flight = True
-            return True
-
-    def record_success(self) -> None:
-        with self._lock:
-            self._failures = 0
-            self._probe_in_flight = False
-            if self._state != self.CLOSED:
-                self._state = self.CLOSED
-                self.times_closed += 1
-                log.info("client_breaker_closed")
-
-    def record_failure(self) -> None:
-        with self._lock:
-            self._failures += 1
-            self._probe_in_flight = False
-            if self._state == self.HALF_OPEN or (self._state == self.CLOSED and self._failures >= self.failure_threshold):
-                self._state = self.OPEN
-                self._opened_at = self._clock()
-                self.times_opened += 1
-                log.warning("client_breaker_open", consecutive_failures=self._failures)
+    def _changed(self, state: str) -> None:
+        if state == self.OPEN:
+            log.warning("client_breaker_open", consecutive_failures=self._failures)
+        elif state == self.CLOSED:
+            log.info("client_breaker_closed")
+        else:
+            log.info("client_breaker_half_open")
+        super()._changed(state)
 
 
 # -- results ----------------------------------------------------------------------------------------

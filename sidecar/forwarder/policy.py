@@ -9,16 +9,16 @@ Only a receiver's explicit rejection of a record (bad signature or payload) dead
 
 Breaker (seed §8.3): ``closed`` -> ``open`` after ``failure_threshold`` consecutive failures; after
 ``recovery_timeout_s`` it lets ONE probe through (``half_open``): success closes it, failure opens
-it again for another ``recovery_timeout_s``.
+it again for another ``recovery_timeout_s``. The breaker itself lives in :mod:`sidecar.breaker`
+(shared with the Python clients); this module names its errors after the forwarder's settings.
 """
 
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass, field
-from typing import Callable
 
+from sidecar.breaker import CircuitBreaker as _SharedBreaker
 from sidecar.config import ForwarderConfig
 
 RETRYABLE_HTTP = frozenset({401, 403, 408, 425, 429, 500, 502, 503, 504})
@@ -65,61 +65,7 @@ class RetryPolicy:
         return jittered
 
 
-class CircuitBreaker:
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
+class CircuitBreaker(_SharedBreaker):
+    """The shared breaker (:mod:`sidecar.breaker`); argument errors name the forwarder's settings."""
 
-    def __init__(
-        self, failure_threshold: int = 3, recovery_timeout_s: float = 30.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if failure_threshold < 1:
-            raise ValueError("forwarder.failure_threshold must be >= 1")
-        if recovery_timeout_s < 0:
-            raise ValueError("forwarder.recovery_timeout_s must be >= 0")
-        self.failure_threshold = failure_threshold
-        self.recovery_timeout_s = recovery_timeout_s
-        self._clock = clock
-        self._state = self.CLOSED
-        self._failures = 0
-        self._opened_at = 0.0
-        self.times_opened = 0
-        self.times_closed = 0  # recoveries: half_open -> closed
-        self.on_change: Callable[[str], None] | None = None
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    @property
-    def consecutive_failures(self) -> int:
-        return self._failures
-
-    def wait_s(self) -> float:
-        """Seconds until a call may be made (0 when closed or when a probe is due)."""
-        if self._state != self.OPEN:
-            return 0.0
-        return max(0.0, self._opened_at + self.recovery_timeout_s - self._clock())
-
-    def before_call(self) -> None:
-        """Call right before an attempt: an open breaker whose timeout passed becomes half-open."""
-        if self._state == self.OPEN and self.wait_s() <= 0:
-            self._set(self.HALF_OPEN)
-
-    def record_success(self) -> None:
-        self._failures = 0
-        if self._state != self.CLOSED:
-            self.times_closed += 1
-            self._set(self.CLOSED)
-
-    def record_failure(self) -> None:
-        self._failures += 1
-        if self._state == self.HALF_OPEN or (self._state == self.CLOSED and self._failures >= self.failure_threshold):
-            self._opened_at = self._clock()
-            self.times_opened += 1
-            self._set(self.OPEN)
-
-    def _set(self, state: str) -> None:
-        self._state = state
-        if self.on_change is not None:
-            self.on_change(state)
+    setting_prefix = "forwarder."
