@@ -19,7 +19,6 @@ from typing import Any, Callable, Sequence
 import grpc
 
 from sidecar.client import (
-    SKIP_BREAKER_OPEN,
     SKIP_CLIENT_TIMEOUT,
     ClientOptions,
     Evaluation,
@@ -88,23 +87,22 @@ class AsyncSidecarClient(_Base):
         request_id: str = "",
     ) -> Evaluation:
         t0 = time.perf_counter()
-        try:
-            req, deadline_s = self._request(
-                query,
-                response,
-                context,
-                workspace_id=workspace_id,
-                manifest_uri=manifest_uri,
-                mode=mode,
-                timeout_ms=timeout_ms,
-                trace_id=trace_id,
-                parent_span_id=parent_span_id,
-                request_id=request_id,
-            )
-        except Exception as exc:  # noqa: BLE001 - never raise into the application
-            return self._failed(exc, t0, probe=False, trace_id=str(trace_id)[:128], request_id=str(request_id)[:128])
-        if not self.breaker.allow():
-            return self._breaker_open(trace_id, request_id)
+        started = self._start_evaluate(
+            t0,
+            query,
+            response,
+            context,
+            workspace_id=workspace_id,
+            manifest_uri=manifest_uri,
+            mode=mode,
+            timeout_ms=timeout_ms,
+            trace_id=trace_id,
+            parent_span_id=parent_span_id,
+            request_id=request_id,
+        )
+        if isinstance(started, Evaluation):
+            return started
+        req, deadline_s = started
         try:
             resp = await self._call("Evaluate", req, deadline_s)
         except _ClientTimeout:
@@ -139,14 +137,10 @@ class AsyncSidecarClient(_Base):
         self, text1: str, text2: str, threshold: float | None = None, *, timeout_ms: int | None = None
     ) -> Measurement:
         t0 = time.perf_counter()
-        try:
-            req = self._measure_request(text1, text2, threshold)
-        except Exception as exc:  # noqa: BLE001
-            return self._measure_failed(exc, t0, probe=False)
-        if not self.breaker.allow():
-            self._count(SKIP_BREAKER_OPEN)
-            return Measurement(skipped=True, skip_reason=SKIP_BREAKER_OPEN)
-        deadline_s = (timeout_ms or self.options.timeout_ms) / 1000.0 + self.options.deadline_slack_ms / 1000.0
+        started = self._start_measure(t0, text1, text2, threshold, timeout_ms)
+        if isinstance(started, Measurement):
+            return started
+        req, deadline_s = started
         try:
             resp = await self._call("Measure", req, deadline_s)
         except _ClientTimeout:

@@ -353,6 +353,31 @@ class _Base:
             req.threshold = float(threshold)
         return req
 
+    def _start_evaluate(self, t0: float, query: Any, response: Any, context: Any, **kw: Any) -> tuple[Any, float] | Evaluation:
+        """Build the request and claim the breaker: ``(request, gRPC deadline)`` when the call may be
+        made, else the Evaluation to return at once (arguments rejected, or the breaker open)."""
+        trace_id, request_id = kw["trace_id"], kw["request_id"]
+        try:
+            req, deadline_s = self._request(query, response, context, **kw)
+        except Exception as exc:  # noqa: BLE001 - never raise into the application
+            return self._failed(exc, t0, probe=False, trace_id=str(trace_id)[:128], request_id=str(request_id)[:128])
+        if not self.breaker.allow():
+            return self._breaker_open(trace_id, request_id)
+        return req, deadline_s
+
+    def _start_measure(
+        self, t0: float, text1: Any, text2: Any, threshold: float | None, timeout_ms: int | None
+    ) -> tuple[Any, float] | Measurement:
+        """Like :meth:`_start_evaluate` for ``Measure``."""
+        try:
+            req = self._measure_request(text1, text2, threshold)
+        except Exception as exc:  # noqa: BLE001
+            return self._measure_failed(exc, t0, probe=False)
+        if not self.breaker.allow():
+            self._count(SKIP_BREAKER_OPEN)
+            return Measurement(skipped=True, skip_reason=SKIP_BREAKER_OPEN)
+        return req, (timeout_ms or self.options.timeout_ms) / 1000.0 + self.options.deadline_slack_ms / 1000.0
+
     def _count(self, skipped_reason: str | None) -> None:
         with self._stats_lock:
             self.stats.calls += 1
@@ -454,23 +479,22 @@ class SidecarClient(_Base):
     ) -> Evaluation:
         """Evaluate one answer; blocks at most ``timeout_ms + deadline_slack_ms``."""
         t0 = time.perf_counter()
-        try:
-            req, deadline_s = self._request(
-                query,
-                response,
-                context,
-                workspace_id=workspace_id,
-                manifest_uri=manifest_uri,
-                mode=mode,
-                timeout_ms=timeout_ms,
-                trace_id=trace_id,
-                parent_span_id=parent_span_id,
-                request_id=request_id,
-            )
-        except Exception as exc:  # noqa: BLE001 - never raise into the application
-            return self._failed(exc, t0, probe=False, trace_id=str(trace_id)[:128], request_id=str(request_id)[:128])
-        if not self.breaker.allow():
-            return self._breaker_open(trace_id, request_id)
+        started = self._start_evaluate(
+            t0,
+            query,
+            response,
+            context,
+            workspace_id=workspace_id,
+            manifest_uri=manifest_uri,
+            mode=mode,
+            timeout_ms=timeout_ms,
+            trace_id=trace_id,
+            parent_span_id=parent_span_id,
+            request_id=request_id,
+        )
+        if isinstance(started, Evaluation):
+            return started
+        req, deadline_s = started
         try:
             resp = self._stub.Evaluate(req, timeout=deadline_s, metadata=self.options.metadata())
         except Exception as exc:  # noqa: BLE001
@@ -532,14 +556,10 @@ class SidecarClient(_Base):
 
     def measure(self, text1: str, text2: str, threshold: float | None = None, *, timeout_ms: int | None = None) -> Measurement:
         t0 = time.perf_counter()
-        try:
-            req = self._measure_request(text1, text2, threshold)
-        except Exception as exc:  # noqa: BLE001
-            return self._measure_failed(exc, t0, probe=False)
-        if not self.breaker.allow():
-            self._count(SKIP_BREAKER_OPEN)
-            return Measurement(skipped=True, skip_reason=SKIP_BREAKER_OPEN)
-        deadline_s = (timeout_ms or self.options.timeout_ms) / 1000.0 + self.options.deadline_slack_ms / 1000.0
+        started = self._start_measure(t0, text1, text2, threshold, timeout_ms)
+        if isinstance(started, Measurement):
+            return started
+        req, deadline_s = started
         try:
             resp = self._stub.Measure(req, timeout=deadline_s, metadata=self.options.metadata())
         except Exception as exc:  # noqa: BLE001
