@@ -243,11 +243,22 @@ def run_h2load(target: str, requests: int, clients: int, streams: int, distinct:
     return RunResult(f"h2load c={clients} m={streams}", duration, latencies, errors)
 
 
-def start_local_sidecar(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str, Path]:
-    """A sidecar subprocess on a free loopback port with a throwaway home; returns (proc, target, home)."""
-    import tempfile
+def start_local_sidecar(
+    extra_env: dict[str, str] | None = None,
+    *,
+    stderr_file: str | None = None,
+    drain_stdout: bool = False,
+    prefix: str = "certus-bench-",
+) -> tuple[subprocess.Popen[str], str, Path]:
+    """A sidecar subprocess on a free loopback port with a throwaway home; returns (proc, target, home).
 
-    home = Path(tempfile.mkdtemp(prefix="certus-bench-"))
+    ``stderr_file``: write the server's stderr (its logs) to ``home / stderr_file`` instead of
+    inheriting it; a failed start then quotes its tail. ``drain_stdout``: once the server listens,
+    keep reading its stdout in a daemon thread so it can never block on a full pipe."""
+    import tempfile
+    import threading
+
+    home = Path(tempfile.mkdtemp(prefix=prefix))
     env = dict(os.environ)
     env.update(
         {
@@ -261,16 +272,24 @@ def start_local_sidecar(extra_env: dict[str, str] | None = None) -> tuple[subpro
         }
     )
     env.update(extra_env or {})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.cli", "serve"], env=env, stdout=subprocess.PIPE, text=True
-    )
+    argv = [sys.executable, "-m", "sidecar.cli", "serve"]
+    stderr_path = home / stderr_file if stderr_file else None
+    if stderr_path is not None:
+        with stderr_path.open("w") as err:
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    else:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     deadline = time.time() + 300
     while time.time() < deadline:
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"sidecar exited with {proc.wait()}")
+            tail = f": {stderr_path.read_text()[-2000:]}" if stderr_path is not None else ""
+            raise RuntimeError(f"sidecar exited with {proc.wait()}{tail}")
         if "listening on" in line:
+            if drain_stdout:
+                stdout = proc.stdout
+                threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
             return proc, line.strip().rsplit(" ", 1)[1], home
     proc.kill()
     raise RuntimeError("sidecar did not start in time")

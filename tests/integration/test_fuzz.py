@@ -20,15 +20,11 @@ Bounds: at most MAX_MESSAGES unary messages and BUDGET_S seconds of sending; see
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
 import struct
 import subprocess
-import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -44,6 +40,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from sidecar.evidence.verify import verify_log
+from sidecar.loadgen import start_local_sidecar
 from sidecar.protos import pb
 from sidecar.signing import VerifyKey
 
@@ -96,38 +93,13 @@ class Sidecar:
 
 def start_sidecar() -> Sidecar:
     """``certus-sidecar serve`` on a free loopback port, throwaway home, stderr (logs) to a file."""
-    home = Path(tempfile.mkdtemp(prefix="certus-fuzz-"))
-    env = dict(os.environ)
-    env.update(
-        {
-            "CERTUS_ADDRESS": "127.0.0.1:0",
-            "CERTUS_EVIDENCE_DIR": str(home / "evidence"),
-            "CERTUS_SIGNING_KEY": str(home / "keys" / "signing.key"),
-            "CERTUS_OUTBOX_DIR": str(home / "outbox"),
-            "CERTUS_INTEGRITY_FILE": str(home / "integrity" / "decisions.jsonl"),
-            "CERTUS_MANIFEST_DIR": str(home / "manifests"),
-            "CERTUS_INTRA_OP_THREADS": "1",
-            "LOG_LEVEL": "WARNING",
-            "LOG_FORMAT": "json",
-        }
+    proc, target, home = start_local_sidecar(
+        {"CERTUS_INTRA_OP_THREADS": "1", "LOG_FORMAT": "json"},
+        stderr_file="sidecar.stderr",
+        drain_stdout=True,
+        prefix="certus-fuzz-",
     )
-    stderr_path = home / "sidecar.stderr"
-    with stderr_path.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.cli", "serve"], env=env, stdout=subprocess.PIPE, stderr=err, text=True
-        )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"sidecar exited with {proc.wait()}: {stderr_path.read_text()[-2000:]}")
-        if "listening on" in line:
-            stdout = proc.stdout
-            threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
-            return Sidecar(proc, line.strip().rsplit(" ", 1)[1], home, stderr_path)
-    proc.kill()
-    raise RuntimeError("sidecar did not start in time")
+    return Sidecar(proc, target, home, home / "sidecar.stderr")
 
 
 @pytest.fixture(scope="module")
