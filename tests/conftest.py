@@ -121,3 +121,52 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Iterator[
     running = start_sidecar(cfg, encoder=encoder)
     yield running
     running.stop()
+
+
+# -- helpers shared by integration tests -----------------------------------------------------------
+
+
+def field_violations(err: grpc.RpcError) -> dict[str, str]:
+    """The google.rpc.BadRequest field violations of a failed call: {field: description}."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(err)
+    assert status is not None, "no google.rpc.Status details"
+    out: dict[str, str] = {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            detail.Unpack(br)
+            out.update({v.field: v.description for v in br.field_violations})
+    return out
+
+
+def manifest_doc(workspace: str, version: str, **fields: Any) -> dict[str, Any]:
+    """A workspace manifest document (``fields`` override or add to the identifying ones)."""
+    doc: dict[str, Any] = {
+        "manifest_id": f"manifest_{workspace}_{version.replace('-', '_')}",
+        "manifest_uri": f"certus://manifests/{workspace}/{version}",
+        "workspace_id": workspace,
+        "version": version,
+        "signed_by": "tests@certus.example",
+    }
+    doc.update(fields)
+    return doc
+
+
+def put_atomic(path: Path, data: bytes) -> Path:
+    """Replace ``path`` atomically (as a deploy tool or ConfigMap would), through a hidden temp file
+    (the manifest store ignores hidden files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def write_manifest(manifest_dir: Path, workspace: str, version: str, **fields: Any) -> Path:
+    """Write ``manifest_dir/<workspace>/<version>.json`` (canonical JSON) atomically."""
+    from sidecar.signing import canonical_json
+
+    return put_atomic(manifest_dir / workspace / f"{version}.json", canonical_json(manifest_doc(workspace, version, **fields)))

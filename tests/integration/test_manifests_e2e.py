@@ -21,14 +21,11 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from sidecar.evidence.records import iter_log
 from sidecar.protos import pb
-from sidecar.signing import canonical_json
-from tests.conftest import RunningSidecar, make_config, start_sidecar
+from tests.conftest import RunningSidecar, field_violations, make_config, put_atomic, start_sidecar, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
@@ -49,31 +46,6 @@ LENIENT = {"faithfulness": {"min_score": 0.0, "required": True}}  # nothing can 
 
 def uri(workspace: str, version: str) -> str:
     return f"certus://manifests/{workspace}/{version}"
-
-
-def manifest_doc(workspace: str, version: str, **fields: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "manifest_id": f"manifest_{workspace}_{version.replace('-', '_')}",
-        "manifest_uri": uri(workspace, version),
-        "workspace_id": workspace,
-        "version": version,
-        "signed_by": "tests@certus.example",
-    }
-    doc.update(fields)
-    return doc
-
-
-def put(path: Path, data: bytes) -> Path:
-    """Replace ``path`` atomically (as a deploy tool or ConfigMap would), through a hidden temp file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
-
-
-def write_manifest(manifest_dir: Path, workspace: str, version: str, **fields: Any) -> Path:
-    return put(manifest_dir / workspace / f"{version}.json", canonical_json(manifest_doc(workspace, version, **fields)))
 
 
 def request(workspace: str, manifest_uri: str = "", response: str = UNFAITHFUL) -> pb.EvaluateRequest:
@@ -105,18 +77,6 @@ def manifest_errors(sc: RunningSidecar) -> dict[str, str]:
     """GetInfo's manifest problems: {file relative to the manifest dir: message}."""
     details = sc.stub.GetInfo(pb.GetInfoRequest(), timeout=10).details
     return {k.removeprefix("manifests."): v for k, v in details.items() if k.startswith("manifests.")}
-
-
-def field_violations(err: grpc.RpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no google.rpc.Status details"
-    out: dict[str, str] = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            detail.Unpack(br)
-            out.update({v.field: v.description for v in br.field_violations})
-    return out
 
 
 def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
@@ -225,11 +185,11 @@ def test_a_broken_edit_keeps_the_last_good_version_and_shows_in_get_info(sc: Run
     assert kept.manifest_uri == uri("fragile", "2025-02")
     assert kept.mode == pb.EVALUATION_MODE_ENFORCE and kept.blocked is True  # the last good version
     # not even JSON
-    put(path, b'{"manifest_id": "manifest_fragile_2025_02", ')
+    put_atomic(path, b'{"manifest_id": "manifest_fragile_2025_02", ')
     eventually(lambda: "invalid JSON" in manifest_errors(sc).get("fragile/2025-02.json", ""), "the syntax error")
     assert evaluate(sc, "fragile").blocked is True
     # a broken NEW version never becomes latest
-    put(mdir / "fragile" / "2025-09.json", b"not json at all")
+    put_atomic(mdir / "fragile" / "2025-09.json", b"not json at all")
     eventually(lambda: "fragile/2025-09.json" in manifest_errors(sc), "the broken new file")
     assert evaluate(sc, "fragile").manifest_uri == uri("fragile", "2025-02")
     assert rpc_error(lambda: evaluate(sc, "fragile", uri("fragile", "2025-09"))).code() == grpc.StatusCode.NOT_FOUND
@@ -277,7 +237,7 @@ def test_with_trusted_keys_only_manifests_signed_by_them_are_used(tmp_path: Path
         assert done.returncode == 0, done.stderr
         envelope = src.parent / "2025-02.json.dsse"
         assert cli("manifest", "verify", envelope, "--key", keys / "trusted.key.pub").returncode == 0
-        put(mdir / "signed" / "2025-02.json.dsse", envelope.read_bytes())
+        put_atomic(mdir / "signed" / "2025-02.json.dsse", envelope.read_bytes())
         resp = eventually(lambda: (r := evaluate(sc, "signed")).manifest_uri == uri("signed", "2025-02") and r, "the signed manifest")
         assert resp.mode == pb.EVALUATION_MODE_ENFORCE and resp.blocked is True
         assert "signed/2025-02.json.dsse" not in manifest_errors(sc)
@@ -287,7 +247,7 @@ def test_with_trusted_keys_only_manifests_signed_by_them_are_used(tmp_path: Path
         payload = base64.b64decode(env["payload"])
         assert payload.count(b'"enforce"') == 1
         env["payload"] = base64.b64encode(payload.replace(b'"enforce"', b'"shadow"')).decode()
-        put(mdir / "signed" / "2025-02.json.dsse", json.dumps(env).encode())
+        put_atomic(mdir / "signed" / "2025-02.json.dsse", json.dumps(env).encode())
         refused = eventually(lambda: manifest_errors(sc).get("signed/2025-02.json.dsse"), "the tampered envelope to be refused")
         assert refused.startswith("signed/2025-02.json.dsse: envelope.signatures:"), refused
         kept = evaluate(sc, "signed")

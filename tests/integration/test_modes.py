@@ -29,8 +29,8 @@ from grpc_status import rpc_status
 from sidecar.evidence.records import iter_log
 from sidecar.evidence.verify import verify_log
 from sidecar.protos import pb
-from sidecar.signing import VerifyKey, canonical_json
-from tests.conftest import RunningSidecar, make_config, start_sidecar
+from sidecar.signing import VerifyKey
+from tests.conftest import RunningSidecar, make_config, start_sidecar, write_manifest
 
 SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 WAIT_S = 30.0  # upper bound of every poll; never reached when things work
@@ -117,23 +117,6 @@ class RaisingGuardrails:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def write_manifest(manifest_dir: Path, workspace: str, version: str, **fields: Any) -> Path:
-    doc: dict[str, Any] = {
-        "manifest_id": f"manifest_{workspace}_{version.replace('-', '_')}",
-        "manifest_uri": f"certus://manifests/{workspace}/{version}",
-        "workspace_id": workspace,
-        "version": version,
-        "signed_by": "tests@certus.example",
-    }
-    doc.update(fields)
-    path = manifest_dir / workspace / f"{version}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"  # hidden: the store ignores it
-    tmp.write_bytes(canonical_json(doc))
-    tmp.replace(path)
-    return path
 
 
 def request(workspace: str, tag: str = "", **kw: Any) -> pb.EvaluateRequest:

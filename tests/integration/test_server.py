@@ -9,12 +9,11 @@ import uuid
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 from sidecar.protos import pb
+from tests.conftest import field_violations
 
 SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -34,18 +33,6 @@ def request(**kw: object) -> pb.EvaluateRequest:
     )
     base.update(kw)
     return pb.EvaluateRequest(**base)
-
-
-def field_violations(err: grpc.RpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no google.rpc.Status details"
-    out = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            detail.Unpack(br)
-            out.update({v.field: v.description for v in br.field_violations})
-    return out
 
 
 def test_evaluate_scores_signs_and_answers(sidecar) -> None:
