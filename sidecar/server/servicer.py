@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -249,30 +250,21 @@ class EvaluatorService:
 
 
 def method_handlers(service: EvaluatorService) -> dict[str, grpc.RpcMethodHandler]:
-    return {
-        "Evaluate": grpc.unary_unary_rpc_method_handler(
-            service.Evaluate,
-            request_deserializer=safe_deserializer(pb.EvaluateRequest),
-            response_serializer=pb.EvaluateResponse.SerializeToString,
-        ),
-        "EvaluateStream": grpc.stream_stream_rpc_method_handler(
-            service.EvaluateStream,
-            request_deserializer=safe_deserializer(pb.EvaluateRequest),
-            response_serializer=pb.EvaluateStreamResponse.SerializeToString,
-        ),
-        "Measure": grpc.unary_unary_rpc_method_handler(
-            service.Measure,
-            request_deserializer=safe_deserializer(pb.MeasureRequest),
-            response_serializer=pb.MeasureResponse.SerializeToString,
-        ),
-        "GetEvaluation": grpc.unary_unary_rpc_method_handler(
-            service.GetEvaluation,
-            request_deserializer=safe_deserializer(pb.GetEvaluationRequest),
-            response_serializer=pb.GetEvaluationResponse.SerializeToString,
-        ),
-        "GetInfo": grpc.unary_unary_rpc_method_handler(
-            service.GetInfo,
-            request_deserializer=safe_deserializer(pb.GetInfoRequest),
-            response_serializer=pb.GetInfoResponse.SerializeToString,
-        ),
-    }
+    """One handler per RPC of the service descriptor (so the contract, not a hand-kept list, decides
+    what is served), each with the INVALID_ARGUMENT-on-garbage deserializer."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in pb.DESCRIPTOR.services_by_name["Evaluator"].methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        if method.client_streaming and method.server_streaming:
+            make = grpc.stream_stream_rpc_method_handler
+        elif not method.client_streaming and not method.server_streaming:
+            make = grpc.unary_unary_rpc_method_handler
+        else:  # pragma: no cover - the contract has no half-streaming RPC
+            raise TypeError(f"{method.full_name}: half-streaming RPCs are not served")
+        handlers[method.name] = make(
+            getattr(service, method.name),
+            request_deserializer=safe_deserializer(request),
+            response_serializer=response.SerializeToString,
+        )
+    return handlers
