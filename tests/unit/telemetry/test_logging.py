@@ -6,6 +6,7 @@ import concurrent.futures
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -18,9 +19,23 @@ from sidecar.config import TelemetryConfig
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
+class _TestThreadsOnly(io.StringIO):
+    """Keeps what this test's threads write: a sidecar started by another test (session fixtures)
+    keeps logging from its own background threads into whatever stream is configured."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._foreign = {t.ident for t in threading.enumerate() if t is not threading.main_thread()}
+
+    def write(self, s: str) -> int:
+        if threading.get_ident() in self._foreign:
+            return len(s)
+        return super().write(s)
+
+
 @pytest.fixture
 def out() -> Iterator[io.StringIO]:
-    buf = io.StringIO()
+    buf = _TestThreadsOnly()
     yield buf
     telemetry.unconfigure_logging()
 
