@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import http.client
 import json
 import os
@@ -26,6 +25,7 @@ import grpc
 import pytest
 
 from sidecar.config import EvidenceConfig, ForwarderConfig
+from sidecar.domain import content_hash
 from sidecar.evidence.decision import DecisionMetric, IntegrityDecision, utc_timestamp
 from sidecar.evidence.log import EvidenceLog
 from sidecar.evidence.verify import verify_log
@@ -38,18 +38,14 @@ KEY = SigningKey(bytes(range(200, 232)))
 OTHER = SigningKey(bytes(range(1, 33)))
 
 
-def h(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
 def decision(i: int) -> IntegrityDecision:
     return IntegrityDecision(
         decision_id=str(uuid.uuid4()),
         workspace_id="acme",
         decision_type="combined",
-        query_hash=h(f"query {i}"),
-        response_hash=h(f"response {i}"),
-        context_hashes=(h(f"context {i}"), h(f"context {i}b")),
+        query_hash=content_hash(f"query {i}"),
+        response_hash=content_hash(f"response {i}"),
+        context_hashes=(content_hash(f"context {i}"), content_hash(f"context {i}b")),
         metrics=(DecisionMetric("faithfulness", 0.75, 0.7, True),),
         guardrail_violations=(),
         outcome="pass",

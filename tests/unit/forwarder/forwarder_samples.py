@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 import uuid
 from pathlib import Path
 from typing import Callable
 
 from sidecar.config import EvidenceConfig, ForwarderConfig
+from sidecar.domain import content_hash
 from sidecar.evidence.decision import DecisionMetric, IntegrityDecision, utc_timestamp
 from sidecar.evidence.log import EvidenceLog
 from sidecar.signing import SigningKey
@@ -17,18 +17,14 @@ from sidecar.signing import SigningKey
 SEED = bytes(range(100, 132))
 
 
-def h(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
 def decision(i: int) -> IntegrityDecision:
     return IntegrityDecision(
         decision_id=str(uuid.uuid4()),
         workspace_id="acme",
         decision_type="combined",
-        query_hash=h(f"query {i}"),
-        response_hash=h(f"response {i}"),
-        context_hashes=(h(f"context {i}"),),
+        query_hash=content_hash(f"query {i}"),
+        response_hash=content_hash(f"response {i}"),
+        context_hashes=(content_hash(f"context {i}"),),
         metrics=(DecisionMetric("faithfulness", 0.9, 0.7, True),),
         guardrail_violations=(),
         outcome="pass",

@@ -6,8 +6,6 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-import copy
-
 import pytest
 
 from sidecar.domain import GuardrailConfig, GuardrailType, Mode, Severity
@@ -23,31 +21,9 @@ from sidecar.manifests import (
     seed_guardrail_defaults,
 )
 
+from .conftest import VALID, doc  # the seed's example manifest, minus its unknown metric
+
 SRC = "acme/2025-01.json"
-
-VALID: dict[str, Any] = {
-    "manifest_id": "manifest_acme_2025_01",
-    "manifest_uri": "certus://manifests/acme/2025-01",
-    "workspace_id": "acme",
-    "version": "2025-01",
-    "signed_by": "security-team@acme.com",
-    "default_mode": "shadow",
-    "thresholds": {
-        "faithfulness": {"min_score": 0.7, "weight": 2.0, "required": True},
-        "answer_relevancy": {"min_score": 0.6, "weight": 1.5, "required": True},
-    },
-    "require_all_metrics_pass": False,
-    "min_overall_score": 0.7,
-    "timeout_ms": 2000,
-    "log_full_content": False,
-}
-
-
-def doc(**changes: Any) -> dict[str, Any]:
-    """The seed's example manifest (minus its unknown metric context_precision), with changes."""
-    d = copy.deepcopy(VALID)
-    d.update(changes)
-    return d
 
 
 def parse(d: Any, **kw: Any):  # type: ignore[no-untyped-def]
