@@ -8,8 +8,8 @@ The batcher knows nothing about models: it depends on the small ``Encoder`` prot
 - a batch is flushed when ``max_batch_size`` texts are waiting, or ``max_wait_ms`` after the first
   one arrived while the encoder is idle; while the encoder is busy, arrivals accumulate and the next
   batch takes them all (adaptive batching);
-- a batch is sorted by length and split so that padded tokens stay under ``max_batch_tokens``
-  (length estimated from characters), which cuts padding;
+- a batch is handed over sorted by length; the encoder cuts it into model batches by real token
+  counts (``max_batch_size`` / ``max_batch_tokens`` are its bounds too), which keeps padding low;
 - the queue is bounded: a request that would overflow it fails at once with ResourceExhausted;
 - texts whose every caller has gone (cancelled) are dropped before encoding; every drop is counted;
 - the encoder runs in one dedicated thread, never on the event loop.
@@ -32,7 +32,6 @@ from sidecar.errors import ResourceExhausted, Unavailable
 
 log = structlog.get_logger(__name__)
 
-CHARS_PER_TOKEN = 4.0  # rough estimate used only to cap padded batch size
 
 
 class Encoder(Protocol):
@@ -210,14 +209,12 @@ class Batcher:
         self.stats.max_requests_in_batch = max(self.stats.max_requests_in_batch, len(requesters))
         t0 = time.perf_counter()
         try:
-            for group in self._split(batch):
-                texts = [it.text for it in group]
-                vecs = await loop.run_in_executor(self._pool, self.encoder.encode, texts)
-                for item, vec in zip(group, vecs):
-                    self.cache.put(item.key, vec)
-                    if not item.future.done():
-                        item.future.set_result(vec)
-                self.stats.texts_encoded += len(group)
+            vecs = await loop.run_in_executor(self._pool, self.encoder.encode, [it.text for it in batch])
+            for item, vec in zip(batch, vecs):
+                self.cache.put(item.key, vec)
+                if not item.future.done():
+                    item.future.set_result(vec)
+            self.stats.texts_encoded += len(batch)
         except Exception as exc:  # an encoder failure fails the texts of this batch only
             log.error("encoder_failed", error_type=type(exc).__name__, batch=len(batch))
             for item in batch:
@@ -231,17 +228,3 @@ class Batcher:
             if dt > 0:
                 rate = len(batch) / dt
                 self._ewma_texts_per_s = rate if self._ewma_texts_per_s == 0 else 0.8 * self._ewma_texts_per_s + 0.2 * rate
-
-    def _split(self, batch: list[_Item]) -> list[list[_Item]]:
-        """Sorted by length; cut so that (rows x longest row) stays under max_batch_tokens."""
-        groups: list[list[_Item]] = []
-        current: list[_Item] = []
-        for item in batch:
-            est = max(1.0, len(item.text) / CHARS_PER_TOKEN)
-            if current and (len(current) + 1) * est > self.cfg.max_batch_tokens:
-                groups.append(current)
-                current = []
-            current.append(item)
-        if current:
-            groups.append(current)
-        return groups

@@ -57,7 +57,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class BatcherConfig:
     max_batch_size: int = 64  # CERTUS_MAX_BATCH_SIZE: texts per encoder call
-    max_batch_tokens: int = 8192  # CERTUS_MAX_BATCH_TOKENS: padded tokens per encoder call
+    max_batch_tokens: int = 8192  # CERTUS_MAX_BATCH_TOKENS: padded tokens per model batch (the encoder cuts by real tokens)
     max_wait_ms: float = 2.0  # CERTUS_MAX_WAIT_MS: longer waits merge more, cost latency
     max_queue: int = 4096  # CERTUS_MAX_QUEUE: pending texts; beyond it RESOURCE_EXHAUSTED at once
     cache_entries: int = 50_000  # CERTUS_CACHE_ENTRIES: embedding cache keyed by content hash

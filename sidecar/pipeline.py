@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Protocol
 
 import numpy as np
 import structlog
@@ -236,9 +236,6 @@ class Pipeline:
         vecs = await self.batcher.embed([text1, text2])
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._kernel_pool, self.scorer.measure, text1, text2, vecs[0], vecs[1], threshold)
-
-    async def embed(self, texts: Sequence[str]) -> object:
-        return await self.batcher.embed(texts)
 
 
 def _us(t0: int) -> int:
