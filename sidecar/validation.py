@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from sidecar.errors import FieldViolation, InvalidArgument
 
+# The spec's patterns, defined once (manifests, evidence and tokens use these too); use fullmatch.
 WORKSPACE_RE = re.compile(r"[a-zA-Z0-9_-]{1,255}")
-MANIFEST_URI_RE = re.compile(r"certus://manifests/[a-zA-Z0-9_-]+/[a-zA-Z0-9_.-]+")
+MANIFEST_URI_RE = re.compile(r"certus://manifests/([a-zA-Z0-9_-]+)/([a-zA-Z0-9_.-]+)")  # workspace, version
 ID_RE = re.compile(r"[\x21-\x7e]{0,128}")  # printable ASCII, for trace/request ids
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from sidecar.domain import EvaluateInput, EvaluationResult, GuardrailType, Mode, Outcome, Severity, content_hash
+from sidecar.validation import MANIFEST_URI_RE, WORKSPACE_RE
 
 DECISION_TYPES = ("evaluation", "guardrail", "combined")
 OUTCOMES = tuple(o.value for o in Outcome)
@@ -31,8 +32,6 @@ GENESIS_PREV_HASH = "sha256:" + "0" * 64
 """``prev_hash`` of the first record (seq 0) of a log."""
 
 _HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_WORKSPACE_RE = re.compile(r"^[a-zA-Z0-9_-]{1,255}$")
-_MANIFEST_RE = re.compile(r"^certus://manifests/[a-zA-Z0-9_-]+/[a-zA-Z0-9_.-]+$")
 _TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 _KEY_ID_RE = re.compile(r"^ed25519:[0-9a-f]{16}$")
 _LOCATION_RE = re.compile(r"^(char \d+-\d+)?$")
@@ -203,7 +202,7 @@ class IntegrityDecision:
         _check_short_text("decision_id", self.decision_id)
         if not self.decision_id:
             raise DecisionError("decision_id", "must not be empty")
-        if not isinstance(self.workspace_id, str) or not _WORKSPACE_RE.match(self.workspace_id):
+        if not isinstance(self.workspace_id, str) or not WORKSPACE_RE.fullmatch(self.workspace_id):
             raise DecisionError("workspace_id", "must match ^[a-zA-Z0-9_-]{1,255}$")
         _check_choice("decision_type", self.decision_type, DECISION_TYPES)
         _check_hash("query_hash", self.query_hash)
@@ -222,7 +221,7 @@ class IntegrityDecision:
             raise DecisionError("guardrail_violations", "must be a tuple of DecisionViolation")
         _check_choice("outcome", self.outcome, OUTCOMES)
         _check_unit_float("overall_score", self.overall_score, optional=True)
-        if not isinstance(self.manifest_uri, str) or (self.manifest_uri and not _MANIFEST_RE.match(self.manifest_uri)):
+        if not isinstance(self.manifest_uri, str) or (self.manifest_uri and not MANIFEST_URI_RE.fullmatch(self.manifest_uri)):
             raise DecisionError(
                 "manifest_uri", "must be empty or match ^certus://manifests/[a-zA-Z0-9_-]+/[a-zA-Z0-9_.-]+$"
             )

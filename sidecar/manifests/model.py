@@ -14,10 +14,9 @@ from types import MappingProxyType
 from typing import Mapping
 
 from sidecar.domain import GuardrailConfig, GuardrailType, Mode, Severity
+from sidecar.validation import MANIFEST_URI_RE, WORKSPACE_RE
 
 MANIFEST_ID_RE = re.compile(r"manifest_[a-zA-Z0-9_-]+")
-MANIFEST_URI_RE = re.compile(r"certus://manifests/([a-zA-Z0-9_-]+)/([a-zA-Z0-9_.-]+)")
-WORKSPACE_RE = re.compile(r"[a-zA-Z0-9_-]{1,255}")
 VERSION_RE = re.compile(r"([0-9]{4})-([0-9]{2})")
 URI_PREFIX = "certus://manifests/"
 LATEST = "latest"

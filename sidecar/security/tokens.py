@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidecar.validation import WORKSPACE_RE
+
 SCOPE_READ = "workspace:read"
 SCOPE_ADMIN = "workspace:admin"
 SCOPES = frozenset({SCOPE_READ, SCOPE_ADMIN})
 ALL_WORKSPACES = "*"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_WORKSPACE = re.compile(r"[a-zA-Z0-9_-]{1,255}")
 _NAME = re.compile(r"[\x21-\x7e]{1,64}")
 
 
@@ -163,7 +164,7 @@ def _parse_entry(item: Any, where: str) -> TokenEntry:
     if not isinstance(workspaces, list) or not workspaces:
         raise TokensFileError(f"{where}.workspaces: required, a non-empty list of workspace ids or \"*\"")
     for ws in workspaces:
-        if not isinstance(ws, str) or not (ws == ALL_WORKSPACES or _WORKSPACE.fullmatch(ws)):
+        if not isinstance(ws, str) or not (ws == ALL_WORKSPACES or WORKSPACE_RE.fullmatch(ws)):
             raise TokensFileError(f"{where}.workspaces: {ws!r} is neither \"*\" nor a workspace id")
     scopes = item.get("scopes")
     if isinstance(scopes, str):
