@@ -30,7 +30,6 @@ import asyncio
 import collections
 import concurrent.futures
 import fcntl
-import hashlib
 import os
 import threading
 import time
@@ -47,6 +46,7 @@ from sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision
 from sidecar.evidence.records import (
     LogRecord,
     RecordError,
+    line_digest,
     list_segments,
     parse_line,
     read_last_line,
@@ -54,7 +54,7 @@ from sidecar.evidence.records import (
     segment_name,
     write_public_key,
 )
-from sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SignatureError, SigningKey, canonical_json, pae
+from sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SignatureError, SigningKey, canonical_json, pae, sign_envelope
 
 log = structlog.get_logger(__name__)
 
@@ -542,14 +542,13 @@ class EvidenceLog:
             try:
                 dec = p.decision.with_chain(seq, self._prev_hash, self.key_id)
                 payload = canonical_json(dec.to_payload())
-                sig = key.sign(pae(DECISION_PAYLOAD_TYPE, payload))
-                env = Envelope(DECISION_PAYLOAD_TYPE, payload, ((self.key_id, sig),))
+                env = sign_envelope(key, DECISION_PAYLOAD_TYPE, payload)
                 line = env.to_json()
             except Exception as exc:  # noqa: BLE001 - a bad decision fails only its own append
                 _settle([(p, exc, False)])
                 settled.add(id(p))
                 continue
-            evidence_id = "sha256:" + hashlib.sha256(line).hexdigest()
+            evidence_id = line_digest(line)
             self._next_seq = seq + 1
             self._prev_hash = evidence_id
             prepared.append((p, seq, evidence_id, env, line))
