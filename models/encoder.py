@@ -121,6 +121,7 @@ class OnnxEncoder:
         *,
         max_batch_size: int = 64,
         max_batch_tokens: int = 16384,
+        arena_shrink_tokens: int = 4096,
         export_if_missing: bool = False,
     ) -> None:
         violations = []
@@ -137,6 +138,8 @@ class OnnxEncoder:
             violations.append(FieldViolation("max_batch_size", "must be >= 1"))
         if max_batch_tokens < max_seq_len:
             violations.append(FieldViolation("max_batch_tokens", "must be >= model.max_seq_len"))
+        if arena_shrink_tokens < 0:
+            violations.append(FieldViolation("model.arena_shrink_tokens", "must be >= 0 (0 = never shrink)"))
         if violations:
             raise InvalidArgument(violations)
 
@@ -181,6 +184,12 @@ class OnnxEncoder:
 
         self.provider: str = self._session.get_providers()[0]
         self._io_binding = self.provider == CUDA_EP
+        self.arena_shrink_tokens = arena_shrink_tokens
+        self.arena_shrinks = 0
+        self._shrink_options = ort.RunOptions()
+        self._shrink_options.add_run_config_entry(
+            "memory.enable_memory_arena_shrinkage", "cpu:0;gpu:0" if self._io_binding else "cpu:0"
+        )
         out_shape = self._session.get_outputs()[0].shape
         self.dim: int = int(out_shape[1]) if isinstance(out_shape[1], int) else DIM
 
@@ -212,6 +221,7 @@ class OnnxEncoder:
             max_seq_len=model.max_seq_len,
             max_batch_size=b.max_batch_size,
             max_batch_tokens=max(b.max_batch_tokens, model.max_seq_len),
+            arena_shrink_tokens=model.arena_shrink_tokens,
             export_if_missing=True,
         )
 
@@ -284,8 +294,13 @@ class OnnxEncoder:
         attention = mask.astype(np.int64)
         session = self._session
         assert session is not None
+        # a batch above the bound returns the arena's growth at the end of its run (see ModelConfig)
+        run_options = None
+        if self.arena_shrink_tokens and b * width > self.arena_shrink_tokens:
+            run_options = self._shrink_options
+            self.arena_shrinks += 1
         if not self._io_binding:
-            result = session.run([OUTPUT_NAME], {INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: attention})[0]
+            result = session.run([OUTPUT_NAME], {INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: attention}, run_options)[0]
             return np.asarray(result, dtype=np.float32)
         # CUDA: inputs copied to the device once, output written straight into a host array.
         out = np.empty((b, self.dim), dtype=np.float32)
@@ -293,7 +308,7 @@ class OnnxEncoder:
         binding.bind_ortvalue_input(INPUT_NAMES[0], ort.OrtValue.ortvalue_from_numpy(input_ids, "cuda", 0))
         binding.bind_ortvalue_input(INPUT_NAMES[1], ort.OrtValue.ortvalue_from_numpy(attention, "cuda", 0))
         binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
-        session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding, run_options)
         return out
 
     def health(self) -> bool:

@@ -125,8 +125,13 @@ def test_bad_texts_name_the_field(cpu_encoder: OnnxEncoder) -> None:
 
 def test_bad_settings_name_the_field(default_dir: Path) -> None:
     with pytest.raises(InvalidArgument) as err:
-        OnnxEncoder(default_dir, variant="bf16", provider="tpu", max_seq_len=1000)
-    assert [v.field for v in err.value.violations] == ["model.variant", "model.provider", "model.max_seq_len"]
+        OnnxEncoder(default_dir, variant="bf16", provider="tpu", max_seq_len=1000, arena_shrink_tokens=-1)
+    assert [v.field for v in err.value.violations] == [
+        "model.variant",
+        "model.provider",
+        "model.max_seq_len",
+        "model.arena_shrink_tokens",
+    ]
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
@@ -163,6 +168,41 @@ def test_serving_imports_no_torch(default_dir: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def _rss_growth_after_large_batches(model_dir: Path, shrink_tokens: int) -> dict[str, int]:
+    """In a fresh process: RSS growth (MiB) after three 64 x 256-token batches, and shrink count."""
+    code = (
+        "import json\n"
+        "from models.encoder import OnnxEncoder\n"
+        "from sidecar.memory import rss_bytes\n"
+        f"e = OnnxEncoder({str(model_dir)!r}, provider='cpu', intra_op_threads=1,"
+        f" arena_shrink_tokens={shrink_tokens})\n"
+        "e.encode(['a short warm-up sentence'] * 8)\n"
+        "before = rss_bytes()\n"
+        "for _ in range(3): e.encode(['word ' * 300] * 64)\n"
+        "print(json.dumps({'growth_mib': (rss_bytes() - before) >> 20, 'shrinks': e.arena_shrinks}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_large_batches_hand_the_arena_back(default_dir: Path) -> None:
+    # one 64 x 256 batch grows ONNX Runtime's arena by hundreds of MiB (attention: 64 x 12 x 256^2
+    # floats); without shrinking, the process keeps that for good
+    kept = _rss_growth_after_large_batches(default_dir, 0)
+    shrunk = _rss_growth_after_large_batches(default_dir, 4096)
+    assert kept["shrinks"] == 0 and shrunk["shrinks"] == 3
+    assert kept["growth_mib"] > 200, kept
+    assert shrunk["growth_mib"] < kept["growth_mib"] / 3, (shrunk, kept)
+
+
+def test_shrinking_the_arena_does_not_change_embeddings(default_dir: Path) -> None:
+    never = OnnxEncoder(default_dir, provider="cpu", intra_op_threads=1, arena_shrink_tokens=0)
+    always = OnnxEncoder(default_dir, provider="cpu", intra_op_threads=1, arena_shrink_tokens=1)
+    texts = [*SENTENCES, LONG]
+    np.testing.assert_array_equal(never.encode(texts), always.encode(texts))
+    assert always.arena_shrinks >= 1 and never.arena_shrinks == 0
 
 
 def test_from_config_uses_the_config_tree(default_dir: Path) -> None:
