@@ -260,25 +260,52 @@ ENV: dict[str, tuple[str, str]] = {
 }
 
 
+class ConfigError(ValueError):
+    """A setting that cannot be read; the message names where it came from and the field."""
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
 def _coerce(section: Any, name: str, raw: Any) -> Any:
+    """``raw`` (an environment string, a TOML value or an override) as the field's type; a value
+    that is not one raises ValueError saying what was expected."""
     current = {f.name: f for f in dataclasses.fields(section)}[name]
     t = str(current.type)
-    if isinstance(raw, str):
-        if "bool" in t:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if t.startswith("tuple"):
-            return tuple(Path(p.strip()) for p in raw.split(",") if p.strip())
-        if "Path" in t:
-            return Path(raw).expanduser() if raw else None
-        if t == "int":
-            return int(raw)
-        if t == "float":
-            return float(raw)
-        return raw
-    if "Path" in t and raw is not None and not t.startswith("tuple"):
-        return Path(str(raw)).expanduser()
     if t.startswith("tuple"):
-        return tuple(Path(p) for p in raw)
+        parts = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(parts, (list, tuple)):
+            raise ValueError(f"must be a list of paths, got {raw!r}")
+        return tuple(Path(str(p).strip()) for p in parts if str(p).strip())
+    if "Path" in t:
+        if raw is None or raw == "":
+            if "None" in t:
+                return None
+            raise ValueError("must be a path, got an empty value")
+        if not isinstance(raw, (str, Path)):
+            raise ValueError(f"must be a path, got {raw!r}")
+        return Path(raw).expanduser()
+    if t == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ValueError(f"must be a boolean (true/false, 1/0, yes/no, on/off), got {raw!r}")
+    if t in ("int", "float"):
+        expected = "an integer" if t == "int" else "a number"
+        if isinstance(raw, bool):
+            raise ValueError(f"must be {expected}, got {raw!r}")
+        if t == "int" and isinstance(raw, int) or t == "float" and isinstance(raw, (int, float)):
+            return raw if t == "int" else float(raw)
+        if isinstance(raw, str):
+            try:
+                return int(raw) if t == "int" else float(raw)
+            except ValueError:
+                pass
+        raise ValueError(f"must be {expected}, got {raw!r}")
+    if not isinstance(raw, str):
+        raise ValueError(f"must be a string, got {raw!r}")
     return raw
 
 
@@ -292,24 +319,30 @@ def load(
     cfg = Config()
     changes: dict[str, dict[str, Any]] = {}
 
-    def put(section: str, name: str, raw: Any) -> None:
+    def put(section: str, name: str, raw: Any, source: str) -> None:
         sec = getattr(cfg, section)
-        changes.setdefault(section, {})[name] = _coerce(sec, name, raw)
+        try:
+            changes.setdefault(section, {})[name] = _coerce(sec, name, raw)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{source} ({section}.{name}): {exc}") from None
 
     path = file or env.get("CERTUS_CONFIG")
     if path:
-        data = tomllib.loads(Path(path).read_text())
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
         for section, values in data.items():
             if not hasattr(cfg, section):
-                raise ValueError(f"{path}: unknown config section [{section}]")
+                raise ConfigError(f"{path}: unknown config section [{section}]")
             for name, raw in values.items():
                 if name not in {f.name for f in dataclasses.fields(getattr(cfg, section))}:
-                    raise ValueError(f"{path}: unknown config field {section}.{name}")
-                put(section, name, raw)
+                    raise ConfigError(f"{path}: unknown config field {section}.{name}")
+                put(section, name, raw, str(path))
     for var, (section, name) in ENV.items():
         if var in env:
-            put(section, name, env[var])
+            put(section, name, env[var], var)
     for section, values in (overrides or {}).items():
         for name, raw in values.items():
-            put(section, name, raw)
+            put(section, name, raw, "override")
     return cfg.replace(**changes)

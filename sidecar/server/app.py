@@ -18,10 +18,12 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from models.export import ExportError
 from sidecar import __version__, signing
 from sidecar.batcher import Batcher
 from sidecar.config import Config
 from sidecar.domain import EvaluateInput
+from sidecar.errors import CertusError
 from sidecar.evidence.log import EvidenceLog
 from sidecar.forwarder import Forwarder
 from sidecar.guardrails import GuardrailSuite
@@ -235,7 +237,8 @@ async def shutdown(server: grpc.aio.Server, app: App) -> None:
 async def serve(cfg: Config) -> None:
     try:
         server, port, app = await build_server(cfg)
-    except (BindingRefused, TlsConfigError, TokensFileError) as exc:  # a setting to fix: no traceback
+    except (BindingRefused, TlsConfigError, TokensFileError, CertusError, ExportError) as exc:
+        # a setting to fix or a missing model (the message names it): no traceback
         raise SystemExit(f"certus-sidecar: {exc}") from exc
     await server.start()
     host = cfg.server.address.rsplit(":", 1)[0]

@@ -90,3 +90,28 @@ def test_health_only_listener_mirrors_health_and_serves_nothing_else(tmp_path, e
     finally:
         probe.close()
         running.stop()
+
+
+@pytest.mark.parametrize(
+    ("env", "exit_code", "message"),
+    [
+        ({"CERTUS_MAX_BATCH_SIZE": "sixty-four"}, 2, "CERTUS_MAX_BATCH_SIZE (batcher.max_batch_size): must be an integer, got 'sixty-four'"),
+        ({"CERTUS_MATCH_THRESHOLD": "high"}, 2, "CERTUS_MATCH_THRESHOLD (scoring.match_threshold): must be a number, got 'high'"),
+        ({"CERTUS_CONFIG": "/nonexistent/certus.toml"}, 2, "config file /nonexistent/certus.toml"),
+        ({"CERTUS_MODEL_VARIANT": "bf16"}, 1, "model.variant: must be one of fp32, int8, fp16"),
+        ({"CERTUS_ADDRESS": "0.0.0.0:0"}, 1, "refusing to listen on 0.0.0.0:0"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_with_one_line_naming_it(tmp_path, model_dir, env, exit_code, message) -> None:
+    """No traceback for an operator's mistake: one line on stderr that names the setting, exit != 0."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "CERTUS_HOME": str(tmp_path), "CERTUS_MODEL_DIR": str(model_dir), **env}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "serve"], env=full_env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == exit_code, proc.stderr[-2000:]
+    assert f"certus-sidecar: {message}" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
