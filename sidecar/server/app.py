@@ -23,7 +23,7 @@ from sidecar import __version__, signing
 from sidecar.batcher import Batcher
 from sidecar.config import Config
 from sidecar.domain import EvaluateInput
-from sidecar.errors import CertusError
+from sidecar.errors import CertusError, Fatal
 from sidecar.evidence.log import EvidenceLog
 from sidecar.forwarder import Forwarder
 from sidecar.guardrails import GuardrailSuite
@@ -176,10 +176,25 @@ class App:
             self.metrics_server = None
 
 
+class BindFailed(Fatal):
+    """The configured address cannot be listened on."""
+
+
 async def build_server(cfg: Config, app: App | None = None) -> tuple[grpc.aio.Server, int, App]:
     check_binding(cfg)  # before anything binds: non-loopback needs auth or allow_insecure_remote
     credentials = server_credentials(cfg.auth)  # None = plaintext; TLS, or mTLS with tls_client_ca
+    created = app is None
     app = app or await App.create(cfg)
+    try:
+        server, port = await _listen(cfg, app, credentials)
+    except BaseException:
+        if created:  # nothing will serve: close the log and the forwarder it opened
+            await app.close()
+        raise
+    return server, port, app
+
+
+async def _listen(cfg: Config, app: App, credentials: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if app.access.tokens is not None:
         interceptors.append(AuthInterceptor(app.access.tokens))
@@ -197,19 +212,28 @@ async def build_server(cfg: Config, app: App | None = None) -> tuple[grpc.aio.Se
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, method_handlers(service)),))
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable(server, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
-    if credentials is None:
-        port = server.add_insecure_port(cfg.server.address)
-    else:
-        port = server.add_secure_port(cfg.server.address, credentials)
-    if port == 0:
-        raise RuntimeError(f"could not bind {cfg.server.address}")
+    port = bind(server, "server.address", cfg.server.address, credentials)
     if cfg.server.metrics_address and app.metrics_server is None:
         app.metrics_server = MetricsServer.start(cfg.server.metrics_address, app.metrics.registry)
     if cfg.server.health_address and app.health_server is None:
         app.health_server = await start_health_listener(cfg.server.health_address, app.health)
     await app.health.set("", health_pb2.HealthCheckResponse.SERVING)
     await app.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, app
+    return server, port
+
+
+def bind(server: grpc.aio.Server, setting: str, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Add a listening port; an address that cannot be bound is a :class:`BindFailed` naming the setting."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpcio raises for a port in use; older versions returned 0
+        port = 0
+    if port == 0:
+        raise BindFailed(f"{setting} {address}: cannot listen there (port in use, or not an address of this host)")
+    return port
 
 
 async def start_health_listener(address: str, health: HealthServicer) -> grpc.aio.Server:
@@ -218,8 +242,7 @@ async def start_health_listener(address: str, health: HealthServicer) -> grpc.ai
     nothing else: no auth is needed there, and nothing about requests is exposed."""
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    if server.add_insecure_port(address) == 0:
-        raise RuntimeError(f"could not bind server.health_address {address}")
+    bind(server, "server.health_address", address)
     await server.start()
     return server
 
@@ -240,6 +263,8 @@ async def serve(cfg: Config) -> None:
     except (BindingRefused, TlsConfigError, TokensFileError, CertusError, ExportError) as exc:
         # a setting to fix or a missing model (the message names it): no traceback
         raise SystemExit(f"certus-sidecar: {exc}") from exc
+    except OSError as exc:  # a path it cannot create or write (read-only volume, permissions)
+        raise SystemExit(f"certus-sidecar: cannot start: {exc}") from exc
     await server.start()
     host = cfg.server.address.rsplit(":", 1)[0]
     log.info("serving", address=f"{host}:{port}", key_id=app.signing_key.key_id, provider=info_provider(app))

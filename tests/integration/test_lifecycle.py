@@ -115,3 +115,22 @@ def test_a_bad_setting_stops_start_up_with_one_line_naming_it(tmp_path, model_di
     assert proc.returncode == exit_code, proc.stderr[-2000:]
     assert f"certus-sidecar: {message}" in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_an_address_in_use_stops_start_up_naming_the_setting(tmp_path, model_dir) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        env = {**os.environ, "CERTUS_HOME": str(tmp_path), "CERTUS_MODEL_DIR": str(model_dir), "CERTUS_ADDRESS": address}
+        proc = subprocess.run([sys.executable, "-m", "sidecar.cli", "serve"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"certus-sidecar: server.address {address}: cannot listen there" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    # it opened the evidence log before binding, and closed it cleanly
+    assert '"event": "evidence_log_closed"' in proc.stderr
