@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from models import Encoder
-from models.encoder import ModelMissing, OnnxEncoder, ProviderUnavailable, cuda_probe
+from models.encoder import ROW_DEPENDENT_VARIANTS, ModelMissing, OnnxEncoder, ProviderUnavailable, cuda_probe
 from models.export import cosine_rows, reference_embeddings, locate_source
 from sidecar.errors import InvalidArgument
 
@@ -113,6 +113,23 @@ def test_int8_encoder_is_close_to_fp32(int8_dir: Path, cpu_encoder: OnnxEncoder)
     assert enc.variant == "int8"
     cos = cosine_rows(enc.encode(SENTENCES[:6]), cpu_encoder.encode(SENTENCES[:6]))
     assert cos.min() >= 0.98
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_an_embedding_does_not_depend_on_the_texts_beside_it(int8_dir: Path, variant: str) -> None:
+    """Same text, same embedding, whatever else is in the call: int8's dynamic quantisation scales
+    activations per batch tensor, so it must run one text per model run (without that, cosine 0.991
+    between a query alone and the same query in a batch)."""
+    enc = OnnxEncoder(int8_dir, variant=variant, provider="cpu", intra_op_threads=1)
+    query = "Who wrote to support?"
+    alone = enc.encode([query])[0]
+    for k in range(1, len(SENTENCES) + 1):
+        beside = enc.encode([LONG, *SENTENCES[:k], query])[-1]
+        if variant in ROW_DEPENDENT_VARIANTS:
+            np.testing.assert_array_equal(beside, alone)
+        else:
+            assert float(alone @ beside) >= 0.99999
+    assert (enc.rows_per_run == 1) is (variant in ROW_DEPENDENT_VARIANTS)
 
 
 def test_bad_texts_name_the_field(cpu_encoder: OnnxEncoder) -> None:
