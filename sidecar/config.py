@@ -85,6 +85,9 @@ class GuardrailsConfig:
     # recognizers only (email, phone, card, IBAN, IP, SSN): ~1 ms instead of ~8 ms of CPU per
     # 60-word response, the largest single cost of an evaluation on CPU (README, Benchmarks).
     pii_ner: bool = True
+    # CERTUS_PII_PROCESS: run the PII analyzer (spaCy + Presidio) in a child process, so its GIL-bound
+    # NER runs beside the server's Python work instead of taking turns with it. Off = in-process.
+    pii_process: bool = True
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_CLAIM_SUPPORT_THRESHOLD": ("scoring", "claim_support_threshold"),
     "CERTUS_CLAIM_SEMANTIC_WEIGHT": ("scoring", "claim_semantic_weight"),
     "CERTUS_PII_NER": ("guardrails", "pii_ner"),
+    "CERTUS_PII_PROCESS": ("guardrails", "pii_process"),
     "CERTUS_EVIDENCE_DIR": ("evidence", "log_dir"),
     "CERTUS_SIGNING_KEY": ("evidence", "key_path"),
     "CERTUS_SEGMENT_BYTES": ("evidence", "segment_bytes"),

@@ -10,7 +10,8 @@ baseline; ``gc.collect()`` + ``malloc_trim(0)`` brought it back to within ~10 Mi
 above the lowest level seen *and* no longer rising (the burst is over), it runs a full collection
 and ``malloc_trim(0)`` (glibc only; elsewhere just the collection) off the event loop. A pass that
 frees little (memory that stays in use, e.g. a filling cache) doubles the wait before the next one
-(up to 64 intervals); a new rise in RSS resets it.
+(up to 64 intervals) while RSS is still sampled every interval; growth beyond what that pass had to
+keep makes the next pass due at once.
 """
 
 from __future__ import annotations
@@ -111,23 +112,30 @@ class MemoryReclaimer:
             self._task = None
 
     async def _run(self, floor: int) -> None:
-        """``floor``: the lowest RSS seen (from start-up on), what the process needs when idle."""
+        """``floor``: the lowest RSS seen (from start-up on), what the process needs when idle.
+
+        RSS is sampled every interval, always, so a new burst is seen at once; what backs off is
+        the *pass*: after one that freed little (memory still in use, e.g. a filling cache) the next
+        waits 2, 4, ... 64 intervals, unless RSS grows another ``growth`` beyond what that pass left
+        (new memory, a new burst), which makes the next pass due again."""
         loop = asyncio.get_running_loop()
         previous = floor
-        wait = self.interval_s
+        backoff = 1  # intervals between passes; > 1 after unproductive passes
+        due_at = 0.0  # loop time before which no pass runs
+        kept = floor  # RSS an unproductive pass could not give back
         while True:
-            await asyncio.sleep(wait)
+            await asyncio.sleep(self.interval_s)
             now = rss_bytes()
             floor = min(floor, now)
-            if now - previous > self.growth_bytes:
-                wait = self.interval_s  # a new burst: check at full rate again
-            elif now - floor > self.growth_bytes and now <= previous:  # grown, and no longer rising
-                r = await loop.run_in_executor(None, reclaim)
+            if now - kept > self.growth_bytes:  # grown well past what the last pass had to keep
+                backoff, due_at = 1, 0.0
+            if now - floor > self.growth_bytes and now <= previous and loop.time() >= due_at:
+                r = await loop.run_in_executor(None, reclaim)  # grown, and no longer rising
                 self.runs += 1
                 productive = r.rss_before - r.rss_after >= self.growth_bytes // 2
-                # memory that stays in use (caches filling up) is not worth a pass every interval
-                wait = self.interval_s if productive else min(wait * 2, self.interval_s * 64)
-                now = r.rss_after
+                backoff = 1 if productive else min(backoff * 2, 64)
+                due_at = loop.time() + (backoff - 1) * self.interval_s
+                now = kept = r.rss_after
                 floor = min(floor, now)
                 log.info(
                     "memory_reclaimed",
@@ -136,6 +144,6 @@ class MemoryReclaimer:
                     gc_objects=r.collected,
                     gc_ms=round(r.gc_seconds * 1000, 1),
                     trim_ms=round(r.trim_seconds * 1000, 1),
-                    next_check_s=wait,
+                    next_pass_s=backoff * self.interval_s,
                 )
             previous = now

@@ -53,6 +53,10 @@ def make_config(tmp: Path, **sections: dict[str, Any]) -> config_mod.Config:
         "forwarder": {"file_path": tmp / "integrity" / "decisions.jsonl", "outbox_dir": tmp / "outbox"},
         "manifests": {"manifest_dir": tmp / "manifests", "reload_interval_s": 0.2},
         "model": {"intra_op_threads": 1},
+        # in-process servers share this process's Presidio analyzer (loaded once); the PII worker
+        # process, the shipped default, is exercised by the tests that run `certus-sidecar serve`
+        # (lifecycle, fuzz, crash recovery, flood) and by tests/unit/guardrails/test_pii_process.py
+        "guardrails": {"pii_process": False},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)

@@ -174,6 +174,99 @@ class PiiAnalyzer:
         return _drop_nested([s for s in spans if s.entity_type != "PERSON" or _NAME_SHAPE.fullmatch(text[s.start : s.end])])
 
 
+# ---------------------------------------------------------------------------- worker process
+# spaCy's NER holds the GIL for ~8 ms per 60-word response, which serialised it with everything else
+# the server does in Python (gRPC, protobuf, policy, signing). In its own process it runs on the other
+# core while the server goes on.
+
+_WORKER: PiiAnalyzer | None = None
+
+
+def _worker_init(ner: bool, parent_pid: int) -> None:
+    global _WORKER
+    import os
+
+    # one BLAS/OpenMP thread, as in the server: the encoder owns the cores' thread pools
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    _WORKER = PiiAnalyzer(ner)
+
+    def watch_parent() -> None:  # a parent killed with SIGKILL cannot stop us: leave with it
+        import time
+
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="pii-parent-watch", daemon=True).start()
+
+
+def _worker_info() -> tuple[str, tuple[str, ...], int]:
+    import os
+
+    assert _WORKER is not None
+    return _WORKER.ner_model, tuple(_WORKER.entities), os.getpid()
+
+
+def _worker_analyze(text: str) -> list[tuple[str, int, int, float]]:
+    assert _WORKER is not None
+    return [(s.entity_type, s.start, s.end, s.score) for s in _WORKER.analyze(text)]
+
+
+class ProcessPiiAnalyzer:
+    """:class:`PiiAnalyzer` in a child process (``spawn``), same interface: ``analyze`` blocks its
+    calling thread (GIL released) until the child answers. The child leaves when the server closes
+    it or dies (it watches its parent); a child that crashed is replaced once per call, after which
+    the call fails (the pipeline then answers ``skipped=evaluator_error``, and it is logged)."""
+
+    def __init__(self, ner: bool = True, *, timeout_s: float = 60.0) -> None:
+        self._ner = ner
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._pool = self._start()
+        self.ner_model, self.entities, self.pid = self._pool.submit(_worker_info).result(timeout=300)
+        self.restarts = 0
+
+    def _start(self) -> Any:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(self._ner, os.getpid()),
+        )
+
+    def analyze(self, text: str, entities: Sequence[str] | None = None) -> list[PiiSpan]:
+        if not text:
+            return []
+        if entities is not None and set(entities) != set(self.entities):
+            raise ValueError("ProcessPiiAnalyzer analyses its configured entities only")
+        from concurrent.futures.process import BrokenProcessPool
+
+        for attempt in (1, 2):
+            pool = self._pool
+            try:
+                rows = pool.submit(_worker_analyze, text).result(timeout=self.timeout_s)
+                return [PiiSpan(*row) for row in rows]
+            except BrokenProcessPool:
+                with self._lock:
+                    if self._pool is pool:  # first caller to notice replaces it
+                        log.error("pii_worker_died", attempt=attempt)
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        self._pool = self._start()
+                        self.pid = self._pool.submit(_worker_info).result(timeout=300)[2]
+                        self.restarts += 1
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 _LONG_RUN = re.compile(r"\S{64,}")
 # Runs of markup punctuation (``` fences, ** bold, ![ ]: ...) carry no PII; as spaces they cost the
 # tokenizer nothing. + @ . ( ) - stay: they are part of phone numbers and emails.
@@ -205,7 +298,7 @@ def _drop_nested(spans: list[PiiSpan]) -> list[PiiSpan]:
 class PiiGuardrail:
     guardrail_type = GuardrailType.PII
 
-    def __init__(self, analyzer: PiiAnalyzer | None = None, *, ner: bool = True) -> None:
+    def __init__(self, analyzer: PiiAnalyzer | ProcessPiiAnalyzer | None = None, *, ner: bool = True) -> None:
         self.analyzer = analyzer or PiiAnalyzer(ner)
 
     @property

@@ -18,7 +18,7 @@ from sidecar.guardrails.base import Guardrail
 from sidecar.guardrails.code_safety import CodeSafetyGuardrail
 from sidecar.guardrails.exfiltration import ExfiltrationGuardrail
 from sidecar.guardrails.learned import AttackHead, LearnedSignal
-from sidecar.guardrails.pii import PiiGuardrail
+from sidecar.guardrails.pii import PiiGuardrail, ProcessPiiAnalyzer
 from sidecar.guardrails.prompt_attacks import PromptAttackGuardrail
 from sidecar.guardrails.vuln_hallucination import VulnHallucinationGuardrail
 
@@ -52,11 +52,20 @@ def apply_policy(violations: Sequence[GuardrailViolation], cfg: GuardrailConfig)
 
 
 class GuardrailSuite:
-    def __init__(self, embed: Embed | None = None, *, head: AttackHead | None = None, pii_ner: bool = True) -> None:
+    def __init__(
+        self,
+        embed: Embed | None = None,
+        *,
+        head: AttackHead | None = None,
+        pii_ner: bool = True,
+        pii_process: bool = False,
+    ) -> None:
         """``embed``: the sidecar's shared batched encoder (thread-safe, blocking, float32[n, 384]
-        L2-normalised); None disables the learned prompt-attack signal (rules only)."""
+        L2-normalised); None disables the learned prompt-attack signal (rules only).
+        ``pii_process``: the PII analyzer runs in a child process (:class:`ProcessPiiAnalyzer`);
+        call :meth:`close` to stop it."""
         self.learned = LearnedSignal(embed, head) if embed is not None else None
-        self.pii = PiiGuardrail(ner=pii_ner)
+        self.pii = PiiGuardrail(ProcessPiiAnalyzer(pii_ner) if pii_process else None, ner=pii_ner)
         self.guardrails: dict[GuardrailType, Guardrail] = {
             GuardrailType.PII: self.pii,
             GuardrailType.PROMPT_INJECTION: PromptAttackGuardrail(GuardrailType.PROMPT_INJECTION, self.learned),
@@ -68,8 +77,15 @@ class GuardrailSuite:
         log.info(
             "guardrails_ready",
             pii_nlp_model=self.pii.ner_model,
+            pii_process=pii_process,
             learned=self.learned is not None,
         )
+
+    def close(self) -> None:
+        """Stop the PII child process, if there is one."""
+        close = getattr(self.pii.analyzer, "close", None)
+        if close is not None:
+            close()
 
     def texts_to_embed(self, inp: EvaluateInput, configs: Mapping[GuardrailType, GuardrailConfig]) -> list[str]:
         """Texts the learned prompt-attack signal will embed during :meth:`scan` (segments of query

@@ -27,6 +27,7 @@ from sidecar.errors import CertusError, Fatal
 from sidecar.evidence.log import EvidenceLog
 from sidecar.forwarder import Forwarder
 from sidecar.guardrails import GuardrailSuite
+from sidecar.guardrails.pii import ProcessPiiAnalyzer
 from sidecar.jobs import JobTable
 from sidecar.manifests import ManifestStore
 from sidecar.memory import MemoryReclaimer
@@ -95,7 +96,9 @@ class App:
         await forwarder.start()
         manifests = ManifestStore(cfg.manifests)
         manifests.start()
-        guardrails = GuardrailSuite(embed=batcher.embed_sync, pii_ner=cfg.guardrails.pii_ner)
+        guardrails = GuardrailSuite(
+            embed=batcher.embed_sync, pii_ner=cfg.guardrails.pii_ner, pii_process=cfg.guardrails.pii_process
+        )
         jobs = JobTable(cfg.async_jobs)
         scorer = Scorer(cfg.scoring)
         pipeline = Pipeline(batcher, scorer, guardrails, manifests, evidence, jobs, metrics=metrics)
@@ -152,6 +155,10 @@ class App:
         details.update({f"manifests.{k}": v for k, v in self.manifests.health_details().items()})
         details.update({f"ratelimit.{k}": v for k, v in self.access.limiter.stats().as_dict().items()})
         details["auth.enabled"] = self.access.auth_enabled
+        pii = self.guardrails.pii.analyzer
+        if isinstance(pii, ProcessPiiAnalyzer):  # the child process that runs spaCy/Presidio
+            details["pii.worker_pid"] = pii.pid
+            details["pii.worker_restarts"] = pii.restarts
         return {
             "key_id": self.signing_key.key_id,
             "payload_type": signing.DECISION_PAYLOAD_TYPE,
@@ -165,6 +172,7 @@ class App:
             await self.reclaimer.stop()
         await self.jobs.aclose()
         await self.pipeline.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.guardrails.close)
         await self.batcher.stop()
         # deliver what is still in the outbox for up to the grace period, then stop (the cursor
         # is durable: whatever is left goes out after the next start)

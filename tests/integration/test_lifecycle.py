@@ -134,3 +134,53 @@ def test_an_address_in_use_stops_start_up_naming_the_setting(tmp_path, model_dir
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     # it opened the evidence log before binding, and closed it cleanly
     assert '"event": "evidence_log_closed"' in proc.stderr
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_the_pii_worker_process_never_outlives_the_sidecar(model_dir, how) -> None:
+    """PII runs in a child process (CERTUS_PII_PROCESS, default on). A clean stop closes it; a
+    sidecar killed with SIGKILL cannot, so the child notices its parent is gone and leaves."""
+    import os
+    import time
+
+    proc, target, home = start_local_sidecar()
+    try:
+        channel = grpc.insecure_channel(target)
+        stub = pb_grpc.EvaluatorStub(channel)
+        details = stub.GetInfo(pb.GetInfoRequest(), timeout=10).details
+        child = int(details["pii.worker_pid"])
+        assert details["pii.worker_restarts"] == "0"
+        assert child != proc.pid and os.path.exists(f"/proc/{child}")
+        resp = stub.Evaluate(
+            pb.EvaluateRequest(workspace_id="acme", query="Who?", response="Ask John Smith at john.smith@example.com.", context=["x"]),
+            timeout=30,
+        )
+        assert "EMAIL_ADDRESS" in {v.detector for v in resp.guardrail_violations}
+        channel.close()
+        # every process the sidecar started (the worker, and multiprocessing's resource tracker)
+        children = {
+            int(pid)
+            for task in os.listdir(f"/proc/{proc.pid}/task")
+            for pid in open(f"/proc/{proc.pid}/task/{task}/children").read().split()
+        }
+        assert child in children
+        proc.send_signal(getattr(signal, how))
+        proc.wait(60)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_running(pid) for pid in children):
+            time.sleep(0.1)
+        left = [pid for pid in children if _running(pid)]
+        assert not left, f"processes {left} outlived the sidecar ({how}); the PII worker was {child}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child of init waits to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

@@ -78,3 +78,43 @@ def test_reclaimer_runs_once_rss_has_grown_and_stopped_rising() -> None:
 
 def test_zero_interval_disables() -> None:
     assert not MemoryReclaimer(interval_s=0).enabled
+
+
+@pytest.mark.skipif(rss_bytes() == 0, reason="needs /proc")
+def test_a_new_burst_is_reclaimed_promptly_after_passes_that_freed_nothing() -> None:
+    """Memory that stays in use makes passes back off; a burst of garbage on top of it must not
+    wait out that back-off (it is sampled every interval and makes the next pass due)."""
+
+    class Node:
+        pass
+
+    async def main() -> tuple[int, int, int, int]:
+        rec = MemoryReclaimer(interval_s=0.05, growth_mib=32)
+        rec.start()
+        gc.disable()
+        try:
+            live = [bytearray(b"x" * MIB) for _ in range(128)]  # stays referenced: passes free nothing
+            for _ in range(200):  # until the back-off is long: 6 unproductive passes, next in 64 intervals
+                if rec.runs >= 6:
+                    break
+                await asyncio.sleep(0.05)
+            unproductive = rec.runs
+            for _ in range(128):  # a burst held only by unreachable cycles
+                a, b = Node(), Node()
+                a.other, b.other = b, a  # type: ignore[attr-defined]
+                a.payload = bytearray(b"x" * MIB)  # type: ignore[attr-defined]
+            del a, b
+            grown = rss_bytes()
+            waited = 0
+            while rss_bytes() > grown - 64 * MIB and waited < 40:  # 2 s = 40 intervals at most
+                await asyncio.sleep(0.05)
+                waited += 1
+            del live
+            return unproductive, grown, rss_bytes(), waited
+        finally:
+            gc.enable()
+            await rec.stop()
+
+    unproductive, grown, after, waited = asyncio.run(main())
+    assert unproductive >= 6
+    assert after < grown - 64 * MIB, f"burst not reclaimed within {waited} intervals"
