@@ -111,18 +111,23 @@ def unary(fn: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]) ->
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         span = rpc_span(method, context)
         code, error = grpc.StatusCode.OK, None  # type: tuple[grpc.StatusCode, BaseException | None]
+        ended = False
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                 try:
                     return await fn(self, _decoded(request), context)
                 except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
                     code, error = status_of(exc), exc
+                    # counted and ended before the caller hears the status (abort sends it)
+                    end_rpc(self.app, span, method, code, error)
+                    ended = True
                     await errormap.abort(context, exc)
         except asyncio.CancelledError as exc:  # the caller went away
             code, error = grpc.StatusCode.CANCELLED, exc
             raise
         finally:
-            end_rpc(self.app, span, method, code, error)
+            if not ended:  # an answer or a cancellation: nothing has been sent yet
+                end_rpc(self.app, span, method, code, error)
 
     return wrapper
 

@@ -224,8 +224,10 @@ def test_flood_of_large_requests_keeps_memory_bounded_and_returns_to_baseline(mo
         # bounded while it lasted: well under concurrency x max message x 4 copies
         assert sampler.peak_kib - baseline < concurrency * MAX_MESSAGE_BYTES * 4 // 1024
         # and handed back afterwards (the reclaimer checks every 2 s; it runs once RSS stops rising)
-        after = settle_rss(proc.pid, baseline + 48 * 1024, max_wait_s=20)
-        assert after <= baseline + 48 * 1024, f"RSS {after} KiB after the flood vs baseline {baseline} KiB"
+        # measured with the PII worker in its own process (baseline ~260 MiB): settles 20-51 MiB over
+        # the baseline with the reclaimer (fragmentation decides where), 82 MiB without it
+        after = settle_rss(proc.pid, baseline + 64 * 1024, max_wait_s=20)
+        assert after <= baseline + 64 * 1024, f"RSS {after} KiB after the flood vs baseline {baseline} KiB"
         assert proc.poll() is None
         with grpc.insecure_channel(target) as ch:
             assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == (
