@@ -300,8 +300,10 @@ def _coerce(section: Any, name: str, raw: Any) -> Any:
         expected = "an integer" if t == "int" else "a number"
         if isinstance(raw, bool):
             raise ValueError(f"must be {expected}, got {raw!r}")
-        if t == "int" and isinstance(raw, int) or t == "float" and isinstance(raw, (int, float)):
-            return raw if t == "int" else float(raw)
+        if t == "int" and isinstance(raw, int):
+            return raw
+        if t == "float" and isinstance(raw, (int, float)):
+            return float(raw)
         if isinstance(raw, str):
             try:
                 return int(raw) if t == "int" else float(raw)

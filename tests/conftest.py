@@ -174,3 +174,22 @@ def write_manifest(manifest_dir: Path, workspace: str, version: str, **fields: A
     from sidecar.signing import canonical_json
 
     return put_atomic(manifest_dir / workspace / f"{version}.json", canonical_json(manifest_doc(workspace, version, **fields)))
+
+
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie (a process that exited but was not reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_gone(pids: "set[int] | list[int]", within_s: float) -> list[int]:
+    """Poll until none of ``pids`` runs or ``within_s`` passes; returns those still running."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and any(process_running(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if process_running(p)]

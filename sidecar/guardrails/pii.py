@@ -223,27 +223,26 @@ class ProcessPiiAnalyzer:
         self._ner = ner
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
-        self._pool = self._start()
-        self.ner_model, self.entities, self.pid = self._pool.submit(_worker_info).result(timeout=300)
         self.restarts = 0
+        self._start()
 
-    def _start(self) -> Any:
+    def _start(self) -> None:
+        """A new child, loaded (the analyzer builds in it before the first answer)."""
         import multiprocessing
         import os
         from concurrent.futures import ProcessPoolExecutor
 
-        return ProcessPoolExecutor(
+        self._pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
             initargs=(self._ner, os.getpid()),
         )
+        self.ner_model, self.entities, self.pid = self._pool.submit(_worker_info).result(timeout=300)
 
-    def analyze(self, text: str, entities: Sequence[str] | None = None) -> list[PiiSpan]:
+    def analyze(self, text: str) -> list[PiiSpan]:
         if not text:
             return []
-        if entities is not None and set(entities) != set(self.entities):
-            raise ValueError("ProcessPiiAnalyzer analyses its configured entities only")
         from concurrent.futures.process import BrokenProcessPool
 
         for attempt in (1, 2):
@@ -256,8 +255,7 @@ class ProcessPiiAnalyzer:
                     if self._pool is pool:  # first caller to notice replaces it
                         log.error("pii_worker_died", attempt=attempt)
                         pool.shutdown(wait=False, cancel_futures=True)
-                        self._pool = self._start()
-                        self.pid = self._pool.submit(_worker_info).result(timeout=300)[2]
+                        self._start()
                         self.restarts += 1
                 if attempt == 2:
                     raise

@@ -36,6 +36,7 @@ if __package__ in (None, ""):
 
 import grpc
 
+from sidecar.memory import rss_bytes
 from sidecar.protos import pb
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -44,20 +45,16 @@ METHOD = "/certus.evaluate.v1.Evaluator/Evaluate"
 
 
 def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB."""
-    try:
-        import psutil  # type: ignore[import-not-found]
-
-        return int(psutil.Process(pid).memory_info().rss // 1024)
-    except ImportError:
-        pass
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    """Resident set size of ``pid`` in KiB (the sidecar's own reader of /proc)."""
+    kib = rss_bytes(pid) // 1024
+    if not kib:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return kib
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint; negative numbers as protobuf encodes them (10-byte two's complement)."""
+    n &= (1 << 64) - 1
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -82,7 +79,7 @@ def flood_payloads(max_message_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, byte
         workspace_id=FLOOD_WORKSPACE, query="q", response="r", context=["c" * 10_000] * 51
     )
     garbage_len = 3 * 1024 * 1024
-    garbage = b"\x1a" + _varint(garbage_len) + b"\xff" * garbage_len  # field 3 (response): not UTF-8
+    garbage = b"\x1a" + varint(garbage_len) + b"\xff" * garbage_len  # field 3 (response): not UTF-8
     return {
         "oversize": pb.EvaluateRequest(workspace_id=FLOOD_WORKSPACE, query=big_query, response="r").SerializeToString(),
         "limited": limited.SerializeToString(),
@@ -209,6 +206,17 @@ def warm_and_drain(target: str) -> None:
                 pass
 
 
+def measured_flood(pid: int, target: str, concurrency: int, requests: int, seconds: float) -> tuple[int, int, FloodResult]:
+    """Warm up and drain, take the RSS baseline, then flood while sampling RSS:
+    (baseline KiB, peak KiB, result)."""
+    warm_and_drain(target)
+    time.sleep(0.5)
+    baseline = rss_kib(pid)
+    with RssSampler(pid) as sampler:
+        res = asyncio.run(flood(target, concurrency, requests, seconds))
+    return baseline, sampler.peak_kib, res
+
+
 def run_variant(label: str, extra_env: dict[str, str], args: argparse.Namespace) -> bool:
     from sidecar.loadgen import start_local_sidecar
 
@@ -216,11 +224,7 @@ def run_variant(label: str, extra_env: dict[str, str], args: argparse.Namespace)
     env.update(extra_env)
     proc, target, _home = start_local_sidecar(env)
     try:
-        warm_and_drain(target)
-        time.sleep(0.5)
-        baseline = rss_kib(proc.pid)
-        with RssSampler(proc.pid) as sampler:
-            res = asyncio.run(flood(target, args.concurrency, args.requests, args.seconds))
+        baseline, peak, res = measured_flood(proc.pid, target, args.concurrency, args.requests, args.seconds)
         t_end = time.perf_counter()
         settled = settle_rss(proc.pid, baseline + 32 * 1024, max_wait_s=args.settle)
         settle_s = time.perf_counter() - t_end
@@ -232,8 +236,8 @@ def run_variant(label: str, extra_env: dict[str, str], args: argparse.Namespace)
         for kind, counts in res.codes.items():
             print(f"    {kind:9s} {dict(counts)}")
         print(f"  unexpected statuses: {len(res.unexpected)} {res.unexpected[:5]}; server alive: {alive}")
-        print(f"  RSS baseline {baseline / mib:.0f} MiB | peak {sampler.peak_kib / mib:.0f} MiB "
-              f"(+{(sampler.peak_kib - baseline) / mib:.0f}) | after {settled / mib:.0f} MiB "
+        print(f"  RSS baseline {baseline / mib:.0f} MiB | peak {peak / mib:.0f} MiB "
+              f"(+{(peak - baseline) / mib:.0f}) | after {settled / mib:.0f} MiB "
               f"({(settled - baseline) / mib:+.0f}, x{settled / baseline:.3f} of baseline; "
               f"{'within' if settled <= baseline + 32 * 1024 else 'NOT within'} +32 MiB after {settle_s:.1f} s)")
         return alive and not res.unexpected

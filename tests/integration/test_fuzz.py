@@ -43,6 +43,7 @@ from sidecar.evidence.verify import verify_log
 from sidecar.loadgen import start_local_sidecar
 from sidecar.protos import pb
 from sidecar.signing import VerifyKey
+from tests.benchmarks.bench_flood import varint
 
 pytestmark = pytest.mark.slow
 
@@ -119,19 +120,6 @@ def sidecar_proc(model_dir: Path) -> Iterator[Sidecar]:
 
 
 # --------------------------------------------------------------------------- protobuf wire helpers
-
-
-def varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # negative numbers as protobuf encodes them: 10-byte two's complement
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def tag(field_no: int, wire_type: int) -> bytes:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -12,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.loadgen import start_local_sidecar
 from sidecar.protos import pb, pb_grpc
+from tests.conftest import wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +97,14 @@ def test_health_only_listener_mirrors_health_and_serves_nothing_else(tmp_path, e
         running.stop()
 
 
+def _serve_until_exit(home, model_dir, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`certus-sidecar serve` in a fresh process with ``env`` on top; for start-ups that must fail."""
+    full_env = {**os.environ, "CERTUS_HOME": str(home), "CERTUS_MODEL_DIR": str(model_dir), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "serve"], env=full_env, capture_output=True, text=True, timeout=120
+    )
+
+
 @pytest.mark.parametrize(
     ("env", "exit_code", "message"),
     [
@@ -104,31 +117,18 @@ def test_health_only_listener_mirrors_health_and_serves_nothing_else(tmp_path, e
 )
 def test_a_bad_setting_stops_start_up_with_one_line_naming_it(tmp_path, model_dir, env, exit_code, message) -> None:
     """No traceback for an operator's mistake: one line on stderr that names the setting, exit != 0."""
-    import os
-    import subprocess
-    import sys
-
-    full_env = {**os.environ, "CERTUS_HOME": str(tmp_path), "CERTUS_MODEL_DIR": str(model_dir), **env}
-    proc = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "serve"], env=full_env, capture_output=True, text=True, timeout=120
-    )
+    proc = _serve_until_exit(tmp_path, model_dir, env)
     assert proc.returncode == exit_code, proc.stderr[-2000:]
     assert f"certus-sidecar: {message}" in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_an_address_in_use_stops_start_up_naming_the_setting(tmp_path, model_dir) -> None:
-    import os
-    import socket
-    import subprocess
-    import sys
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        env = {**os.environ, "CERTUS_HOME": str(tmp_path), "CERTUS_MODEL_DIR": str(model_dir), "CERTUS_ADDRESS": address}
-        proc = subprocess.run([sys.executable, "-m", "sidecar.cli", "serve"], env=env, capture_output=True, text=True, timeout=120)
+        proc = _serve_until_exit(tmp_path, model_dir, {"CERTUS_ADDRESS": address})
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert f"certus-sidecar: server.address {address}: cannot listen there" in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -140,9 +140,6 @@ def test_an_address_in_use_stops_start_up_naming_the_setting(tmp_path, model_dir
 def test_the_pii_worker_process_never_outlives_the_sidecar(model_dir, how) -> None:
     """PII runs in a child process (CERTUS_PII_PROCESS, default on). A clean stop closes it; a
     sidecar killed with SIGKILL cannot, so the child notices its parent is gone and leaves."""
-    import os
-    import time
-
     proc, target, home = start_local_sidecar()
     try:
         channel = grpc.insecure_channel(target)
@@ -166,21 +163,10 @@ def test_the_pii_worker_process_never_outlives_the_sidecar(model_dir, how) -> No
         assert child in children
         proc.send_signal(getattr(signal, how))
         proc.wait(60)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_running(pid) for pid in children):
-            time.sleep(0.1)
-        left = [pid for pid in children if _running(pid)]
+        left = wait_gone(children, 15)
         assert not left, f"processes {left} outlived the sidecar ({how}); the PII worker was {child}"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an exited child of init waits to be reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False

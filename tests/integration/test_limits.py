@@ -3,7 +3,6 @@ concurrency cap, and bounded memory under a flood of large requests (a sidecar s
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import time
 import uuid
@@ -196,16 +195,7 @@ def test_max_concurrent_streams_queues_calls_on_a_busy_connection(tmp_path: Path
 @pytest.mark.slow
 def test_flood_of_large_requests_keeps_memory_bounded_and_returns_to_baseline(model_dir: Path) -> None:
     from sidecar.loadgen import start_local_sidecar
-    from tests.benchmarks.bench_flood import (
-        EXPECTED,
-        MAX_MESSAGE_BYTES,
-        RssSampler,
-        flood,
-        rss_kib,
-        settle_rss,
-        sidecar_env,
-        warm_and_drain,
-    )
+    from tests.benchmarks.bench_flood import EXPECTED, MAX_MESSAGE_BYTES, measured_flood, settle_rss, sidecar_env
 
     concurrency, requests = 32, 400
     env = sidecar_env()
@@ -213,16 +203,12 @@ def test_flood_of_large_requests_keeps_memory_bounded_and_returns_to_baseline(mo
     env["CERTUS_MEMORY_RECLAIM_GROWTH_MIB"] = "32"  # below the tolerance asserted below
     proc, target, _home = start_local_sidecar(env)
     try:
-        warm_and_drain(target)
-        time.sleep(0.5)
-        baseline = rss_kib(proc.pid)
-        with RssSampler(proc.pid) as sampler:
-            res = asyncio.run(flood(target, concurrency, requests, seconds=60))
+        baseline, peak, res = measured_flood(proc.pid, target, concurrency, requests, seconds=60)
         assert res.sent == requests
         assert res.unexpected == []
         assert {k: sum(c.values()) for k, c in res.codes.items()} == {k: requests // len(EXPECTED) for k in EXPECTED}
         # bounded while it lasted: well under concurrency x max message x 4 copies
-        assert sampler.peak_kib - baseline < concurrency * MAX_MESSAGE_BYTES * 4 // 1024
+        assert peak - baseline < concurrency * MAX_MESSAGE_BYTES * 4 // 1024
         # and handed back afterwards (the reclaimer checks every 2 s; it runs once RSS stops rising)
         # measured with the PII worker in its own process (baseline ~260 MiB): settles 20-51 MiB over
         # the baseline with the reclaimer (fragmentation decides where), 82 MiB without it

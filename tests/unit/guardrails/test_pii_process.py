@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-
 import pytest
 
 from sidecar.guardrails.pii import PiiAnalyzer, ProcessPiiAnalyzer
+from tests.conftest import process_running, wait_gone
 
 TEXTS = [
     "John Smith can be reached at john.smith@example.com or 212-555-0199.",
@@ -18,28 +17,6 @@ TEXTS = [
     "Nothing personal in this sentence about the Normans.",
     "![" * 2000 + " see ann.lee@example.org " + "+" * 2000,
 ]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_gone(pid: int, within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    return not _alive(pid)
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +39,11 @@ def test_same_spans_as_in_process(process_analyzer: ProcessPiiAnalyzer) -> None:
 def test_a_killed_child_is_replaced_and_the_call_still_answers(process_analyzer: ProcessPiiAnalyzer) -> None:
     old, restarts = process_analyzer.pid, process_analyzer.restarts
     os.kill(old, signal.SIGKILL)
-    assert _wait_gone(old, 10)
+    assert wait_gone([old], 10) == []
     spans = process_analyzer.analyze(TEXTS[0])
     assert {s.entity_type for s in spans} == {"PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER"}
     assert process_analyzer.restarts == restarts + 1
-    assert process_analyzer.pid not in (old, os.getpid()) and _alive(process_analyzer.pid)
+    assert process_analyzer.pid not in (old, os.getpid()) and process_running(process_analyzer.pid)
 
 
 def test_close_stops_the_child() -> None:
@@ -74,4 +51,4 @@ def test_close_stops_the_child() -> None:
     pid = analyzer.pid
     assert analyzer.analyze("mail bob@example.com")[0].entity_type == "EMAIL_ADDRESS"
     analyzer.close()
-    assert _wait_gone(pid, 10)
+    assert wait_gone([pid], 10) == []
