@@ -193,3 +193,25 @@ def wait_gone(pids: "set[int] | list[int]", within_s: float) -> list[int]:
     while time.monotonic() < deadline and any(process_running(p) for p in pids):
         time.sleep(0.1)
     return [p for p in pids if process_running(p)]
+
+
+def wait_until(pred: Any, what: str, timeout_s: float = 30.0, step_s: float = 0.02) -> None:
+    """Poll ``pred`` until true; AssertionError naming ``what`` after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for: {what}")
+        time.sleep(step_s)
+
+
+async def wait_until_async(pred: Any, what: str, timeout_s: float = 30.0, step_s: float = 0.01) -> None:
+    """:func:`wait_until` for a coroutine: sleeps on the event loop between polls."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for: {what}")
+        await asyncio.sleep(step_s)

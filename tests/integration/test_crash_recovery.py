@@ -52,6 +52,7 @@ from sidecar.forwarder.receiver import IntegrityReceiver
 from sidecar.loadgen import start_local_sidecar
 from sidecar.protos import pb, pb_grpc
 from sidecar.signing import SigningKey, VerifyKey
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -66,14 +67,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(pred: Callable[[], bool], what: str, timeout_s: float = 60.0, step_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for: {what}")
-        time.sleep(step_s)
 
 
 @dataclass(frozen=True)
@@ -372,7 +365,7 @@ def test_kill9_under_load_twice_then_receiver_gets_everything_once(sink: str, tm
             # deliver the backlog, and the durable cursor must say so
             opened = int(sc.details()["forwarder.breaker_opened"])
             wait_until(
-                lambda: int(sc.details()["forwarder.breaker_opened"]) > opened, "the breaker opened again", step_s=0.01
+                lambda: int(sc.details()["forwarder.breaker_opened"]) > opened, "the breaker opened again", timeout_s=60, step_s=0.01
             )
             receiver = start_receiver(sink, port, info, store)
             assert sc.terminate() == 0

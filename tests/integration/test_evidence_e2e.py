@@ -20,7 +20,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,7 +32,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.evidence.records import LogRecord, iter_log, list_segments
 from sidecar.protos import pb
 
-from tests.conftest import make_config, start_sidecar
+from tests.conftest import make_config, start_sidecar, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD_TYPE = "application/vnd.certus.decision+json"
@@ -106,14 +105,6 @@ def verify_cli(log_dir: Path, pub: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
-
-
-def wait_until(pred: Any, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for: {what}")
-        time.sleep(0.02)
 
 
 # -- 1. one Evaluate call's evidence, verified independently ------------------------------------------

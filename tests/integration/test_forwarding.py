@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -32,6 +32,7 @@ from sidecar.evidence.verify import verify_log
 from sidecar.forwarder import Forwarder
 from sidecar.forwarder.receiver import IntegrityReceiver
 from sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SigningKey, canonical_json, sign_envelope
+from tests.conftest import wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = SigningKey(bytes(range(200, 232)))
@@ -91,14 +92,6 @@ async def append_many(log: EvidenceLog, n: int, start: int = 0) -> dict[str, str
     return {d.decision_id: eid for d, (eid, _) in zip(decs, results)}
 
 
-async def wait_until(pred: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for: {what}")
-        await asyncio.sleep(0.01)
-
-
 @pytest.fixture
 def receiver(tmp_path: Path) -> Any:
     r = IntegrityReceiver([KEY.verify_key], store_path=tmp_path / "receiver" / "store.jsonl")
@@ -126,7 +119,7 @@ def test_sink_delivers_every_decision_once(sink: str, tmp_path: Path, receiver: 
         fwd = Forwarder(fwd_cfg(tmp_path, sink, url), log)
         await fwd.start()
         expected = await append_many(log, 120)
-        await wait_until(lambda: fwd.backlog == 0, "backlog drained")
+        await wait_until_async(lambda: fwd.backlog == 0, "backlog drained")
         stats = fwd.stats()
         await fwd.stop()
         await log.close()
@@ -152,9 +145,9 @@ def test_http_sink_sends_the_bearer_key(tmp_path: Path) -> None:
             await fwd.start()
             await append_many(log, n)
             if api_key == "s3cret":
-                await wait_until(lambda: fwd.backlog == 0, "backlog drained")
+                await wait_until_async(lambda: fwd.backlog == 0, "backlog drained")
             else:
-                await wait_until(lambda: fwd.breaker.times_opened >= 1, "breaker opened on 401")
+                await wait_until_async(lambda: fwd.breaker.times_opened >= 1, "breaker opened on 401")
             stats = fwd.stats()
             await fwd.stop()
             await log.close()
@@ -186,10 +179,10 @@ def test_receiver_down_for_the_whole_load_then_up(tmp_path: Path) -> None:
         for wave in range(4):  # a load in waves, all while the receiver is down
             expected.update(await append_many(log, 50, start=wave * 50))
         assert log.last_seq == 199  # every append completed without the receiver
-        await wait_until(lambda: fwd.breaker.times_opened >= 1, "breaker opened")
+        await wait_until_async(lambda: fwd.breaker.times_opened >= 1, "breaker opened")
         during = fwd.stats()
         r.start_grpc(f"127.0.0.1:{port}")
-        await wait_until(lambda: fwd.backlog == 0, "backlog drained after the receiver came up")
+        await wait_until_async(lambda: fwd.backlog == 0, "backlog drained after the receiver came up")
         after = fwd.stats()
         await fwd.stop()
         await log.close()
@@ -217,10 +210,10 @@ def test_receiver_answering_503_then_recovering(tmp_path: Path, receiver: Integr
         fwd = Forwarder(fwd_cfg(tmp_path, "http", f"http://127.0.0.1:{port}"), log)
         await fwd.start()
         expected = await append_many(log, 80)
-        await wait_until(lambda: fwd.breaker.times_opened >= 2, "breaker opened, probe failed, opened again")
+        await wait_until_async(lambda: fwd.breaker.times_opened >= 2, "breaker opened, probe failed, opened again")
         assert fwd.stats()["backlog"] == 80 and "503" in fwd.last_error
         receiver.unavailable = False
-        await wait_until(lambda: fwd.backlog == 0, "backlog drained")
+        await wait_until_async(lambda: fwd.backlog == 0, "backlog drained")
         stats = fwd.stats()
         await fwd.stop()
         await log.close()
@@ -277,7 +270,7 @@ def test_forwarder_restart_mid_backlog_resumes_from_the_cursor(tmp_path: Path, r
         fwd = Forwarder(cfg, log)
         await fwd.start()
         resumed = fwd.delivered_seq
-        await wait_until(lambda: fwd.backlog == 0, "backlog drained after restart")
+        await wait_until_async(lambda: fwd.backlog == 0, "backlog drained after restart")
         stats = fwd.stats()
         await fwd.stop()
         await log.close()
@@ -325,7 +318,7 @@ def test_records_the_receiver_rejects_are_dead_lettered(tmp_path: Path, all_or_n
         log = open_log(tmp_path)
         fwd = Forwarder(fwd_cfg(tmp_path, "grpc", f"127.0.0.1:{port}", batch_size=10), log)
         await fwd.start()
-        await wait_until(lambda: fwd.backlog == 0, "backlog handled")
+        await wait_until_async(lambda: fwd.backlog == 0, "backlog handled")
         stats = fwd.stats()
         await fwd.stop()
         await log.close()
@@ -482,7 +475,7 @@ def test_forwarded_log_still_verifies(tmp_path: Path, receiver: IntegrityReceive
         fwd = Forwarder(fwd_cfg(tmp_path, "grpc", f"127.0.0.1:{port}"), log)
         await fwd.start()
         await append_many(log, 30)
-        await wait_until(lambda: fwd.backlog == 0, "backlog drained")
+        await wait_until_async(lambda: fwd.backlog == 0, "backlog drained")
         await fwd.stop()
         await log.close()
 

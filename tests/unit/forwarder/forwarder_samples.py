@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from pathlib import Path
-from typing import Callable
 
 from sidecar.config import EvidenceConfig, ForwarderConfig
 from sidecar.domain import content_hash
@@ -61,14 +59,6 @@ async def append_many(log: EvidenceLog, n: int, start: int = 0) -> list[tuple[st
     decs = [decision(start + i) for i in range(n)]
     results = await asyncio.gather(*(log.append(d) for d in decs))
     return [(d.decision_id, eid) for d, (eid, _) in zip(decs, results)]
-
-
-async def wait_until(pred: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for: {what}")
-        await asyncio.sleep(0.01)
 
 
 def key() -> SigningKey:

@@ -8,11 +8,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from forwarder_samples import append_many, evidence_cfg, forwarder_cfg, key, wait_until
+from forwarder_samples import append_many, evidence_cfg, forwarder_cfg, key
 
 from sidecar.evidence.log import EvidenceLog
 from sidecar.evidence.verify import verify_log
 from sidecar.forwarder import Forwarder
+from tests.conftest import wait_until_async
 
 
 def sink_lines(tmp: Path) -> list[bytes]:
@@ -38,7 +39,7 @@ def test_file_sink_receives_the_log_in_order_and_the_cursor_is_persisted(tmp_pat
         fwd = Forwarder(forwarder_cfg(tmp_path, batch_size=7), log)
         await fwd.start()
         await append_many(log, 40)
-        await wait_until(lambda: fwd.backlog == 0, "backlog drained")
+        await wait_until_async(lambda: fwd.backlog == 0, "backlog drained", timeout_s=20)
         stats = fwd.stats()
         await fwd.stop()
         await log.close()
@@ -64,7 +65,7 @@ def test_restart_resumes_from_the_cursor(tmp_path: Path) -> None:
         fwd = Forwarder(forwarder_cfg(tmp_path), log)
         await fwd.start()
         await append_many(log, 30)
-        await wait_until(lambda: fwd.backlog == 0, "first backlog drained")
+        await wait_until_async(lambda: fwd.backlog == 0, "first backlog drained", timeout_s=20)
         await fwd.stop()
         await append_many(log, 15, start=30)  # written while no forwarder runs
         await log.close()
@@ -74,7 +75,7 @@ def test_restart_resumes_from_the_cursor(tmp_path: Path) -> None:
         fwd = Forwarder(forwarder_cfg(tmp_path), log)
         await fwd.start()
         resumed_at, backlog = fwd.delivered_seq, fwd.backlog
-        await wait_until(lambda: fwd.backlog == 0, "second backlog drained")
+        await wait_until_async(lambda: fwd.backlog == 0, "second backlog drained", timeout_s=20)
         stats = fwd.stats()
         await fwd.stop()
         await log.close()
@@ -95,7 +96,7 @@ def test_lost_cursor_redelivers_and_the_sink_dedups_by_decision_id(tmp_path: Pat
         await fwd.start()
         if log.last_seq < 0:
             await append_many(log, 25)
-        await wait_until(lambda: fwd.backlog == 0, "backlog drained")
+        await wait_until_async(lambda: fwd.backlog == 0, "backlog drained", timeout_s=20)
         stats = fwd.stats()
         await fwd.stop()
         await log.close()
@@ -117,7 +118,7 @@ def test_a_replaced_log_is_noticed_and_delivered_from_zero(tmp_path: Path) -> No
             await append_many(log, n)
         await fwd.start()
         start = fwd.delivered_seq
-        await wait_until(lambda: fwd.backlog == 0, "backlog drained")
+        await wait_until_async(lambda: fwd.backlog == 0, "backlog drained", timeout_s=20)
         stats = fwd.stats()
         await fwd.stop()
         await log.close()
@@ -142,7 +143,7 @@ def test_torn_sink_file_tail_is_cut_before_appending(tmp_path: Path) -> None:
         fwd = Forwarder(forwarder_cfg(tmp_path), log)
         await fwd.start()
         await append_many(log, 5)
-        await wait_until(lambda: fwd.backlog == 0, "backlog drained")
+        await wait_until_async(lambda: fwd.backlog == 0, "backlog drained", timeout_s=20)
         await fwd.stop()
         await log.close()
 
