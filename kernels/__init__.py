@@ -15,54 +15,54 @@ import time
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, str] = {
-    "KernelInputError": "kernels.validation",
-    "extract_terms": "kernels.terms",
-    "STOP_WORDS": "kernels.terms",
-    "extract_numbers": "kernels.numbers",
-    "NUMBER_PLAIN": "kernels.numbers",
-    "NUMBER_CURRENCY": "kernels.numbers",
-    "NUMBER_PERCENT": "kernels.numbers",
-    "TextFeatures": "kernels.text_features",
-    "PackedFeatures": "kernels.text_features",
-    "features": "kernels.text_features",
-    "features_many": "kernels.text_features",
-    "pack_features": "kernels.text_features",
-    "term_grounding": "kernels.grounding",
-    "term_grounding_matrix": "kernels.grounding",
-    "numeric_consistency": "kernels.numeric",
-    "numeric_matrix": "kernels.numeric",
-    "DEFAULT_REL_TOL": "kernels.numeric",
-    "cosine_matrix": "kernels.similarity",
-    "max_and_argmax_rows": "kernels.similarity",
-    "mean_pool": "kernels.pooling",
-    "split_sentences": "kernels.sentences",
-    "ABBREVIATIONS": "kernels.sentences",
+    "KernelInputError": "certus.kernels.validation",
+    "extract_terms": "certus.kernels.terms",
+    "STOP_WORDS": "certus.kernels.terms",
+    "extract_numbers": "certus.kernels.numbers",
+    "NUMBER_PLAIN": "certus.kernels.numbers",
+    "NUMBER_CURRENCY": "certus.kernels.numbers",
+    "NUMBER_PERCENT": "certus.kernels.numbers",
+    "TextFeatures": "certus.kernels.text_features",
+    "PackedFeatures": "certus.kernels.text_features",
+    "features": "certus.kernels.text_features",
+    "features_many": "certus.kernels.text_features",
+    "pack_features": "certus.kernels.text_features",
+    "term_grounding": "certus.kernels.grounding",
+    "term_grounding_matrix": "certus.kernels.grounding",
+    "numeric_consistency": "certus.kernels.numeric",
+    "numeric_matrix": "certus.kernels.numeric",
+    "DEFAULT_REL_TOL": "certus.kernels.numeric",
+    "cosine_matrix": "certus.kernels.similarity",
+    "max_and_argmax_rows": "certus.kernels.similarity",
+    "mean_pool": "certus.kernels.pooling",
+    "split_sentences": "certus.kernels.sentences",
+    "ABBREVIATIONS": "certus.kernels.sentences",
 }
 
 __all__ = sorted([*_EXPORTS, "warmup"])
 
 if TYPE_CHECKING:
-    from kernels.text_features import (
+    from certus.kernels.grounding import term_grounding, term_grounding_matrix
+    from certus.kernels.numbers import NUMBER_CURRENCY, NUMBER_PERCENT, NUMBER_PLAIN, extract_numbers
+    from certus.kernels.numeric import DEFAULT_REL_TOL, numeric_consistency, numeric_matrix
+    from certus.kernels.pooling import mean_pool
+    from certus.kernels.sentences import ABBREVIATIONS, split_sentences
+    from certus.kernels.similarity import cosine_matrix, max_and_argmax_rows
+    from certus.kernels.terms import STOP_WORDS, extract_terms
+    from certus.kernels.text_features import (
         PackedFeatures,
         TextFeatures,
         features,
         features_many,
         pack_features,
     )
-    from kernels.grounding import term_grounding, term_grounding_matrix
-    from kernels.numbers import NUMBER_CURRENCY, NUMBER_PERCENT, NUMBER_PLAIN, extract_numbers
-    from kernels.numeric import DEFAULT_REL_TOL, numeric_consistency, numeric_matrix
-    from kernels.pooling import mean_pool
-    from kernels.sentences import ABBREVIATIONS, split_sentences
-    from kernels.similarity import cosine_matrix, max_and_argmax_rows
-    from kernels.terms import STOP_WORDS, extract_terms
-    from kernels.validation import KernelInputError
+    from certus.kernels.validation import KernelInputError
 
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+        raise AttributeError(f"module 'certus.kernels' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
@@ -80,12 +80,12 @@ def warmup() -> float:
     import numpy as np
 
     t0 = time.perf_counter()
-    f = importlib.import_module("kernels.text_features")
-    g = importlib.import_module("kernels.grounding")
-    nu = importlib.import_module("kernels.numeric")
-    si = importlib.import_module("kernels.similarity")
-    po = importlib.import_module("kernels.pooling")
-    se = importlib.import_module("kernels.sentences")
+    f = importlib.import_module("certus.kernels.text_features")
+    g = importlib.import_module("certus.kernels.grounding")
+    nu = importlib.import_module("certus.kernels.numeric")
+    si = importlib.import_module("certus.kernels.similarity")
+    po = importlib.import_module("certus.kernels.pooling")
+    se = importlib.import_module("certus.kernels.sentences")
     packed = f.features_many(["Revenue was $1.5 billion.", "Revenue: 1.5bn dollars"])
     g.term_grounding(packed.item(0).terms, packed.item(1).terms)
     g.term_grounding_matrix(packed.term_offsets, packed.terms, packed.term_offsets, packed.terms)

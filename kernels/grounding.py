@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.validation import require_array, require_offsets
-
+from certus.kernels.validation import require_array, require_offsets
 
 #: Below this many (response x context) comparisons a linear scan beats sorting.
 _SCAN_LIMIT = 4096

@@ -35,7 +35,7 @@ from decimal import Context, Decimal
 
 import numpy as np
 
-from kernels.validation import require_str
+from certus.kernels.validation import require_str
 
 NUMBER_PLAIN = 0
 NUMBER_CURRENCY = 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.validation import require_numbers, require_offsets, require_rel_tol
+from certus.kernels.validation import require_numbers, require_offsets, require_rel_tol
 
 #: Default relative tolerance: formatting noise only; 450e9 vs 452e9 is a mismatch.
 DEFAULT_REL_TOL = 1e-6

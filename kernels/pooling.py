@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.validation import KernelInputError, require_array, require_finite
+from certus.kernels.validation import KernelInputError, require_array, require_finite
 
 
 @njit("float32[:, ::1](float32[:, :, ::1], int64[:, ::1], boolean)", cache=True, nogil=True, fastmath=True)

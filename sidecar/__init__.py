@@ -1,7 +1,7 @@
 """Certus Evaluate sidecar.
 
-``from sidecar import measure, trace`` is cheap: both are resolved on first use (module
-``__getattr__``), so importing :mod:`sidecar` loads neither numpy, ONNX Runtime nor gRPC.
+``from certus.sidecar import measure, trace`` is cheap: both are resolved on first use (module
+``__getattr__``), so importing :mod:`certus.sidecar` loads neither numpy, ONNX Runtime nor gRPC.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 _LAZY = {
-    "measure": ("sidecar.toolkit.measure", "measure"),
-    "MeasureResult": ("sidecar.scoring", "MeasureResult"),
-    "trace": ("sidecar.tracing_decorator", "trace"),
-    "evaluate_traces": ("sidecar.toolkit.evaluate", "evaluate_traces"),
+    "measure": ("certus.sidecar.toolkit.measure", "measure"),
+    "MeasureResult": ("certus.sidecar.scoring", "MeasureResult"),
+    "trace": ("certus.sidecar.tracing_decorator", "trace"),
+    "evaluate_traces": ("certus.sidecar.toolkit.evaluate", "evaluate_traces"),
 }
 
 
 def __getattr__(name: str) -> Any:
     target = _LAZY.get(name)
     if target is None:
-        raise AttributeError(f"module 'sidecar' has no attribute {name!r}")
+        raise AttributeError(f"module 'certus.sidecar' has no attribute {name!r}")
     import importlib
 
     value = getattr(importlib.import_module(target[0]), target[1])

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import grpc
 
-from sidecar.client import (
+from certus.sidecar.client import (
     SKIP_CLIENT_TIMEOUT,
     ClientOptions,
     Evaluation,
@@ -26,7 +26,7 @@ from sidecar.client import (
     _Base,
     measurement_from_pb,
 )
-from sidecar.protos import pb_grpc
+from certus.sidecar.protos import pb_grpc
 
 
 class _ClientTimeout(Exception):

@@ -26,9 +26,9 @@ from typing import Protocol, Sequence
 import numpy as np
 import structlog
 
-from sidecar.cache import LruCache, text_key
-from sidecar.config import BatcherConfig
-from sidecar.errors import ResourceExhausted, Unavailable
+from certus.sidecar.cache import LruCache, text_key
+from certus.sidecar.config import BatcherConfig
+from certus.sidecar.errors import ResourceExhausted, Unavailable
 
 log = structlog.get_logger(__name__)
 

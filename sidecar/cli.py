@@ -11,14 +11,14 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
-    "sidecar.commands",  # serve
-    "sidecar.loadgen",  # bench
-    "models.cli",  # models export
-    "sidecar.manifest_cli",  # manifest validate|sign|verify|keygen
-    "sidecar.evidence.cli",  # keygen, verify
-    "sidecar.forwarder.cli",  # integrity-serve
-    "sidecar.toolkit.cli",  # evaluate, calibrate, validate, report
-    "sidecar.security.cli",  # token new|hash
+    "certus.sidecar.commands",  # serve
+    "certus.sidecar.loadgen",  # bench
+    "certus.models.cli",  # models export
+    "certus.sidecar.manifest_cli",  # manifest validate|sign|verify|keygen
+    "certus.sidecar.evidence.cli",  # keygen, verify
+    "certus.sidecar.forwarder.cli",  # integrity-serve
+    "certus.sidecar.toolkit.cli",  # evaluate, calibrate, validate, report
+    "certus.sidecar.security.cli",  # token new|hash
 ]
 
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sidecar.config import ConfigError
+    from certus.sidecar.config import ConfigError
 
     args = build_parser().parse_args(argv)
     try:

@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import grpc
 import structlog
 
-from sidecar.breaker import CircuitBreaker as _SharedBreaker
-from sidecar.protos import pb, pb_grpc
+from certus.sidecar.breaker import CircuitBreaker as _SharedBreaker
+from certus.sidecar.protos import pb, pb_grpc
 
 log = structlog.get_logger(__name__)
 

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from sidecar import config as config_mod
+from certus.sidecar import config as config_mod
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,9 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sidecar.server.app import serve
-    from sidecar.metrics import parse_address
-    from sidecar.telemetry import configure_logging, configure_tracing, shutdown_tracing
+    from certus.sidecar.metrics import parse_address
+    from certus.sidecar.server.app import serve
+    from certus.sidecar.telemetry import configure_logging, configure_tracing, shutdown_tracing
 
     server: dict[str, str] = {}
     if args.address:

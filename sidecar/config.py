@@ -57,6 +57,10 @@ class ModelConfig:
     # seen (one 64 x 256 batch: +550 MiB, held for good); typical batches stay below it and keep
     # the arena's speed. 0 = never shrink.
     arena_shrink_tokens: int = 4096
+    # CERTUS_EXPORT_PYTHON: the Python of the export toolchain (torch, transformers, onnx: installed
+    # apart from serving by `make export-env`), run as its own process when a model variant is
+    # missing; "" = .venv-export/bin/python beside the running environment (certus.models.artifacts)
+    export_python: str = ""
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_INTRA_OP_THREADS": ("model", "intra_op_threads"),
     "CERTUS_ARENA_SHRINK_TOKENS": ("model", "arena_shrink_tokens"),
     "CERTUS_MAX_SEQ_LEN": ("model", "max_seq_len"),
+    "CERTUS_EXPORT_PYTHON": ("model", "export_python"),
     "CERTUS_MAX_BATCH_SIZE": ("batcher", "max_batch_size"),
     "CERTUS_MAX_BATCH_TOKENS": ("batcher", "max_batch_tokens"),
     "CERTUS_MAX_WAIT_MS": ("batcher", "max_wait_ms"),

@@ -1,6 +1,6 @@
 """Domain types shared by the pipeline stages. Plain frozen dataclasses; no protobuf here.
 
-Conversion to/from protobuf lives in ``sidecar.convert`` (the server's side of the boundary).
+Conversion to/from protobuf lives in ``certus.sidecar.server.convert`` (the server's side of the boundary).
 """
 
 from __future__ import annotations

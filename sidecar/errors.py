@@ -1,5 +1,5 @@
 """The sidecar's error tree. Every domain error is a subclass of :class:`CertusError`; the server
-maps each class to a gRPC status in ONE table (``sidecar.server.errormap``). Anything else that
+maps each class to a gRPC status in ONE table (``certus.sidecar.server.errormap``). Anything else that
 escapes a handler is INTERNAL, logged once.
 
     CertusError

@@ -28,9 +28,9 @@ from typing import Awaitable, Callable
 
 import structlog
 
-from sidecar.config import AsyncConfig
-from sidecar.domain import EvaluationResult, Mode, Outcome, SkipReason
-from sidecar.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
+from certus.sidecar.config import AsyncConfig
+from certus.sidecar.domain import EvaluationResult, Mode, Outcome, SkipReason
+from certus.sidecar.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 
 log = structlog.get_logger(__name__)
 

@@ -62,7 +62,7 @@ class Mix:
         self.counter = 0
 
     def request(self) -> Any:
-        from sidecar.protos import pb
+        from certus.sidecar.protos import pb
 
         self.counter += 1
         n = self.counter
@@ -181,7 +181,7 @@ async def _open_loop(stub: Any, mix: Mix, rate: float, duration_s: float) -> Run
 async def run_bench(
     target: str, concurrencies: list[int], duration_s: float, warmup_s: float, stream: bool, rates: list[float]
 ) -> list[RunResult]:
-    from sidecar.protos import pb_grpc
+    from certus.sidecar.protos import pb_grpc
 
     results = []
     async with grpc.aio.insecure_channel(target) as channel:
@@ -243,6 +243,14 @@ def run_h2load(target: str, requests: int, clients: int, streams: int, distinct:
     return RunResult(f"h2load c={clients} m={streams}", duration, latencies, errors)
 
 
+def console_script() -> Path:
+    """The installed ``certus-sidecar`` entry point of this environment (beside its Python)."""
+    path = Path(sys.executable).parent / "certus-sidecar"
+    if not path.is_file():
+        raise RuntimeError(f"{path} not found: install the package (make install) into this environment")
+    return path
+
+
 def start_local_sidecar(
     extra_env: dict[str, str] | None = None,
     *,
@@ -272,13 +280,14 @@ def start_local_sidecar(
         }
     )
     env.update(extra_env or {})
-    argv = [sys.executable, "-m", "sidecar.cli", "serve"]
+    # the installed console script, from a directory outside any checkout: as a user runs it
+    argv = [str(console_script()), "serve"]
     stderr_path = home / stderr_file if stderr_file else None
     if stderr_path is not None:
         with stderr_path.open("w") as err:
-            proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+            proc = subprocess.Popen(argv, env=env, cwd=home, stdout=subprocess.PIPE, stderr=err, text=True)
     else:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(argv, env=env, cwd=home, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     deadline = time.time() + 300
     while time.time() < deadline:

@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sidecar.manifests.model import VERSION_RE
-from sidecar.manifests.schema import (
+from certus.sidecar.errors import InvalidArgument
+from certus.sidecar.manifests.model import VERSION_RE
+from certus.sidecar.manifests.schema import (
     MAX_FILE_BYTES,
     SIGNED_SUFFIX,
     ManifestError,
@@ -34,8 +35,7 @@ from sidecar.manifests.schema import (
     open_envelope,
     version_of_filename,
 )
-from sidecar.errors import InvalidArgument
-from sidecar.signing import MANIFEST_PAYLOAD_TYPE, SigningKey, sign_envelope
+from certus.sidecar.signing import MANIFEST_PAYLOAD_TYPE, SigningKey, sign_envelope
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 

@@ -40,7 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
-from sidecar.domain import GuardrailViolation, MetricScore
+from certus.sidecar.domain import GuardrailViolation, MetricScore
 
 log = structlog.get_logger(__name__)
 

@@ -20,9 +20,9 @@ import numpy as np
 import structlog
 from opentelemetry import trace
 
-from sidecar import policy, telemetry
-from sidecar.batcher import Batcher
-from sidecar.domain import (
+from certus.sidecar import policy, telemetry
+from certus.sidecar.batcher import Batcher
+from certus.sidecar.domain import (
     EvaluateInput,
     EvaluationResult,
     GuardrailViolation,
@@ -31,12 +31,12 @@ from sidecar.domain import (
     Scores,
     SkipReason,
 )
-from sidecar.errors import EvaluatorTimeout, Fatal, ResourceExhausted, Unavailable
-from sidecar.evidence.decision import IntegrityDecision
-from sidecar.jobs import JobTable
-from sidecar.manifests import Manifest, ManifestStore
-from sidecar.metrics import Metrics
-from sidecar.scoring import MeasureResult, Scorer
+from certus.sidecar.errors import EvaluatorTimeout, Fatal, ResourceExhausted, Unavailable
+from certus.sidecar.evidence.decision import IntegrityDecision
+from certus.sidecar.jobs import JobTable
+from certus.sidecar.manifests import Manifest, ManifestStore
+from certus.sidecar.metrics import Metrics
+from certus.sidecar.scoring import MeasureResult, Scorer
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer(__name__)

@@ -36,9 +36,9 @@ import dataclasses
 import math
 from typing import Sequence
 
-from sidecar.domain import GuardrailViolation, MetricScore, Mode, Outcome, Scores, Verdict
-from sidecar.errors import PermissionDenied
-from sidecar.manifests.model import Manifest, ThresholdConfig
+from certus.sidecar.domain import GuardrailViolation, MetricScore, Mode, Outcome, Scores, Verdict
+from certus.sidecar.errors import PermissionDenied
+from certus.sidecar.manifests.model import Manifest, ThresholdConfig
 
 FRAMEWORK = "certus"
 NOT_COMPUTED = "not computed"

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from sidecar.errors import ResourceExhausted
+from certus.sidecar.errors import ResourceExhausted
 
 Clock = Callable[[], float]
 

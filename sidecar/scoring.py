@@ -27,10 +27,10 @@ from typing import Sequence
 
 import numpy as np
 
-import kernels
-from sidecar.cache import LruCache, text_key
-from sidecar.config import ScoringConfig
-from sidecar.domain import Claim, EvaluateInput, Scores
+from certus import kernels
+from certus.sidecar.cache import LruCache, text_key
+from certus.sidecar.config import ScoringConfig
+from certus.sidecar.domain import Claim, EvaluateInput, Scores
 
 SEMANTIC = "semantic_similarity"
 GROUNDING = "grounding"

@@ -33,13 +33,13 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 
-from sidecar.config import TelemetryConfig
+from certus.sidecar.config import TelemetryConfig
 
 if TYPE_CHECKING:  # the SDK is imported only when tracing is configured
     from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-    from sidecar.domain import EvaluationResult, Verdict
+    from certus.sidecar.domain import EvaluationResult, Verdict
 
 T = TypeVar("T")
 
@@ -342,7 +342,7 @@ def configure_tracing(cfg: TelemetryConfig, exporters: Sequence["SpanExporter"] 
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
 
-            from sidecar import __version__
+            from certus.sidecar import __version__
 
             _switch = _make_switch()
             _sampler = _make_switch_sampler()

@@ -1,6 +1,6 @@
 """``@trace(log_path=...)``: log every call of an LLM/RAG function to JSONL, off the caller's thread.
 
-    from sidecar import trace
+    from certus.sidecar import trace
 
     @trace(log_path="production_traces.jsonl")
     def rag_pipeline(query: str) -> dict:
@@ -87,7 +87,7 @@ class _Forward:
 
     def get_client(self) -> Any:
         if self.client is None:
-            from sidecar.client import client_from
+            from certus.sidecar.client import client_from
 
             self.client = client_from(self.target)
         return self.client

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sidecar.errors import FieldViolation, InvalidArgument
+from certus.sidecar.errors import FieldViolation, InvalidArgument
 
 # The spec's patterns, defined once (manifests, evidence and tokens use these too); use fullmatch.
 WORKSPACE_RE = re.compile(r"[a-zA-Z0-9_-]{1,255}")

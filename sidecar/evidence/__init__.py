@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from sidecar.evidence.decision import GENESIS_PREV_HASH, DecisionError, DecisionMetric, DecisionViolation, IntegrityDecision
-from sidecar.evidence.log import EvidenceLog, EvidenceLogCorrupt, EvidenceLogError, EvidenceWriteError
-from sidecar.evidence.records import LogRecord
-from sidecar.evidence.verify import BadRecord, VerifyReport, verify_log
+from certus.sidecar.evidence.decision import (
+    GENESIS_PREV_HASH,
+    DecisionError,
+    DecisionMetric,
+    DecisionViolation,
+    IntegrityDecision,
+)
+from certus.sidecar.evidence.log import EvidenceLog, EvidenceLogCorrupt, EvidenceLogError, EvidenceWriteError
+from certus.sidecar.evidence.records import LogRecord
+from certus.sidecar.evidence.verify import BadRecord, VerifyReport, verify_log
 
 __all__ = [
     "GENESIS_PREV_HASH",

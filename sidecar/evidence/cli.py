@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from sidecar import config as config_mod
-from sidecar.signing import SigningKey, VerifyKey
+from certus.sidecar import config as config_mod
+from certus.sidecar.signing import SigningKey, VerifyKey
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -49,7 +49,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from sidecar.evidence.verify import NoTrustedKey, verify_log
+    from certus.sidecar.evidence.verify import NoTrustedKey, verify_log
 
     try:
         keys = [VerifyKey.from_file(p) for p in args.key] or None

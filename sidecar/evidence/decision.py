@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from sidecar.domain import EvaluateInput, EvaluationResult, GuardrailType, Mode, Outcome, Severity, content_hash
-from sidecar.validation import MANIFEST_URI_RE, WORKSPACE_RE
+from certus.sidecar.domain import EvaluateInput, EvaluationResult, GuardrailType, Mode, Outcome, Severity, content_hash
+from certus.sidecar.validation import MANIFEST_URI_RE, WORKSPACE_RE
 
 DECISION_TYPES = ("evaluation", "guardrail", "combined")
 OUTCOMES = tuple(o.value for o in Outcome)

@@ -40,10 +40,10 @@ from typing import Callable
 
 import structlog
 
-from sidecar.config import EvidenceConfig
-from sidecar.errors import Fatal
-from sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision
-from sidecar.evidence.records import (
+from certus.sidecar.config import EvidenceConfig
+from certus.sidecar.errors import Fatal
+from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision
+from certus.sidecar.evidence.records import (
     LogRecord,
     RecordError,
     line_digest,
@@ -54,7 +54,15 @@ from sidecar.evidence.records import (
     segment_name,
     write_public_key,
 )
-from sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SignatureError, SigningKey, canonical_json, pae, sign_envelope
+from certus.sidecar.signing import (
+    DECISION_PAYLOAD_TYPE,
+    Envelope,
+    SignatureError,
+    SigningKey,
+    canonical_json,
+    pae,
+    sign_envelope,
+)
 
 log = structlog.get_logger(__name__)
 

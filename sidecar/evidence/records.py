@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
-from sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SignatureError, VerifyKey, canonical_json
+from certus.sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SignatureError, VerifyKey, canonical_json
 
 SEGMENT_RE = re.compile(r"^segment-(\d{6,})\.jsonl$")
 KEYS_DIR = "keys"

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from sidecar.evidence.decision import GENESIS_PREV_HASH, DecisionError, IntegrityDecision
-from sidecar.evidence.records import RecordError, list_segments, parse_line, read_public_keys
-from sidecar.signing import SignatureError, VerifyKey, pae
+from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, DecisionError, IntegrityDecision
+from certus.sidecar.evidence.records import RecordError, list_segments, parse_line, read_public_keys
+from certus.sidecar.signing import SignatureError, VerifyKey, pae
 
 
 @dataclass(frozen=True)

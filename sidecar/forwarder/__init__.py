@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sidecar.forwarder.forwarder import Forwarder
-from sidecar.forwarder.policy import CircuitBreaker, RetryPolicy
-from sidecar.forwarder.sinks import DeliveryError, FileSink, GrpcSink, HttpSink, make_sink
-from sidecar.forwarder.wire import Receipt
+from certus.sidecar.forwarder.forwarder import Forwarder
+from certus.sidecar.forwarder.policy import CircuitBreaker, RetryPolicy
+from certus.sidecar.forwarder.sinks import DeliveryError, FileSink, GrpcSink, HttpSink, make_sink
+from certus.sidecar.forwarder.wire import Receipt
 
 __all__ = [
     "CircuitBreaker",

@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sidecar.forwarder.receiver import IntegrityReceiver
-    from sidecar.signing import VerifyKey
+    from certus.sidecar.forwarder.receiver import IntegrityReceiver
+    from certus.sidecar.signing import VerifyKey
 
     if not args.grpc and not args.http:
         print("error: give --grpc ADDR and/or --http ADDR", file=sys.stderr)

@@ -24,15 +24,15 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from sidecar import telemetry
-from sidecar.config import ForwarderConfig
-from sidecar.evidence.log import EvidenceLog
-from sidecar.evidence.records import LogRecord
-from sidecar.forwarder.outbox import Cursor, Outbox
-from sidecar.forwarder.policy import CircuitBreaker, RetryPolicy
-from sidecar.forwarder.sinks import DeliveryError, Sink, make_sink
-from sidecar.forwarder.wire import DUPLICATE, REJECTED
-from sidecar.signing import Envelope
+from certus.sidecar import telemetry
+from certus.sidecar.config import ForwarderConfig
+from certus.sidecar.evidence.log import EvidenceLog
+from certus.sidecar.evidence.records import LogRecord
+from certus.sidecar.forwarder.outbox import Cursor, Outbox
+from certus.sidecar.forwarder.policy import CircuitBreaker, RetryPolicy
+from certus.sidecar.forwarder.sinks import DeliveryError, Sink, make_sink
+from certus.sidecar.forwarder.wire import DUPLICATE, REJECTED
+from certus.sidecar.signing import Envelope
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer(__name__)

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.evidence.decision import utc_timestamp
+from certus.sidecar.evidence.decision import utc_timestamp
 
 CURSOR_FILE = "cursor.json"
 DEAD_LETTER_FILE = "dead-letters.jsonl"

@@ -23,10 +23,17 @@ from typing import Any, Sequence
 import grpc
 import structlog
 
-from sidecar.evidence.decision import DecisionError, IntegrityDecision
-from sidecar.evidence.records import line_digest
-from sidecar.forwarder.wire import ACCEPTED, DUPLICATE, REJECTED, Receipt
-from sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SignatureError, VerifyKey, canonical_json, verify_envelope
+from certus.sidecar.evidence.decision import DecisionError, IntegrityDecision
+from certus.sidecar.evidence.records import line_digest
+from certus.sidecar.forwarder.wire import ACCEPTED, DUPLICATE, REJECTED, Receipt
+from certus.sidecar.signing import (
+    DECISION_PAYLOAD_TYPE,
+    Envelope,
+    SignatureError,
+    VerifyKey,
+    canonical_json,
+    verify_envelope,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -177,7 +184,7 @@ class IntegrityReceiver:
     # -- gRPC -------------------------------------------------------------------------------------
 
     def start_grpc(self, address: str = "127.0.0.1:0") -> int:
-        from sidecar.protos import ipb, ipb_grpc
+        from certus.sidecar.protos import ipb, ipb_grpc
 
         receiver = self
         status_of = {ACCEPTED: ipb.RECEIPT_STATUS_ACCEPTED, DUPLICATE: ipb.RECEIPT_STATUS_DUPLICATE, REJECTED: ipb.RECEIPT_STATUS_REJECTED}

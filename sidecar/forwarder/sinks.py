@@ -22,10 +22,10 @@ from typing import Any, Protocol, Sequence
 import grpc
 import structlog
 
-from sidecar.config import ForwarderConfig
-from sidecar.evidence.records import LogRecord, parse_line
-from sidecar.forwarder.policy import RetryPolicy
-from sidecar.forwarder.wire import ACCEPTED, DUPLICATE, REJECTED, Receipt, http_batch_body, parse_receipts
+from certus.sidecar.config import ForwarderConfig
+from certus.sidecar.evidence.records import LogRecord, parse_line
+from certus.sidecar.forwarder.policy import RetryPolicy
+from certus.sidecar.forwarder.wire import ACCEPTED, DUPLICATE, REJECTED, Receipt, http_batch_body, parse_receipts
 
 log = structlog.get_logger(__name__)
 
@@ -190,7 +190,7 @@ class GrpcSink:
 
     def _ensure(self) -> Any:
         if self._stub is None:
-            from sidecar.protos import ipb_grpc
+            from certus.sidecar.protos import ipb_grpc
 
             # Reconnect quickly once the service is back: the forwarder's own backoff and breaker
             # decide how often to try, the channel should not add minutes of its own backoff.
@@ -209,7 +209,7 @@ class GrpcSink:
         return self._stub
 
     async def send(self, records: Sequence[LogRecord]) -> list[Receipt]:
-        from sidecar.protos import ipb
+        from certus.sidecar.protos import ipb
 
         stub = self._ensure()
         req = ipb.SubmitDecisionsRequest(

@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sidecar.evidence.records import LogRecord
+from certus.sidecar.evidence.records import LogRecord
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"

@@ -3,6 +3,6 @@ data exfiltration, code safety and vulnerability hallucination. See docs/guardra
 
 from __future__ import annotations
 
-from sidecar.guardrails.suite import GuardrailSuite, apply_policy
+from certus.sidecar.guardrails.suite import GuardrailSuite, apply_policy
 
 __all__ = ["GuardrailSuite", "apply_policy"]

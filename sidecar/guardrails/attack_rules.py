@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sidecar.domain import GuardrailType
+from certus.sidecar.domain import GuardrailType
 
 _I = re.IGNORECASE
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
-from sidecar.domain import (
+from certus.sidecar.domain import (
     EvaluateInput,
     GuardrailConfig,
     GuardrailType,

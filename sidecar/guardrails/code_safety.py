@@ -11,8 +11,8 @@ import bisect
 import re
 from dataclasses import dataclass
 
-from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
-from sidecar.guardrails.base import RESPONSE, Source, make_violation
+from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
+from certus.sidecar.guardrails.base import RESPONSE, Source, make_violation
 
 GT = GuardrailType.CODE_SAFETY
 _I = re.I

@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
-from sidecar.guardrails.base import RESPONSE, Source, make_violation
-from sidecar.guardrails.encoded import decode_base64, find_blobs, printable_text, shannon_entropy
-from sidecar.guardrails.secrets import find_secrets
+from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
+from certus.sidecar.guardrails.base import RESPONSE, Source, make_violation
+from certus.sidecar.guardrails.encoded import decode_base64, find_blobs, printable_text, shannon_entropy
+from certus.sidecar.guardrails.secrets import find_secrets
 
 GT = GuardrailType.DATA_EXFILTRATION
 

@@ -1,7 +1,7 @@
 """The learned half of the prompt-attack guardrails, on the sidecar's MiniLM embeddings.
 
 * prompt injection: a logistic-regression head (384 weights + bias) trained offline by
-  ``python -m sidecar.guardrails.train_injection`` and shipped as ``data/attack_head.npz``;
+  ``python -m certus.sidecar.guardrails.train_injection`` and shipped as ``data/attack_head.npz``;
   its output is a probability, used as the confidence.
 * jailbreak: cosine similarity to a packaged set of role-play jailbreak exemplars (embedded at
   training time and stored in the same file); a similarity at the calibrated threshold ``tau``
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from sidecar.domain import content_hash
+from certus.sidecar.domain import content_hash
 
 log = structlog.get_logger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import structlog
 
-from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
-from sidecar.guardrails.base import QUERY, RESPONSE, Source, make_violation
+from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
+from certus.sidecar.guardrails.base import QUERY, RESPONSE, Source, make_violation
 
 log = structlog.get_logger(__name__)
 

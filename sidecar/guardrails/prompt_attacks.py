@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sidecar.cache import LruCache, text_key
-from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
-from sidecar.guardrails.attack_rules import PAYLOAD_WORDS, RULES, Rule
-from sidecar.guardrails.base import make_violation, noisy_or, request_sources
-from sidecar.guardrails.encoded import InvisibleRun, decode_tag_chars, find_blobs, find_invisible
-from sidecar.guardrails.learned import LearnedSignal, SegmentScore
+from certus.sidecar.cache import LruCache, text_key
+from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
+from certus.sidecar.guardrails.attack_rules import PAYLOAD_WORDS, RULES, Rule
+from certus.sidecar.guardrails.base import make_violation, noisy_or, request_sources
+from certus.sidecar.guardrails.encoded import InvisibleRun, decode_tag_chars, find_blobs, find_invisible
+from certus.sidecar.guardrails.learned import LearnedSignal, SegmentScore
 
 LEARNED_FLOOR = 0.5
 FINDINGS_CACHE_ENTRIES = 20_000  # per guardrail type; context chunks repeat across RAG requests

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-from sidecar.domain import Severity
-from sidecar.guardrails.encoded import shannon_entropy
+from certus.sidecar.domain import Severity
+from certus.sidecar.guardrails.encoded import shannon_entropy
 
 
 @dataclass(frozen=True, slots=True)

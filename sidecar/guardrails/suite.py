@@ -13,14 +13,14 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import structlog
 
-from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation
-from sidecar.guardrails.base import Guardrail
-from sidecar.guardrails.code_safety import CodeSafetyGuardrail
-from sidecar.guardrails.exfiltration import ExfiltrationGuardrail
-from sidecar.guardrails.learned import AttackHead, LearnedSignal
-from sidecar.guardrails.pii import PiiGuardrail, ProcessPiiAnalyzer
-from sidecar.guardrails.prompt_attacks import PromptAttackGuardrail
-from sidecar.guardrails.vuln_hallucination import VulnHallucinationGuardrail
+from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation
+from certus.sidecar.guardrails.base import Guardrail
+from certus.sidecar.guardrails.code_safety import CodeSafetyGuardrail
+from certus.sidecar.guardrails.exfiltration import ExfiltrationGuardrail
+from certus.sidecar.guardrails.learned import AttackHead, LearnedSignal
+from certus.sidecar.guardrails.pii import PiiGuardrail, ProcessPiiAnalyzer
+from certus.sidecar.guardrails.prompt_attacks import PromptAttackGuardrail
+from certus.sidecar.guardrails.vuln_hallucination import VulnHallucinationGuardrail
 
 log = structlog.get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Train the prompt-attack head shipped in ``sidecar/guardrails/data/attack_head.npz``.
 
-    python -m sidecar.guardrails.train_injection [--data-dir ../shared/data] [--model-dir DIR]
+    python -m certus.sidecar.guardrails.train_injection [--data-dir ../shared/data] [--model-dir DIR]
 
 Reproducible (fixed seed, deterministic Newton iterations, CPU embeddings):
 
@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from sidecar.guardrails.learned import DATA_DIR, DIM, HEAD_FILE, segments
+from certus.sidecar.guardrails.learned import DATA_DIR, DIM, HEAD_FILE, segments
 
 log = structlog.get_logger(__name__)
 
@@ -221,8 +221,8 @@ def write_benign_docs() -> None:
 
 
 def train(data_dir: Path, model_dir: Path | None) -> dict[str, object]:
-    from models.encoder import OnnxEncoder
-    from models.export import ensure_model
+    from certus.models.artifacts import ensure_model
+    from certus.models.encoder import OnnxEncoder
 
     deepset_path = data_dir / DEEPSET_FILE
     split = write_split(deepset_path)
@@ -268,7 +268,7 @@ def train(data_dir: Path, model_dir: Path | None) -> dict[str, object]:
     tau = float(np.percentile(sims, TAU_PERCENTILE))
 
     meta = {
-        "trained_by": "python -m sidecar.guardrails.train_injection",
+        "trained_by": "python -m certus.sidecar.guardrails.train_injection",
         "encoder": "all-MiniLM-L6-v2 ONNX (models.encoder.OnnxEncoder, fp32, CPU)",
         "split_file": SPLIT_FILE.name,
         "split_seed": SPLIT_SEED,
@@ -295,7 +295,7 @@ def train(data_dir: Path, model_dir: Path | None) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sidecar.guardrails.train_injection", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m certus.sidecar.guardrails.train_injection", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="shared data folder (default: %(default)s)")
     ap.add_argument("--model-dir", type=Path, default=None, help="ONNX model dir (default: ModelConfig().model_dir)")
     ap.add_argument("--rebuild-benign-docs", action="store_true", help="re-sample data/benign_docs.jsonl from this Python's stdlib")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
-from sidecar.guardrails.base import RESPONSE, Source, make_violation
+from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
+from certus.sidecar.guardrails.base import RESPONSE, Source, make_violation
 
 GT = GuardrailType.VULN_HALLUCINATION
 

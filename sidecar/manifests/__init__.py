@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.manifests.model import (
+from certus.sidecar.manifests.model import (
     LATEST,
     METRIC_NAMES,
     Manifest,
@@ -10,7 +10,7 @@ from sidecar.manifests.model import (
     manifest_uri,
     seed_guardrail_defaults,
 )
-from sidecar.manifests.schema import (
+from certus.sidecar.manifests.schema import (
     ManifestDefaults,
     ManifestError,
     build_manifest,
@@ -21,7 +21,7 @@ from sidecar.manifests.schema import (
     load_trusted_keys,
     parse_bytes,
 )
-from sidecar.manifests.store import DEFAULT_WORKSPACE, ManifestStore, defaults_from_config, load_embedded_default
+from certus.sidecar.manifests.store import DEFAULT_WORKSPACE, ManifestStore, defaults_from_config, load_embedded_default
 
 __all__ = [
     "DEFAULT_WORKSPACE",

@@ -13,8 +13,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Mapping
 
-from sidecar.domain import GuardrailConfig, GuardrailType, Mode, Severity
-from sidecar.validation import MANIFEST_URI_RE, WORKSPACE_RE
+from certus.sidecar.domain import GuardrailConfig, GuardrailType, Mode, Severity
+from certus.sidecar.validation import MANIFEST_URI_RE, WORKSPACE_RE
 
 MANIFEST_ID_RE = re.compile(r"manifest_[a-zA-Z0-9_-]+")
 VERSION_RE = re.compile(r"([0-9]{4})-([0-9]{2})")

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from sidecar.domain import GuardrailConfig, GuardrailType, Mode, Severity
-from sidecar.errors import FieldViolation, InvalidArgument
-from sidecar.manifests.model import (
+from certus.sidecar.domain import GuardrailConfig, GuardrailType, Mode, Severity
+from certus.sidecar.errors import FieldViolation, InvalidArgument
+from certus.sidecar.manifests.model import (
     DEFAULT_MIN_OVERALL_SCORE,
     DEFAULT_TIMEOUT_MS,
     MANIFEST_ID_RE,
@@ -35,7 +35,14 @@ from sidecar.manifests.model import (
     ThresholdConfig,
     seed_guardrail_defaults,
 )
-from sidecar.signing import MANIFEST_PAYLOAD_TYPE, Envelope, SignatureError, VerifyKey, canonical_json, verify_envelope
+from certus.sidecar.signing import (
+    MANIFEST_PAYLOAD_TYPE,
+    Envelope,
+    SignatureError,
+    VerifyKey,
+    canonical_json,
+    verify_envelope,
+)
 
 MAX_FILE_BYTES = 1024 * 1024  # a manifest is a few hundred bytes; refuse anything absurd
 SIGNED_SUFFIX = ".json.dsse"

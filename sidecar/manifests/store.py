@@ -25,10 +25,10 @@ from typing import Mapping
 
 import structlog
 
-from sidecar.config import ManifestConfig
-from sidecar.domain import Mode
-from sidecar.errors import FieldViolation, InvalidArgument, NotFound
-from sidecar.manifests.model import (
+from certus.sidecar.config import ManifestConfig
+from certus.sidecar.domain import Mode
+from certus.sidecar.errors import FieldViolation, InvalidArgument, NotFound
+from certus.sidecar.manifests.model import (
     LATEST,
     MANIFEST_URI_RE,
     TIMEOUT_MAX_MS,
@@ -38,16 +38,16 @@ from sidecar.manifests.model import (
     Manifest,
     manifest_uri,
 )
-from sidecar.manifests.schema import (
+from certus.sidecar.manifests.schema import (
+    MAX_FILE_BYTES,
     ManifestDefaults,
     ManifestError,
-    MAX_FILE_BYTES,
     file_format,
     load_trusted_keys,
     parse_bytes,
     version_of_filename,
 )
-from sidecar.signing import VerifyKey
+from certus.sidecar.signing import VerifyKey
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +80,7 @@ def defaults_from_config(cfg: ManifestConfig) -> ManifestDefaults:
 
 def load_embedded_default(defaults: ManifestDefaults = ManifestDefaults()) -> Manifest:
     """The manifest shipped in the package (``sidecar/default_manifest.json``)."""
-    raw = resources.files("sidecar").joinpath(EMBEDDED_DEFAULT).read_bytes()
+    raw = resources.files("certus.sidecar").joinpath(EMBEDDED_DEFAULT).read_bytes()
     source = f"embedded:{EMBEDDED_DEFAULT}"
     m = parse_bytes(raw, "json", source=source, defaults=defaults)
     if m.workspace_id != DEFAULT_WORKSPACE:

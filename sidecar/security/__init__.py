@@ -12,11 +12,11 @@ Rate limiting itself lives in :mod:`sidecar.ratelimit`. See docs/security.md.
 
 from __future__ import annotations
 
-from sidecar.security.access import AccessControl, current_identity
-from sidecar.security.binding import BindingRefused, check_binding, is_loopback
-from sidecar.security.interceptor import AuthInterceptor
-from sidecar.security.tls import TlsConfigError, server_credentials
-from sidecar.security.tokens import Identity, TokensFileError, TokenStore, hash_token
+from certus.sidecar.security.access import AccessControl, current_identity
+from certus.sidecar.security.binding import BindingRefused, check_binding, is_loopback
+from certus.sidecar.security.interceptor import AuthInterceptor
+from certus.sidecar.security.tls import TlsConfigError, server_credentials
+from certus.sidecar.security.tokens import Identity, TokensFileError, TokenStore, hash_token
 
 __all__ = [
     "AccessControl",

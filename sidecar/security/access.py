@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import contextvars
 
-from sidecar.config import Config
-from sidecar.domain import EvaluateInput
-from sidecar.errors import PermissionDenied, Unauthenticated
-from sidecar.ratelimit import RateLimiter
-from sidecar.security.tokens import SCOPE_ADMIN, SCOPE_READ, Identity, TokenStore
+from certus.sidecar.config import Config
+from certus.sidecar.domain import EvaluateInput
+from certus.sidecar.errors import PermissionDenied, Unauthenticated
+from certus.sidecar.ratelimit import RateLimiter
+from certus.sidecar.security.tokens import SCOPE_ADMIN, SCOPE_READ, Identity, TokenStore
 
 MEASURE_BUCKET = "#measure"  # not a valid workspace id, so it never shares a workspace's bucket
 

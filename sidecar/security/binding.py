@@ -12,7 +12,7 @@ import ipaddress
 
 import structlog
 
-from sidecar.config import Config
+from certus.sidecar.config import Config
 
 log = structlog.get_logger(__name__)
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from sidecar.security.tokens import SCOPES, hash_token, new_token
+from certus.sidecar.security.tokens import SCOPES, hash_token, new_token
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

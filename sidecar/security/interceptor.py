@@ -14,10 +14,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import grpc
 import structlog
 
-from sidecar.errors import Unauthenticated
-from sidecar.security.access import bind_identity
-from sidecar.security.tokens import Identity, TokenStore, parse_bearer
-from sidecar.server import errormap
+from certus.sidecar.errors import Unauthenticated
+from certus.sidecar.security.access import bind_identity
+from certus.sidecar.security.tokens import Identity, TokenStore, parse_bearer
+from certus.sidecar.server import errormap
 
 log = structlog.get_logger(__name__)
 

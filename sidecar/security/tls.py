@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from sidecar.config import AuthConfig
+from certus.sidecar.config import AuthConfig
 
 
 class TlsConfigError(ValueError):

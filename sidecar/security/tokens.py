@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar.validation import WORKSPACE_RE
+from certus.sidecar.validation import WORKSPACE_RE
 
 SCOPE_READ = "workspace:read"
 SCOPE_ADMIN = "workspace:admin"

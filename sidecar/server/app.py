@@ -18,24 +18,24 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from models.export import ExportError
-from sidecar import __version__, signing
-from sidecar.batcher import Batcher
-from sidecar.config import Config
-from sidecar.domain import EvaluateInput
-from sidecar.errors import CertusError, Fatal
-from sidecar.evidence.log import EvidenceLog
-from sidecar.forwarder import Forwarder
-from sidecar.guardrails import GuardrailSuite
-from sidecar.guardrails.pii import ProcessPiiAnalyzer
-from sidecar.jobs import JobTable
-from sidecar.manifests import ManifestStore
-from sidecar.memory import MemoryReclaimer
-from sidecar.metrics import InstrumentedEncoder, Metrics, MetricsServer, attach_app
-from sidecar.pipeline import Pipeline
-from sidecar.protos import pb
-from sidecar.scoring import Scorer
-from sidecar.security import (
+from certus.models.artifacts import ExportError
+from certus.sidecar import __version__, signing
+from certus.sidecar.batcher import Batcher
+from certus.sidecar.config import Config
+from certus.sidecar.domain import EvaluateInput
+from certus.sidecar.errors import CertusError, Fatal
+from certus.sidecar.evidence.log import EvidenceLog
+from certus.sidecar.forwarder import Forwarder
+from certus.sidecar.guardrails import GuardrailSuite
+from certus.sidecar.guardrails.pii import ProcessPiiAnalyzer
+from certus.sidecar.jobs import JobTable
+from certus.sidecar.manifests import ManifestStore
+from certus.sidecar.memory import MemoryReclaimer
+from certus.sidecar.metrics import InstrumentedEncoder, Metrics, MetricsServer, attach_app
+from certus.sidecar.pipeline import Pipeline
+from certus.sidecar.protos import pb
+from certus.sidecar.scoring import Scorer
+from certus.sidecar.security import (
     AccessControl,
     AuthInterceptor,
     BindingRefused,
@@ -44,8 +44,8 @@ from sidecar.security import (
     check_binding,
     server_credentials,
 )
-from sidecar.server import reflection
-from sidecar.server.servicer import EvaluatorService, method_handlers
+from certus.sidecar.server import reflection
+from certus.sidecar.server.servicer import EvaluatorService, method_handlers
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +79,7 @@ class App:
     async def create(cls, cfg: Config, encoder: Any = None) -> "App":
         access = AccessControl.from_config(cfg)  # a bad tokens file fails before the model loads
         if encoder is None:
-            from models.encoder import OnnxEncoder
+            from certus.models.encoder import OnnxEncoder
 
             # exports the model first when it is missing (off the event loop: seconds)
             encoder = await asyncio.get_running_loop().run_in_executor(
@@ -114,7 +114,7 @@ class App:
     async def warmup(self) -> None:
         """Pay one-time costs (Numba cache load, ONNX first run, Presidio/regex first use) before
         health says SERVING, so the first caller does not. Nothing is recorded."""
-        import kernels
+        from certus import kernels
 
         loop = asyncio.get_running_loop()
         t0 = loop.time()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sidecar import validation as v
-from sidecar.domain import (
+from certus.sidecar import validation as v
+from certus.sidecar.domain import (
     Claim,
     EvaluateInput,
     EvaluationResult,
@@ -14,9 +14,9 @@ from sidecar.domain import (
     Outcome,
     Severity,
 )
-from sidecar.errors import FieldViolation, InvalidArgument
-from sidecar.jobs import JobView
-from sidecar.protos import pb
+from certus.sidecar.errors import FieldViolation, InvalidArgument
+from certus.sidecar.jobs import JobView
+from certus.sidecar.protos import pb
 
 MODE_FROM_PB = {
     pb.EVALUATION_MODE_UNSPECIFIED: None,

@@ -14,8 +14,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from sidecar import errors
-from sidecar.protos import pb
+from certus.sidecar import errors
+from certus.sidecar.protos import pb
 
 log = structlog.get_logger(__name__)
 

@@ -13,10 +13,10 @@ from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from sidecar import __version__, telemetry
-from sidecar.errors import InvalidArgument
-from sidecar.protos import pb
-from sidecar.server import convert, errormap
+from certus.sidecar import __version__, telemetry
+from certus.sidecar.errors import InvalidArgument
+from certus.sidecar.protos import pb
+from certus.sidecar.server import convert, errormap
 
 STREAM_MAX_IN_FLIGHT = 64  # per stream; the reader waits (HTTP/2 flow control) beyond it
 SERVICE = pb.DESCRIPTOR.services_by_name["Evaluator"].full_name

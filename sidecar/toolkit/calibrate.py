@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from sidecar.config import Config
-from sidecar.scoring import CONFIDENCE, METRIC_NAMES
-from sidecar.toolkit import roc
-from sidecar.toolkit.engine import OfflineScorer
-from sidecar.toolkit.progress import Progress
-from sidecar.toolkit.traces import read_items
+from certus.sidecar.config import Config
+from certus.sidecar.scoring import CONFIDENCE, METRIC_NAMES
+from certus.sidecar.toolkit import roc
+from certus.sidecar.toolkit.engine import OfflineScorer
+from certus.sidecar.toolkit.progress import Progress
+from certus.sidecar.toolkit.traces import read_items
 
 CALIBRATION_FORMAT = "certus.calibration/v1"
 
@@ -174,7 +174,7 @@ def calibrate_file(
     auc_value, ci, best, held, curve = calibrate_scores(x, y, objective=objective, seed=seed, holdout_share=holdout_share)
     png: str | None = None
     if roc_png is not None:
-        from sidecar.toolkit.charts import roc_png as draw
+        from certus.sidecar.toolkit.charts import roc_png as draw
 
         point = roc.confusion(x, y, held.threshold)
         draw(

@@ -11,14 +11,15 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from sidecar import config as config_mod
+
+from certus.sidecar import config as config_mod
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from sidecar.manifests.model import METRIC_NAMES as _NAMES
-    from sidecar.toolkit.presets import PRESETS
+    from certus.sidecar.manifests.model import METRIC_NAMES as _NAMES
+    from certus.sidecar.toolkit.presets import PRESETS
 
     CONFIDENCE, METRIC_NAMES = "confidence", sorted(_NAMES)
 
@@ -85,7 +86,7 @@ def _manifest_args(p: argparse.ArgumentParser) -> None:
 
 
 def _setup(args: argparse.Namespace) -> config_mod.Config:
-    from sidecar.telemetry import configure_logging
+    from certus.sidecar.telemetry import configure_logging
 
     cfg = config_mod.load(args.config)
     level = "INFO" if getattr(args, "verbose", False) else "WARNING"
@@ -101,7 +102,7 @@ def _fail(message: str, code: int = 2) -> int:
 def _maybe_manifest(args: argparse.Namespace, threshold: float, metric: str, origin: str) -> None:
     if not args.write_manifest:
         return
-    from sidecar.toolkit.presets import threshold_manifest, write_manifest
+    from certus.sidecar.toolkit.presets import threshold_manifest, write_manifest
 
     doc = threshold_manifest(args.workspace, threshold, metric=metric, version=args.manifest_version, origin=origin)
     path = write_manifest(args.write_manifest, doc)
@@ -109,9 +110,9 @@ def _maybe_manifest(args: argparse.Namespace, threshold: float, metric: str, ori
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from sidecar.errors import InvalidArgument
-    from sidecar.toolkit.evaluate import evaluate_traces
-    from sidecar.toolkit.traces import TraceFileError
+    from certus.sidecar.errors import InvalidArgument
+    from certus.sidecar.toolkit.evaluate import evaluate_traces
+    from certus.sidecar.toolkit.traces import TraceFileError
 
     cfg = _setup(args)
     try:
@@ -135,9 +136,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from sidecar.errors import InvalidArgument
-    from sidecar.toolkit.calibrate import calibrate_file, write_json
-    from sidecar.toolkit.traces import TraceFileError
+    from certus.sidecar.errors import InvalidArgument
+    from certus.sidecar.toolkit.calibrate import calibrate_file, write_json
+    from certus.sidecar.toolkit.traces import TraceFileError
 
     cfg = _setup(args)
     try:
@@ -164,8 +165,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from sidecar.toolkit.calibrate import write_json
-    from sidecar.toolkit.validate import run_validation
+    from certus.sidecar.toolkit.calibrate import write_json
+    from certus.sidecar.toolkit.validate import run_validation
 
     cfg = _setup(args)
     if args.limit is not None and args.limit < 1:
@@ -192,10 +193,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sidecar.evidence.verify import NoTrustedKey
-    from sidecar.signing import VerifyKey
-    from sidecar.toolkit.report import UnverifiedEvidence, generate_report
-    from sidecar.toolkit.report.gather import metadata_template
+    from certus.sidecar.evidence.verify import NoTrustedKey
+    from certus.sidecar.signing import VerifyKey
+    from certus.sidecar.toolkit.report import UnverifiedEvidence, generate_report
+    from certus.sidecar.toolkit.report.gather import metadata_template
 
     if args.write_metadata_template:
         p = Path(args.write_metadata_template)

@@ -15,15 +15,15 @@ import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sidecar.batcher import Batcher
-from sidecar.config import Config
-from sidecar.domain import EvaluateInput, Scores
-from sidecar.scoring import Scorer
+from certus.sidecar.batcher import Batcher
+from certus.sidecar.config import Config
+from certus.sidecar.domain import EvaluateInput, Scores
+from certus.sidecar.scoring import Scorer
 
 
 def build_encoder(cfg: Config) -> Any:
     """The serving encoder for ``cfg`` (exports the model first if it is missing), as App.create does."""
-    from models.encoder import OnnxEncoder
+    from certus.models.encoder import OnnxEncoder
 
     return OnnxEncoder.from_config(cfg.model, cfg.batcher)
 

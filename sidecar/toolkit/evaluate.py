@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from sidecar.config import Config
-from sidecar.domain import content_hash
-from sidecar.scoring import CONFIDENCE, METRIC_NAMES
-from sidecar.toolkit.engine import OfflineScorer
-from sidecar.toolkit.progress import Progress
-from sidecar.toolkit.traces import TraceItem, read_items
+from certus.sidecar.config import Config
+from certus.sidecar.domain import content_hash
+from certus.sidecar.scoring import CONFIDENCE, METRIC_NAMES
+from certus.sidecar.toolkit.engine import OfflineScorer
+from certus.sidecar.toolkit.progress import Progress
+from certus.sidecar.toolkit.traces import TraceItem, read_items
 
 RESULTS_FORMAT = "certus.evaluation-results/v1"
 QUERY_METRICS = ("answer_relevancy", "context_relevance")  # meaningless without a query
@@ -259,8 +259,8 @@ def evaluate_traces(
     show_progress: bool = False,
 ) -> EvaluationRun:
     """Score every trace of ``trace_file``; write ``output`` (JSON) when given. CERT's signature."""
-    from sidecar import config as config_mod
-    from sidecar.toolkit.presets import resolve_threshold
+    from certus.sidecar import config as config_mod
+    from certus.sidecar.toolkit.presets import resolve_threshold
 
     if metric not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")

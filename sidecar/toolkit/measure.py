@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sidecar.errors import FieldViolation, InvalidArgument
+from certus.sidecar.errors import FieldViolation, InvalidArgument
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -25,9 +25,9 @@ def _components() -> tuple[Any, Any]:
     with _lock:
         comps = _state.get("components")
         if comps is None:
-            from sidecar import config as config_mod
-            from sidecar.scoring import Scorer
-            from sidecar.toolkit.engine import build_encoder
+            from certus.sidecar import config as config_mod
+            from certus.sidecar.scoring import Scorer
+            from certus.sidecar.toolkit.engine import build_encoder
 
             cfg = config_mod.load()
             comps = (build_encoder(cfg), Scorer(cfg.scoring))
@@ -37,8 +37,8 @@ def _components() -> tuple[Any, Any]:
 
 def use_encoder(encoder: Any, scorer: Any = None) -> None:
     """Install the encoder (and scorer) ``measure`` uses — e.g. one the application already holds."""
-    from sidecar import config as config_mod
-    from sidecar.scoring import Scorer
+    from certus.sidecar import config as config_mod
+    from certus.sidecar.scoring import Scorer
 
     with _lock:
         _state["components"] = (encoder, scorer or Scorer(config_mod.load().scoring))
@@ -58,7 +58,7 @@ def measure(text1: str, text2: str, threshold: float | None = 0.7) -> Any:
     RPC's limits; a bad one raises :class:`~sidecar.errors.InvalidArgument` naming the field.
     ``threshold=None`` uses the configured ``CERTUS_MATCH_THRESHOLD`` (0.7 by default).
     """
-    from sidecar import validation as v
+    from certus.sidecar import validation as v
 
     violations: list[FieldViolation] = []
     for name, value in (("text1", text1), ("text2", text2)):

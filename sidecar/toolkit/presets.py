@@ -52,7 +52,7 @@ def threshold_manifest(
     origin: str = "",
 ) -> dict[str, Any]:
     """A manifest document that requires ``metric >= threshold`` (validated like any manifest)."""
-    from sidecar.manifests import build_manifest
+    from certus.sidecar.manifests import build_manifest
 
     version = version or datetime.now(timezone.utc).strftime("%Y-%m")
     doc: dict[str, Any] = {

@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sidecar import validation as v
-from sidecar.domain import EvaluateInput
-from sidecar.errors import FieldViolation
+from certus.sidecar import validation as v
+from certus.sidecar.domain import EvaluateInput
+from certus.sidecar.errors import FieldViolation
 
 ANSWER_FIELDS = ("answer", "response", "output")
 CONTEXT_FIELDS = ("context", "contexts", "retrieved_context")

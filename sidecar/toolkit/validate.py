@@ -38,11 +38,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from sidecar.config import Config
-from sidecar.domain import EvaluateInput
-from sidecar.toolkit import roc
-from sidecar.toolkit.engine import OfflineScorer
-from sidecar.toolkit.progress import Progress
+from certus.sidecar.config import Config
+from certus.sidecar.domain import EvaluateInput
+from certus.sidecar.toolkit import roc
+from certus.sidecar.toolkit.engine import OfflineScorer
+from certus.sidecar.toolkit.progress import Progress
 
 REPORTED_METRICS = ("confidence", "faithfulness", "semantic_similarity", "grounding", "answer_relevancy")
 CERT_CLAIM = {"dataset": "SQuAD v2", "roc_auc": 0.961, "accuracy": 0.953, "threshold": 0.46, "separation_sigma": 0.247}

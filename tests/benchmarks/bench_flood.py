@@ -36,8 +36,8 @@ if __package__ in (None, ""):
 
 import grpc
 
-from sidecar.memory import rss_bytes
-from sidecar.protos import pb
+from certus.sidecar.memory import rss_bytes
+from certus.sidecar.protos import pb
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 FLOOD_WORKSPACE = "flood"
@@ -189,7 +189,7 @@ def sidecar_env(rate_limit_rps: float = 0.001, burst: int = 1) -> dict[str, str]
 
 def warm_and_drain(target: str) -> None:
     """A few small calls (first-use costs), then drain the flood workspace's bucket."""
-    from sidecar.protos import pb_grpc
+    from certus.sidecar.protos import pb_grpc
 
     with grpc.insecure_channel(target) as ch:
         stub = pb_grpc.EvaluatorStub(ch)
@@ -218,7 +218,7 @@ def measured_flood(pid: int, target: str, concurrency: int, requests: int, secon
 
 
 def run_variant(label: str, extra_env: dict[str, str], args: argparse.Namespace) -> bool:
-    from sidecar.loadgen import start_local_sidecar
+    from certus.sidecar.loadgen import start_local_sidecar
 
     env = sidecar_env()
     env.update(extra_env)

@@ -39,10 +39,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity  # noqa: E402
-from sidecar.guardrails import GuardrailSuite, apply_policy  # noqa: E402
-from sidecar.guardrails.learned import DATA_DIR  # noqa: E402
-from sidecar.guardrails.train_injection import SPLIT_FILE, sha256_file  # noqa: E402
+from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity  # noqa: E402
+from certus.sidecar.guardrails import GuardrailSuite, apply_policy  # noqa: E402
+from certus.sidecar.guardrails.learned import DATA_DIR  # noqa: E402
+from certus.sidecar.guardrails.train_injection import SPLIT_FILE, sha256_file  # noqa: E402
 
 GT = GuardrailType
 DEFAULT = GuardrailConfig()
@@ -276,8 +276,8 @@ def main() -> int:
     if not args.data_dir.is_dir():
         print(f"shared data not found at {args.data_dir}", file=sys.stderr)
         return 2
-    from models.encoder import OnnxEncoder
-    from models.export import ensure_model
+    from certus.models.artifacts import ensure_model
+    from certus.models.encoder import OnnxEncoder
 
     encoder = OnnxEncoder(ensure_model(variant=args.variant).parent, variant=args.variant, provider=args.provider)
     t0 = time.perf_counter()

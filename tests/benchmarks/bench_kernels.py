@@ -34,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "unit" / "kernels"))
 
-import kernels  # noqa: E402
 import kernels_reference as ref  # noqa: E402
-from kernels import (  # noqa: E402
+
+from certus import kernels  # noqa: E402
+from certus.kernels import (  # noqa: E402
     features,
     features_many,
     numeric_matrix,
@@ -44,7 +45,7 @@ from kernels import (  # noqa: E402
     term_grounding,
     term_grounding_matrix,
 )
-from kernels.numeric import DEFAULT_REL_TOL  # noqa: E402
+from certus.kernels.numeric import DEFAULT_REL_TOL  # noqa: E402
 
 SQUAD = ROOT.parent / "shared" / "data" / "squad_v2" / "dev_subset.json"
 FALLBACK = (

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sidecar.loadgen import Mix, run_bench, start_local_sidecar  # noqa: E402
-from sidecar.protos import pb, pb_grpc  # noqa: E402
+from certus.sidecar.loadgen import Mix, run_bench, start_local_sidecar  # noqa: E402
+from certus.sidecar.protos import pb, pb_grpc  # noqa: E402
 
 
 def sidecar_counters(target: str) -> dict[str, float]:
@@ -52,8 +52,8 @@ def _num(v: str) -> bool:
 
 def raw_encoder(variant: str, threads: int, seconds: float) -> dict[str, float]:
     """Best tokens/s of the bare encoder on mix texts (the query + response sentences of requests)."""
-    import kernels
-    from models.encoder import OnnxEncoder
+    from certus import kernels
+    from certus.models.encoder import OnnxEncoder
 
     enc = OnnxEncoder(variant=variant, intra_op_threads=threads)
     mix = Mix(seed=11)

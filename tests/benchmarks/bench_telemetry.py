@@ -48,11 +48,11 @@ import grpc  # noqa: E402
 from opentelemetry import trace  # noqa: E402
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc  # noqa: E402
 
-from sidecar import config as config_mod  # noqa: E402
-from sidecar import pipeline as pipeline_mod  # noqa: E402
-from sidecar import telemetry  # noqa: E402
-from sidecar.domain import EvaluateInput  # noqa: E402
-from sidecar.pipeline import Pipeline  # noqa: E402
+from certus.sidecar import config as config_mod  # noqa: E402
+from certus.sidecar import pipeline as pipeline_mod  # noqa: E402
+from certus.sidecar import telemetry  # noqa: E402
+from certus.sidecar.domain import EvaluateInput  # noqa: E402
+from certus.sidecar.pipeline import Pipeline  # noqa: E402
 
 INP = EvaluateInput(
     workspace_id="acme",
@@ -162,9 +162,9 @@ def report(title: str, walls: dict[str, list[list[float]]], cpus: dict[str, list
 
 
 async def main(args: argparse.Namespace) -> None:
-    from models.encoder import OnnxEncoder
-    from models.export import ensure_model
-    from sidecar.server.app import App
+    from certus.models.artifacts import ensure_model
+    from certus.models.encoder import OnnxEncoder
+    from certus.sidecar.server.app import App
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-telemetry-"))
     cfg = config_mod.load(

@@ -20,9 +20,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from sidecar.protos import pb, pb_grpc
-from sidecar.security.tokens import hash_token
-from tests.conftest import RunningSidecar, make_config, start_sidecar
+from certus.sidecar.protos import pb, pb_grpc
+from certus.sidecar.security.tokens import hash_token
+from tests.conftest import RunningSidecar, make_config, run_cli, start_sidecar
 
 READER = "reader-token-0123456789"
 ADMIN = "admin-token-0123456789"
@@ -352,7 +352,7 @@ def test_mtls_requires_a_client_certificate_from_the_ca(
 
 @pytest.mark.slow
 def test_serve_process_with_tokens_from_the_environment(tmp_path: Path, model_dir: Path) -> None:
-    from sidecar.loadgen import start_local_sidecar
+    from certus.sidecar.loadgen import start_local_sidecar
 
     tokens_file = tmp_path / "tokens.json"
     tokens_file.write_text(json.dumps(TOKENS))
@@ -374,8 +374,6 @@ def test_serve_process_with_tokens_from_the_environment(tmp_path: Path, model_di
 
 
 def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
     env = {
         "PATH": "/usr/bin:/bin",
@@ -383,9 +381,7 @@ def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
         "CERTUS_HOME": str(tmp_path),
         "CERTUS_ADDRESS": "0.0.0.0:0",
     }
-    out = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "serve"], env=env, capture_output=True, text=True, timeout=120
-    )
+    out = run_cli("serve", env=env, timeout=120)
     assert out.returncode != 0
     assert "CERTUS_AUTH_TOKENS_FILE" in out.stderr and "CERTUS_ALLOW_INSECURE_REMOTE" in out.stderr
     assert not (tmp_path / "evidence").exists()  # refused before anything was created

@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 import pytest
 
-from sidecar.aio_client import AsyncSidecarClient
-from sidecar.client import SidecarClient
-from sidecar.protos import pb
+from certus.sidecar.aio_client import AsyncSidecarClient
+from certus.sidecar.client import SidecarClient
+from certus.sidecar.protos import pb
 from tests.conftest import make_config, start_sidecar
 
 SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
@@ -63,8 +63,8 @@ def test_invalid_request_is_skipped_naming_the_field_and_leaves_the_breaker_clos
 
 
 def test_measure_same_numbers_in_process_over_the_wire_and_through_the_client(sidecar: Any, encoder: Any) -> None:
-    from sidecar import measure
-    from sidecar.toolkit import measure as measure_mod
+    from certus.sidecar import measure
+    from certus.sidecar.toolkit import measure as measure_mod
 
     text1, text2 = "Apple's Q4 revenue was $450 billion", "Apple reported Q4 revenue of $89.5B"
     measure_mod.use_encoder(encoder)
@@ -83,7 +83,7 @@ def test_measure_same_numbers_in_process_over_the_wire_and_through_the_client(si
 
 
 def test_offline_evaluate_gives_the_online_numbers(sidecar: Any, encoder: Any, tmp_path: Path) -> None:
-    from sidecar.toolkit.evaluate import evaluate_traces
+    from certus.sidecar.toolkit.evaluate import evaluate_traces
 
     answer = "The Normans, descended from Norse raiders, gave their name to Normandy in the 10th century."
     resp = sidecar.stub.Evaluate(pb.EvaluateRequest(workspace_id="acme", query=QUERY, response=answer, context=CONTEXT), timeout=60)
@@ -270,8 +270,8 @@ def test_async_client_server_down_and_breaker() -> None:
 
 
 def test_trace_forwards_calls_to_the_sidecar(sidecar: Any, tmp_path: Path) -> None:
-    from sidecar import tracing_decorator as td
-    from sidecar.tracing_decorator import trace
+    from certus.sidecar import tracing_decorator as td
+    from certus.sidecar.tracing_decorator import trace
 
     log = tmp_path / "traces.jsonl"
     got: dict[str, Any] = {}
@@ -302,8 +302,8 @@ def test_trace_forwards_calls_to_the_sidecar(sidecar: Any, tmp_path: Path) -> No
 
 
 def test_trace_forwarding_to_a_dead_sidecar_costs_the_caller_nothing(tmp_path: Path) -> None:
-    from sidecar import tracing_decorator as td
-    from sidecar.tracing_decorator import trace
+    from certus.sidecar import tracing_decorator as td
+    from certus.sidecar.tracing_decorator import trace
 
     log = tmp_path / "dead.jsonl"
 

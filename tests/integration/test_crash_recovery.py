@@ -31,7 +31,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -43,16 +42,16 @@ from typing import Any, Callable
 import grpc
 import pytest
 
-from sidecar.config import EvidenceConfig, ForwarderConfig
-from sidecar.evidence.decision import IntegrityDecision, utc_timestamp
-from sidecar.evidence.log import EvidenceLog
-from sidecar.evidence.records import LogRecord, iter_log, list_segments
-from sidecar.forwarder import Forwarder
-from sidecar.forwarder.receiver import IntegrityReceiver
-from sidecar.loadgen import start_local_sidecar
-from sidecar.protos import pb, pb_grpc
-from sidecar.signing import SigningKey, VerifyKey
-from tests.conftest import wait_until
+from certus.sidecar.config import EvidenceConfig, ForwarderConfig
+from certus.sidecar.evidence.decision import IntegrityDecision, utc_timestamp
+from certus.sidecar.evidence.log import EvidenceLog
+from certus.sidecar.evidence.records import LogRecord, iter_log, list_segments
+from certus.sidecar.forwarder import Forwarder
+from certus.sidecar.forwarder.receiver import IntegrityReceiver
+from certus.sidecar.loadgen import start_local_sidecar
+from certus.sidecar.protos import pb, pb_grpc
+from certus.sidecar.signing import SigningKey, VerifyKey
+from tests.conftest import OUTSIDE, cli_argv, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -222,8 +221,8 @@ def write_trusted_key(tmp: Path, info: Any) -> Path:
 def verify_cli(home: Home, pub: Path, expect_ok: bool = True) -> dict[str, Any]:
     """``certus-sidecar verify DIR --key PUB --json``: the real command, as an auditor runs it."""
     done = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "verify", str(home.evidence), "--key", str(pub), "--json"],
-        cwd=ROOT,
+        cli_argv("verify", home.evidence, "--key", pub, "--json"),
+        cwd=OUTSIDE,
         capture_output=True,
         text=True,
         timeout=120,

@@ -19,7 +19,6 @@ import base64
 import hashlib
 import json
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,10 +28,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sidecar.evidence.records import LogRecord, iter_log, list_segments
-from sidecar.protos import pb
-
-from tests.conftest import make_config, start_sidecar, wait_until
+from certus.sidecar.evidence.records import LogRecord, iter_log, list_segments
+from certus.sidecar.protos import pb
+from tests.conftest import OUTSIDE, cli_argv, make_config, start_sidecar, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD_TYPE = "application/vnd.certus.decision+json"
@@ -99,8 +97,8 @@ def written_texts(*roots: Path) -> Iterator[tuple[Path, bytes]]:
 
 def verify_cli(log_dir: Path, pub: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "verify", str(log_dir), "--key", str(pub), "--json"],
-        cwd=ROOT,
+        cli_argv("verify", log_dir, "--key", pub, "--json"),
+        cwd=OUTSIDE,
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,11 +11,9 @@ import asyncio
 import base64
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -24,15 +22,15 @@ from typing import Any
 import grpc
 import pytest
 
-from sidecar.config import EvidenceConfig, ForwarderConfig
-from sidecar.domain import content_hash
-from sidecar.evidence.decision import DecisionMetric, IntegrityDecision, utc_timestamp
-from sidecar.evidence.log import EvidenceLog
-from sidecar.evidence.verify import verify_log
-from sidecar.forwarder import Forwarder
-from sidecar.forwarder.receiver import IntegrityReceiver
-from sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SigningKey, canonical_json, sign_envelope
-from tests.conftest import wait_until_async
+from certus.sidecar.config import EvidenceConfig, ForwarderConfig
+from certus.sidecar.domain import content_hash
+from certus.sidecar.evidence.decision import DecisionMetric, IntegrityDecision, utc_timestamp
+from certus.sidecar.evidence.log import EvidenceLog
+from certus.sidecar.evidence.verify import verify_log
+from certus.sidecar.forwarder import Forwarder
+from certus.sidecar.forwarder.receiver import IntegrityReceiver
+from certus.sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SigningKey, canonical_json, sign_envelope
+from tests.conftest import OUTSIDE, cli_argv, cli_env, wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = SigningKey(bytes(range(200, 232)))
@@ -247,7 +245,7 @@ class GatedSink:
 
 
 def test_forwarder_restart_mid_backlog_resumes_from_the_cursor(tmp_path: Path, receiver: IntegrityReceiver) -> None:
-    from sidecar.forwarder import GrpcSink, RetryPolicy
+    from certus.sidecar.forwarder import GrpcSink, RetryPolicy
 
     port = receiver.start_grpc()
     cfg = fwd_cfg(tmp_path, "grpc", f"127.0.0.1:{port}", batch_size=10)
@@ -346,7 +344,7 @@ def _envelope(signer: SigningKey = KEY, seq: int = 0) -> tuple[IntegrityDecision
 
 
 def test_receiver_grpc_protocol(tmp_path: Path) -> None:
-    from sidecar.protos import ipb, ipb_grpc
+    from certus.sidecar.protos import ipb, ipb_grpc
 
     store = tmp_path / "store.jsonl"
     r = IntegrityReceiver([KEY.verify_key], store_path=store, api_key="k")
@@ -436,12 +434,10 @@ def test_integrity_serve_command(tmp_path: Path) -> None:
     pub = tmp_path / "trusted.pub"
     pub.write_text(KEY.verify_key.to_base64() + "\n")
     store = tmp_path / "store.jsonl"
-    env_vars = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.cli", "integrity-serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
-         "--key", str(pub), "--store", str(store)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_vars, text=True,
-    )  # fmt: skip
+        cli_argv("integrity-serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--key", pub, "--store", store),
+        cwd=OUTSIDE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), text=True,
+    )
     try:
         ports: dict[str, int] = {}
         deadline = time.monotonic() + 60

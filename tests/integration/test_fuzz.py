@@ -39,10 +39,10 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from sidecar.evidence.verify import verify_log
-from sidecar.loadgen import start_local_sidecar
-from sidecar.protos import pb
-from sidecar.signing import VerifyKey
+from certus.sidecar.evidence.verify import verify_log
+from certus.sidecar.loadgen import start_local_sidecar
+from certus.sidecar.protos import pb
+from certus.sidecar.signing import VerifyKey
 from tests.benchmarks.bench_flood import varint
 
 pytestmark = pytest.mark.slow
@@ -562,7 +562,7 @@ def _code(value: int) -> grpc.StatusCode:
 
 
 def warm_up(channel: grpc.Channel) -> None:
-    from sidecar.protos import pb_grpc
+    from certus.sidecar.protos import pb_grpc
 
     stub = pb_grpc.EvaluatorStub(channel)
     rng = random.Random(SEED + 2)

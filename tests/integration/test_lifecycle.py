@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import uuid
 
@@ -14,9 +13,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sidecar.loadgen import start_local_sidecar
-from sidecar.protos import pb, pb_grpc
-from tests.conftest import wait_gone
+from certus.sidecar.loadgen import start_local_sidecar
+from certus.sidecar.protos import pb, pb_grpc
+from tests.conftest import run_cli, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -99,10 +98,7 @@ def test_health_only_listener_mirrors_health_and_serves_nothing_else(tmp_path, e
 
 def _serve_until_exit(home, model_dir, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`certus-sidecar serve` in a fresh process with ``env`` on top; for start-ups that must fail."""
-    full_env = {**os.environ, "CERTUS_HOME": str(home), "CERTUS_MODEL_DIR": str(model_dir), **env}
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "serve"], env=full_env, capture_output=True, text=True, timeout=120
-    )
+    return run_cli("serve", env={"CERTUS_HOME": str(home), "CERTUS_MODEL_DIR": str(model_dir), **env}, timeout=120)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from sidecar.protos import pb, pb_grpc
+from certus.sidecar.protos import pb, pb_grpc
 from tests.conftest import RunningSidecar, make_config, start_sidecar
 
 RATE_RPS = 0.5
@@ -194,7 +194,7 @@ def test_max_concurrent_streams_queues_calls_on_a_busy_connection(tmp_path: Path
 
 @pytest.mark.slow
 def test_flood_of_large_requests_keeps_memory_bounded_and_returns_to_baseline(model_dir: Path) -> None:
-    from sidecar.loadgen import start_local_sidecar
+    from certus.sidecar.loadgen import start_local_sidecar
     from tests.benchmarks.bench_flood import EXPECTED, MAX_MESSAGE_BYTES, measured_flood, settle_rss, sidecar_env
 
     concurrency, requests = 32, 400

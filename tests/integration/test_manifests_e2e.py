@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,9 +21,19 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sidecar.evidence.records import iter_log
-from sidecar.protos import pb
-from tests.conftest import RunningSidecar, field_violations, make_config, put_atomic, start_sidecar, write_manifest
+from certus.sidecar.evidence.records import iter_log
+from certus.sidecar.protos import pb
+from tests.conftest import (
+    OUTSIDE,
+    RunningSidecar,
+    cli_argv,
+    cli_env,
+    field_violations,
+    make_config,
+    put_atomic,
+    start_sidecar,
+    write_manifest,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
@@ -86,12 +94,11 @@ def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """``certus-sidecar ...`` as a separate process (the console script is ``sidecar.cli:main``)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    """``certus-sidecar ...`` as a separate process: the installed console script."""
     return subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", *map(str, args)],
-        cwd=ROOT,
-        env=env,
+        cli_argv(*args),
+        cwd=OUTSIDE,
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=60,

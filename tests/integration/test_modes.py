@@ -26,10 +26,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from sidecar.evidence.records import iter_log
-from sidecar.evidence.verify import verify_log
-from sidecar.protos import pb
-from sidecar.signing import VerifyKey
+from certus.sidecar.evidence.records import iter_log
+from certus.sidecar.evidence.verify import verify_log
+from certus.sidecar.protos import pb
+from certus.sidecar.signing import VerifyKey
 from tests.conftest import RunningSidecar, make_config, start_sidecar, write_manifest
 
 SHA256 = re.compile(r"sha256:[0-9a-f]{64}")

@@ -23,11 +23,11 @@ from typing import Any
 import grpc
 import pytest
 
-from sidecar import signing
-from sidecar.domain import content_hash
-from sidecar.evidence.records import iter_log
-from sidecar.loadgen import start_local_sidecar
-from sidecar.protos import pb, pb_grpc
+from certus.sidecar import signing
+from certus.sidecar.domain import content_hash
+from certus.sidecar.evidence.records import iter_log
+from certus.sidecar.loadgen import start_local_sidecar
+from certus.sidecar.protos import pb, pb_grpc
 
 pytestmark = pytest.mark.slow
 

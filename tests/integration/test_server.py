@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from sidecar.protos import pb
+from certus.sidecar.protos import pb
 from tests.conftest import field_violations
 
 SHA256 = re.compile(r"sha256:[0-9a-f]{64}")

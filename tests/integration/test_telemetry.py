@@ -23,9 +23,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar import telemetry
-from sidecar.config import TelemetryConfig
-from sidecar.protos import pb
+from certus.sidecar import telemetry
+from certus.sidecar.config import TelemetryConfig
+from certus.sidecar.protos import pb
 from tests.conftest import RunningSidecar, make_config, start_sidecar
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from sidecar.client import SidecarClient
-from tests.conftest import ROOT, make_config, shared_data, start_sidecar
+from certus.sidecar.client import SidecarClient
+from tests.conftest import make_config, run_cli, shared_data, start_sidecar
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "CERTUS_INTRA_OP_THREADS": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_cli(*args, env={"CERTUS_INTRA_OP_THREADS": "1", **(env or {})}, timeout=timeout)
 
 
 def halueval(n: int) -> list[dict[str, Any]]:
@@ -30,8 +25,8 @@ def halueval(n: int) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def traced_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trace file written by the real decorator."""
-    from sidecar import tracing_decorator as td
-    from sidecar.tracing_decorator import trace
+    from certus.sidecar import tracing_decorator as td
+    from certus.sidecar.tracing_decorator import trace
 
     log = tmp_path_factory.mktemp("traces") / "production_traces.jsonl"
     rows = halueval(10)
@@ -76,7 +71,7 @@ def test_evaluate_bad_input_is_named(tmp_path: Path) -> None:
 def test_calibrate_writes_roc_png_json_and_a_manifest(tmp_path: Path, model_dir: Path) -> None:
     from PIL import Image
 
-    from sidecar.manifests import load_file
+    from certus.sidecar.manifests import load_file
 
     rows = []
     for r in halueval(16):

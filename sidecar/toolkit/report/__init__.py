@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from sidecar.signing import VerifyKey
+from certus.sidecar.signing import VerifyKey
 
 FORMATS = ("md", "html", "pdf")
 
@@ -58,12 +58,12 @@ def generate_report(
     formats: Sequence[str] = FORMATS,
     allow_unverified: bool = False,
 ) -> ReportOutput:
-    from sidecar.toolkit.calibrate import CALIBRATION_FORMAT
-    from sidecar.toolkit.evaluate import load_results
-    from sidecar.toolkit.report.annex_iv import ReportInputs, build_document, make_charts
-    from sidecar.toolkit.report.document import to_html, to_markdown, to_pdf
-    from sidecar.toolkit.report.gather import load_metadata, summarize_evidence
-    from sidecar.toolkit.validate import VALIDATION_FORMAT
+    from certus.sidecar.toolkit.calibrate import CALIBRATION_FORMAT
+    from certus.sidecar.toolkit.evaluate import load_results
+    from certus.sidecar.toolkit.report.annex_iv import ReportInputs, build_document, make_charts
+    from certus.sidecar.toolkit.report.document import to_html, to_markdown, to_pdf
+    from certus.sidecar.toolkit.report.gather import load_metadata, summarize_evidence
+    from certus.sidecar.toolkit.validate import VALIDATION_FORMAT
 
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -97,7 +97,7 @@ def generate_report(
         p.write_text(to_markdown(doc, p.parent), encoding="utf-8")
         files["md"] = p
     if "html" in formats:
-        css = resources.files("sidecar.toolkit.templates").joinpath("report.css").read_text(encoding="utf-8")
+        css = resources.files("certus.sidecar.toolkit.templates").joinpath("report.css").read_text(encoding="utf-8")
         p = base.with_name(base.name + ".html")
         p.write_text(to_html(doc, css), encoding="utf-8")
         files["html"] = p

@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sidecar import __version__
-from sidecar.toolkit import charts
-from sidecar.toolkit.report.document import (
+from certus.sidecar import __version__
+from certus.sidecar.toolkit import charts
+from certus.sidecar.toolkit.report.document import (
     Bullets,
     Callout,
     Document,
@@ -31,7 +31,7 @@ from sidecar.toolkit.report.document import (
     SignatureBlock,
     Table,
 )
-from sidecar.toolkit.report.gather import EvidenceSummary, ordered_examples
+from certus.sidecar.toolkit.report.gather import EvidenceSummary, ordered_examples
 
 METRIC_DEFINITIONS = {
     "semantic_similarity": "cosine similarity (clipped to [0, 1]) between the response embedding and the best-matching "
@@ -144,7 +144,7 @@ def make_charts(inp: ReportInputs, assets: Path) -> dict[str, Path]:
         )
         stamped = [r for r in scored if r.get("timestamp")]
         if len(stamped) >= 2:
-            from sidecar.toolkit.report.gather import _bucket_key, _parse_ts, bucket_unit
+            from certus.sidecar.toolkit.report.gather import _bucket_key, _parse_ts, bucket_unit
 
             times = sorted(_parse_ts(r["timestamp"]) for r in stamped)
             unit = bucket_unit(times[0], times[-1])

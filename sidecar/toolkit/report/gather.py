@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sidecar.evidence.records import iter_log
-from sidecar.evidence.verify import VerifyReport, verify_log
-from sidecar.signing import VerifyKey
+from certus.sidecar.evidence.records import iter_log
+from certus.sidecar.evidence.verify import VerifyReport, verify_log
+from certus.sidecar.signing import VerifyKey
 
 METADATA_TEMPLATE = "system_metadata.json"
 
@@ -227,7 +227,7 @@ def ordered_examples(examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def metadata_template() -> dict[str, Any]:
     """The shipped system-metadata template (``sidecar/toolkit/templates/system_metadata.json``)."""
-    text = resources.files("sidecar.toolkit.templates").joinpath(METADATA_TEMPLATE).read_text(encoding="utf-8")
+    text = resources.files("certus.sidecar.toolkit.templates").joinpath(METADATA_TEMPLATE).read_text(encoding="utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
 

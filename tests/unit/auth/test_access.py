@@ -7,11 +7,11 @@ from typing import Any, Callable
 
 import pytest
 
-from sidecar.domain import EvaluateInput, Mode
-from sidecar.errors import PermissionDenied, ResourceExhausted, Unauthenticated
-from sidecar.ratelimit import RateLimiter
-from sidecar.security.access import MEASURE_BUCKET, AccessControl, bind_identity, current_identity
-from sidecar.security.tokens import Identity, TokenStore, hash_token
+from certus.sidecar.domain import EvaluateInput, Mode
+from certus.sidecar.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from certus.sidecar.ratelimit import RateLimiter
+from certus.sidecar.security.access import MEASURE_BUCKET, AccessControl, bind_identity, current_identity
+from certus.sidecar.security.tokens import Identity, TokenStore, hash_token
 
 STORE = TokenStore.from_data(
     [
@@ -99,7 +99,7 @@ def test_refused_calls_take_no_rate_limit_token() -> None:
 
 
 def test_from_config_loads_tokens_and_limits(tmp_path: Any) -> None:
-    from sidecar import config as config_mod
+    from certus.sidecar import config as config_mod
 
     path = tmp_path / "tokens.json"
     path.write_text('[{"name": "x", "token_sha256": "%s", "workspaces": "*", "scopes": "workspace:read"}]' % hash_token("x"))

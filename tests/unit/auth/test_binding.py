@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config as config_mod
-from sidecar.security.binding import BindingRefused, check_binding, is_loopback, split_host
+from certus.sidecar import config as config_mod
+from certus.sidecar.security.binding import BindingRefused, check_binding, is_loopback, split_host
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_env_flag_is_read() -> None:
 
 
 def test_build_server_refuses_before_building_or_binding(tmp_path: Path) -> None:
-    from sidecar.server.app import build_server
+    from certus.sidecar.server.app import build_server
 
     with socket.socket() as s:  # a port that is free now
         s.bind(("0.0.0.0", 0))

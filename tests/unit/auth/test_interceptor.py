@@ -7,9 +7,9 @@ from typing import Any, AsyncIterator
 
 import grpc
 
-from sidecar.security.access import current_identity
-from sidecar.security.interceptor import AuthInterceptor
-from sidecar.security.tokens import TokenStore, hash_token
+from certus.sidecar.security.access import current_identity
+from certus.sidecar.security.interceptor import AuthInterceptor
+from certus.sidecar.security.tokens import TokenStore, hash_token
 
 STORE = TokenStore.from_data(
     [{"name": "app", "token_sha256": hash_token("tok"), "workspaces": ["acme"], "scopes": ["workspace:read"]}]

@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from sidecar.memory import MemoryReclaimer, reclaim, rss_bytes
+from certus.sidecar.memory import MemoryReclaimer, reclaim, rss_bytes
 
 MIB = 1024 * 1024
 

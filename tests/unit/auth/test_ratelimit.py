@@ -6,9 +6,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from sidecar.errors import ResourceExhausted
-from sidecar.ratelimit import RateLimiter
-from sidecar.server import errormap
+from certus.sidecar.errors import ResourceExhausted
+from certus.sidecar.ratelimit import RateLimiter
+from certus.sidecar.server import errormap
 
 
 class Clock:

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sidecar.config import AuthConfig
-from sidecar.security.tls import TlsConfigError, server_credentials
+from certus.sidecar.config import AuthConfig
+from certus.sidecar.security.tls import TlsConfigError, server_credentials
 
 
 @pytest.fixture(scope="module")

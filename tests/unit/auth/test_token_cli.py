@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from sidecar.cli import main
-from sidecar.security.tokens import TokenStore
+from certus.sidecar.cli import main
+from certus.sidecar.security.tokens import TokenStore
 
 
 def test_token_hash_matches_sha256sum(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

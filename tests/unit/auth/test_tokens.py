@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.security.tokens import (
+from certus.sidecar.security.tokens import (
     Identity,
     TokensFileError,
     TokenStore,

@@ -17,8 +17,8 @@ if _HERE not in sys.path:
 
 from evidence_samples import OTHER_SEED, SEED  # noqa: E402
 
-from sidecar.config import EvidenceConfig  # noqa: E402
-from sidecar.signing import SigningKey  # noqa: E402
+from certus.sidecar.config import EvidenceConfig  # noqa: E402
+from certus.sidecar.signing import SigningKey  # noqa: E402
 
 
 @pytest.fixture

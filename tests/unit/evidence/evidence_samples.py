@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from sidecar.domain import (
+
+from certus.sidecar.domain import (
     EvaluateInput,
     EvaluationResult,
     GuardrailType,
@@ -14,7 +15,7 @@ from sidecar.domain import (
     Severity,
     content_hash,
 )
-from sidecar.evidence.decision import IntegrityDecision
+from certus.sidecar.evidence.decision import IntegrityDecision
 
 # A fixed seed so failures are reproducible; tests that need a second key use another seed.
 SEED = bytes(range(32))

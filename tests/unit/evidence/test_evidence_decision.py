@@ -9,15 +9,15 @@ import math
 import pytest
 from evidence_samples import sample_decision, sample_input, sample_result
 
-from sidecar.domain import EvaluationResult, Mode, Outcome
-from sidecar.evidence.decision import (
+from certus.sidecar.domain import EvaluationResult, Mode, Outcome
+from certus.sidecar.evidence.decision import (
     GENESIS_PREV_HASH,
     DecisionError,
     DecisionMetric,
     DecisionViolation,
     IntegrityDecision,
 )
-from sidecar.signing import canonical_json
+from certus.sidecar.signing import canonical_json
 
 
 def sha(text: str) -> str:

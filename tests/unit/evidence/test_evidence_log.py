@@ -15,19 +15,19 @@ from typing import Callable
 import pytest
 from evidence_samples import sample_decision
 
-from sidecar.config import EvidenceConfig
-from sidecar.evidence.decision import GENESIS_PREV_HASH
-from sidecar.errors import Fatal
-from sidecar.evidence.log import (
+from certus.sidecar.config import EvidenceConfig
+from certus.sidecar.errors import Fatal
+from certus.sidecar.evidence.decision import GENESIS_PREV_HASH
+from certus.sidecar.evidence.log import (
     EvidenceLog,
     EvidenceLogClosed,
     EvidenceLogCorrupt,
     EvidenceLogError,
     EvidenceWriteError,
 )
-from sidecar.evidence.records import iter_log
-from sidecar.evidence.verify import verify_log
-from sidecar.signing import Envelope, SigningKey
+from certus.sidecar.evidence.records import iter_log
+from certus.sidecar.evidence.verify import verify_log
+from certus.sidecar.signing import Envelope, SigningKey
 
 LogCfg = Callable[..., EvidenceConfig]
 

@@ -15,9 +15,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from evidence_samples import sample_decision
 
-from sidecar.config import EvidenceConfig
-from sidecar.evidence.log import EvidenceLog
-from sidecar.signing import SignatureError, SigningKey, VerifyKey
+from certus.sidecar.config import EvidenceConfig
+from certus.sidecar.evidence.log import EvidenceLog
+from certus.sidecar.signing import SignatureError, SigningKey, VerifyKey
 
 RFC8032 = [
     (  # TEST 1

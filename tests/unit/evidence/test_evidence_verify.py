@@ -14,13 +14,13 @@ from typing import Callable
 import pytest
 from evidence_samples import sample_decision
 
-from sidecar.cli import main as cli_main
-from sidecar.config import EvidenceConfig
-from sidecar.domain import Outcome
-from sidecar.evidence.decision import IntegrityDecision
-from sidecar.evidence.log import EvidenceLog
-from sidecar.evidence.verify import NoTrustedKey, verify_log
-from sidecar.signing import DECISION_PAYLOAD_TYPE, SigningKey, canonical_json, sign_envelope
+from certus.sidecar.cli import main as cli_main
+from certus.sidecar.config import EvidenceConfig
+from certus.sidecar.domain import Outcome
+from certus.sidecar.evidence.decision import IntegrityDecision
+from certus.sidecar.evidence.log import EvidenceLog
+from certus.sidecar.evidence.verify import NoTrustedKey, verify_log
+from certus.sidecar.signing import DECISION_PAYLOAD_TYPE, SigningKey, canonical_json, sign_envelope
 
 OUTCOMES = [Outcome.PASS, Outcome.PASS, Outcome.FAIL, Outcome.PASS, Outcome.WARNING, Outcome.PASS, Outcome.FAIL, Outcome.SKIPPED]
 SEG1 = "segment-000001.jsonl"

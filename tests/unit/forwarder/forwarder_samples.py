@@ -6,11 +6,11 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from sidecar.config import EvidenceConfig, ForwarderConfig
-from sidecar.domain import content_hash
-from sidecar.evidence.decision import DecisionMetric, IntegrityDecision, utc_timestamp
-from sidecar.evidence.log import EvidenceLog
-from sidecar.signing import SigningKey
+from certus.sidecar.config import EvidenceConfig, ForwarderConfig
+from certus.sidecar.domain import content_hash
+from certus.sidecar.evidence.decision import DecisionMetric, IntegrityDecision, utc_timestamp
+from certus.sidecar.evidence.log import EvidenceLog
+from certus.sidecar.signing import SigningKey
 
 SEED = bytes(range(100, 132))
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from forwarder_samples import append_many, evidence_cfg, forwarder_cfg, key
 
-from sidecar.evidence.log import EvidenceLog
-from sidecar.evidence.verify import verify_log
-from sidecar.forwarder import Forwarder
+from certus.sidecar.evidence.log import EvidenceLog
+from certus.sidecar.evidence.verify import verify_log
+from certus.sidecar.forwarder import Forwarder
 from tests.conftest import wait_until_async
 
 

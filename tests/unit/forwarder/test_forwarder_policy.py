@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from sidecar.config import ForwarderConfig
-from sidecar.forwarder.policy import CircuitBreaker, RetryPolicy
+from certus.sidecar.config import ForwarderConfig
+from certus.sidecar.forwarder.policy import CircuitBreaker, RetryPolicy
 
 
 def test_backoff_caps_double_up_to_the_maximum() -> None:

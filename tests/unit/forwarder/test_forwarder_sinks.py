@@ -9,9 +9,16 @@ import pytest
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from sidecar.config import ForwarderConfig
-from sidecar.forwarder.policy import RetryPolicy
-from sidecar.forwarder.sinks import FileSink, GrpcSink, HttpSink, _grpc_retry_after_s, _http_retry_after_s, make_sink
+from certus.sidecar.config import ForwarderConfig
+from certus.sidecar.forwarder.policy import RetryPolicy
+from certus.sidecar.forwarder.sinks import (
+    FileSink,
+    GrpcSink,
+    HttpSink,
+    _grpc_retry_after_s,
+    _http_retry_after_s,
+    make_sink,
+)
 
 
 def test_make_sink_by_name(tmp_path: object) -> None:

@@ -7,10 +7,10 @@ from typing import Iterable
 
 import pytest
 
-from models.encoder import OnnxEncoder
-from models.export import default_model_dir, ensure_model
-from sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
-from sidecar.guardrails import GuardrailSuite
+from certus.models.artifacts import default_model_dir, ensure_model
+from certus.models.encoder import OnnxEncoder
+from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
+from certus.sidecar.guardrails import GuardrailSuite
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -47,7 +47,7 @@ def detectors(vs: Iterable[GuardrailViolation]) -> set[str]:
 
 def assert_no_content(inp: EvaluateInput, vs: Iterable[GuardrailViolation]) -> None:
     """No violation's repr carries the offending text (only its hash)."""
-    from sidecar.domain import content_hash
+    from certus.sidecar.domain import content_hash
 
     for v in vs:
         span = text_of(inp, v)

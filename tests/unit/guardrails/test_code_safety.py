@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.domain import GuardrailType, Severity
-from sidecar.guardrails import GuardrailSuite
-from sidecar.guardrails.code_safety import code_blocks
+from certus.sidecar.domain import GuardrailType, Severity
+from certus.sidecar.guardrails import GuardrailSuite
+from certus.sidecar.guardrails.code_safety import code_blocks
 
 from .conftest import assert_no_content, req, scan_one, text_of
 

@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from sidecar.domain import GuardrailType, Severity
-from sidecar.guardrails import GuardrailSuite
+from certus.sidecar.domain import GuardrailType, Severity
+from certus.sidecar.guardrails import GuardrailSuite
 
 from .conftest import assert_no_content, detectors, req, scan_one, text_of
 

@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from sidecar.domain import GuardrailConfig, GuardrailType, Severity
-from sidecar.guardrails import GuardrailSuite
-from sidecar.guardrails.pii import NER_PACKAGE, _offline_tld_extractor
+from certus.sidecar.domain import GuardrailConfig, GuardrailType, Severity
+from certus.sidecar.guardrails import GuardrailSuite
+from certus.sidecar.guardrails.pii import NER_PACKAGE, _offline_tld_extractor
 
 from .conftest import ALL, assert_no_content, detectors, req, scan_one, text_of
 
@@ -132,7 +132,7 @@ def test_offline_extractor_and_scan_never_touch_the_network(rules_suite: Guardra
 
 
 def test_a_fresh_analyzer_builds_offline(no_network: list[str]) -> None:
-    from sidecar.guardrails.pii import _Engines
+    from certus.sidecar.guardrails.pii import _Engines
 
     analyzer, model, entities = _Engines._build()
     assert model == NER_PACKAGE and "EMAIL_ADDRESS" in entities
@@ -141,7 +141,7 @@ def test_a_fresh_analyzer_builds_offline(no_network: list[str]) -> None:
 
 
 def test_long_punctuation_runs_are_defused_without_moving_offsets(rules_suite: GuardrailSuite) -> None:
-    from sidecar.guardrails.pii import defuse_long_runs
+    from certus.sidecar.guardrails.pii import defuse_long_runs
 
     url = "https://collect.example.org/?" + "x=1&" * 20 + "email=ann.lee@example.org&" + "+" * 40
     assert len(defuse_long_runs(url)) == len(url)
@@ -153,8 +153,8 @@ def test_long_punctuation_runs_are_defused_without_moving_offsets(rules_suite: G
 
 def test_pattern_only_mode_keeps_pattern_entities_and_drops_ner() -> None:
     """CERTUS_PII_NER=false: Presidio's pattern recognizers on a blank pipeline (no PERSON)."""
-    from sidecar.domain import GuardrailConfig, Severity
-    from sidecar.guardrails.pii import PiiGuardrail
+    from certus.sidecar.domain import GuardrailConfig, Severity
+    from certus.sidecar.guardrails.pii import PiiGuardrail
 
     g = PiiGuardrail(ner=False)
     assert g.ner_model == "blank:en"

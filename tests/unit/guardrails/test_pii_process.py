@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+
 import pytest
 
-from sidecar.guardrails.pii import PiiAnalyzer, ProcessPiiAnalyzer
+from certus.sidecar.guardrails.pii import PiiAnalyzer, ProcessPiiAnalyzer
 from tests.conftest import process_running, wait_gone
 
 TEXTS = [

@@ -6,9 +6,9 @@ import base64
 
 import pytest
 
-from sidecar.domain import GuardrailType
-from sidecar.guardrails import GuardrailSuite
-from sidecar.guardrails.encoded import find_invisible
+from certus.sidecar.domain import GuardrailType
+from certus.sidecar.guardrails import GuardrailSuite
+from certus.sidecar.guardrails.encoded import find_invisible
 
 from .conftest import assert_no_content, detectors, req, scan_one, text_of
 
@@ -59,7 +59,7 @@ def test_benign_look_alikes_pass_rules_and_head(suite: GuardrailSuite, query: st
 
 
 def _default():  # the manifest default: severity >= medium, confidence >= 0.7
-    from sidecar.domain import GuardrailConfig
+    from certus.sidecar.domain import GuardrailConfig
 
     return GuardrailConfig()
 

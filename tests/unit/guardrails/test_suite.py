@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from sidecar.domain import GuardrailConfig, GuardrailType, GuardrailViolation, Severity, content_hash
-from sidecar.guardrails import GuardrailSuite, apply_policy
-from sidecar.guardrails.learned import AttackHead, LearnedSignal
+from certus.sidecar.domain import GuardrailConfig, GuardrailType, GuardrailViolation, Severity, content_hash
+from certus.sidecar.guardrails import GuardrailSuite, apply_policy
+from certus.sidecar.guardrails.learned import AttackHead, LearnedSignal
 
 from .conftest import ALL, assert_no_content, req
 
@@ -127,8 +127,8 @@ def test_texts_to_embed_are_exactly_what_the_scan_will_embed(encoder) -> None:
     """The pipeline batches these with its own texts; the scan must then need nothing else."""
     import uuid
 
-    from sidecar.domain import GuardrailType as G
-    from sidecar.guardrails import GuardrailSuite
+    from certus.sidecar.domain import GuardrailType as G
+    from certus.sidecar.guardrails import GuardrailSuite
 
     calls: list[list[str]] = []
 

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from sidecar.guardrails.learned import DIM, AttackHead, segments
-from sidecar.guardrails.train_injection import (
+from certus.sidecar.guardrails.learned import DIM, AttackHead, segments
+from certus.sidecar.guardrails.train_injection import (
     EXEMPLARS_FILE,
     HOLDOUT_FRACTION,
     SPLIT_FILE,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sidecar.domain import GuardrailType
-from sidecar.guardrails import GuardrailSuite
+from certus.sidecar.domain import GuardrailType
+from certus.sidecar.guardrails import GuardrailSuite
 
 from .conftest import assert_no_content, req, scan_one, text_of
 

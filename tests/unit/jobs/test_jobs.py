@@ -7,10 +7,10 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from sidecar.config import AsyncConfig
-from sidecar.domain import EvaluationResult, Mode, Outcome
-from sidecar.errors import InvalidArgument, NotFound, ResourceExhausted
-from sidecar.jobs import JobStatus, JobTable, JobView
+from certus.sidecar.config import AsyncConfig
+from certus.sidecar.domain import EvaluationResult, Mode, Outcome
+from certus.sidecar.errors import InvalidArgument, NotFound, ResourceExhausted
+from certus.sidecar.jobs import JobStatus, JobTable, JobView
 
 
 class FakeClock:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import (
+from certus.kernels import (
     KernelInputError,
     PackedFeatures,
     TextFeatures,
@@ -66,7 +66,7 @@ def test_features_many_rejects_bad_texts() -> None:
 
 
 def test_dtype_message_names_byte_order() -> None:
-    from kernels import term_grounding
+    from certus.kernels import term_grounding
 
     with pytest.raises(KernelInputError, match=r"resp_terms: must have dtype int64, got >i8"):
         term_grounding(np.array([1], dtype=">i8"), np.array([1], dtype=np.int64))

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
+import kernels_reference as ref
 import numpy as np
 import pytest
-import kernels_reference as ref
 
-from kernels import (
+from certus.kernels import (
     KernelInputError,
     features,
     features_many,
@@ -148,7 +148,7 @@ def test_matrix_rejects_bad_offsets(a_off: np.ndarray, b_off: np.ndarray, field:
 @pytest.mark.parametrize("max_cells", [1, 7, 64])
 def test_matrix_column_blocks_match_reference(seed: int, max_cells: int) -> None:
     """A tiny membership budget forces the chunk-block path; the result must not change."""
-    from kernels.grounding import _term_grounding_matrix
+    from certus.kernels.grounding import _term_grounding_matrix
 
     rng = np.random.default_rng(10_000 + seed)
     vocab = int(rng.integers(1, 30))

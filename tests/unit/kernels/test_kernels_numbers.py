@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import NUMBER_CURRENCY, NUMBER_PERCENT, NUMBER_PLAIN, KernelInputError, extract_numbers
+from certus.kernels import NUMBER_CURRENCY, NUMBER_PERCENT, NUMBER_PLAIN, KernelInputError, extract_numbers
 
 P, C, PCT = NUMBER_PLAIN, NUMBER_CURRENCY, NUMBER_PERCENT
 

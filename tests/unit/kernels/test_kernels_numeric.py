@@ -1,10 +1,10 @@
 from __future__ import annotations
 
+import kernels_reference as ref
 import numpy as np
 import pytest
-import kernels_reference as ref
 
-from kernels import (
+from certus.kernels import (
     DEFAULT_REL_TOL,
     KernelInputError,
     extract_numbers,

@@ -8,34 +8,35 @@ from pathlib import Path
 import pytest
 from numba.core.dispatcher import Dispatcher
 
-import kernels
+from certus import kernels
+from tests.conftest import OUTSIDE
 
 REPO = Path(__file__).resolve().parents[3]
 KERNEL_MODULES = [
-    "kernels.hashing",
-    "kernels.grounding",
-    "kernels.numeric",
-    "kernels.similarity",
-    "kernels.pooling",
-    "kernels.sentences",
+    "certus.kernels.hashing",
+    "certus.kernels.grounding",
+    "certus.kernels.numeric",
+    "certus.kernels.similarity",
+    "certus.kernels.pooling",
+    "certus.kernels.sentences",
 ]
 
 
 def test_import_is_lazy() -> None:
     code = (
-        "import sys, kernels; "
-        "print('numba' in sys.modules, 'kernels.grounding' in sys.modules); "
+        "import sys; from certus import kernels; "
+        "print('numba' in sys.modules, 'certus.kernels.grounding' in sys.modules); "
         "kernels.term_grounding; "
-        "print('numba' in sys.modules, 'kernels.grounding' in sys.modules)"
+        "print('numba' in sys.modules, 'certus.kernels.grounding' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=OUTSIDE, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "True", "True"]
 
 
 def test_every_public_name_resolves() -> None:
     # Import every submodule first: a submodule named like an export would shadow it.
     for path in sorted((REPO / "kernels").glob("*.py")):
-        importlib.import_module(f"kernels.{path.stem}")
+        importlib.import_module(f"certus.kernels.{path.stem}")
     for name in kernels.__all__:
         assert not isinstance(getattr(kernels, name), type(importlib)), name
     for name in kernels.__all__:
@@ -46,7 +47,7 @@ def test_every_public_name_resolves() -> None:
 
 
 def test_from_import() -> None:
-    from kernels import cosine_matrix, split_sentences, term_grounding
+    from certus.kernels import cosine_matrix, split_sentences, term_grounding
 
     assert callable(cosine_matrix) and callable(split_sentences) and callable(term_grounding)
 

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import random
 
+import kernels_reference as ref
 import numpy as np
 import pytest
-import kernels_reference as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import ABBREVIATIONS, KernelInputError, split_sentences
+from certus.kernels import ABBREVIATIONS, KernelInputError, split_sentences
 
 
 def sentences(text: str) -> list[str]:

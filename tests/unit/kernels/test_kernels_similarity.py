@@ -1,10 +1,10 @@
 from __future__ import annotations
 
+import kernels_reference as ref
 import numpy as np
 import pytest
-import kernels_reference as ref
 
-from kernels import KernelInputError, cosine_matrix, max_and_argmax_rows
+from certus.kernels import KernelInputError, cosine_matrix, max_and_argmax_rows
 
 
 def test_exact_small_case() -> None:

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import STOP_WORDS, KernelInputError, extract_terms, features
-from kernels.numbers import NumberScan
+from certus.kernels import STOP_WORDS, KernelInputError, extract_terms, features
+from certus.kernels.numbers import NumberScan
+from tests.conftest import OUTSIDE
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -39,11 +40,11 @@ def test_hashes_are_stable_constants() -> None:
 
 
 def test_hashes_do_not_depend_on_pythonhashseed() -> None:
-    code = "import kernels; print(kernels.extract_terms('Revenues of Apple grew 12%').tolist())"
+    code = "from certus import kernels; print(kernels.extract_terms('Revenues of Apple grew 12%').tolist())"
     outs = {
         subprocess.run(
             [sys.executable, "-c", code],
-            cwd=REPO,
+            cwd=OUTSIDE,
             env={"PYTHONHASHSEED": seed, "PATH": ""},
             capture_output=True,
             text=True,

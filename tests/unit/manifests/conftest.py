@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.signing import SigningKey
+from certus.sidecar.signing import SigningKey
 
 VALID: dict[str, Any] = {
     "manifest_id": "manifest_acme_2025_01",

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sidecar import manifest_cli
-from sidecar.config import ManifestConfig
-from sidecar.manifests import ManifestStore
-from sidecar.signing import MANIFEST_PAYLOAD_TYPE, canonical_json, pae
+from certus.sidecar import manifest_cli
+from certus.sidecar.config import ManifestConfig
+from certus.sidecar.manifests import ManifestStore
+from certus.sidecar.signing import MANIFEST_PAYLOAD_TYPE, canonical_json, pae
 
 
 def run(*argv: str) -> int:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from sidecar.domain import GuardrailConfig, GuardrailType, Mode, Severity
-from sidecar.errors import InvalidArgument
-from sidecar.manifests import (
+from certus.sidecar.domain import GuardrailConfig, GuardrailType, Mode, Severity
+from certus.sidecar.errors import InvalidArgument
+from certus.sidecar.manifests import (
     ManifestDefaults,
     ManifestError,
     ThresholdConfig,

@@ -13,11 +13,11 @@ from typing import Any, Callable
 import pytest
 import structlog
 
-from sidecar.config import ManifestConfig
-from sidecar.domain import Mode
-from sidecar.errors import InvalidArgument, NotFound
-from sidecar.manifests import ManifestStore
-from sidecar.signing import MANIFEST_PAYLOAD_TYPE, SigningKey, canonical_json, sign_envelope
+from certus.sidecar.config import ManifestConfig
+from certus.sidecar.domain import Mode
+from certus.sidecar.errors import InvalidArgument, NotFound
+from certus.sidecar.manifests import ManifestStore
+from certus.sidecar.signing import MANIFEST_PAYLOAD_TYPE, SigningKey, canonical_json, sign_envelope
 
 Write = Callable[[Path, Any], Path]
 

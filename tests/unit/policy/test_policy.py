@@ -9,10 +9,19 @@ from typing import Any
 
 import pytest
 
-from sidecar.domain import GuardrailType, GuardrailViolation, MetricScore, Mode, Outcome, Scores, Severity, content_hash
-from sidecar.errors import PermissionDenied
-from sidecar.manifests import Manifest, ThresholdConfig, load_embedded_default
-from sidecar.policy import decide, effective_mode, effective_timeout_ms, filter_violations
+from certus.sidecar.domain import (
+    GuardrailType,
+    GuardrailViolation,
+    MetricScore,
+    Mode,
+    Outcome,
+    Scores,
+    Severity,
+    content_hash,
+)
+from certus.sidecar.errors import PermissionDenied
+from certus.sidecar.manifests import Manifest, ThresholdConfig, load_embedded_default
+from certus.sidecar.policy import decide, effective_mode, effective_timeout_ms, filter_violations
 
 BASE = Manifest(
     manifest_id="manifest_acme_2025_01",

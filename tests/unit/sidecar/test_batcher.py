@@ -9,9 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 import pytest
 
-from sidecar.batcher import Batcher
-from sidecar.config import BatcherConfig
-from sidecar.errors import ResourceExhausted
+from certus.sidecar.batcher import Batcher
+from certus.sidecar.config import BatcherConfig
+from certus.sidecar.errors import ResourceExhausted
 
 
 class Recording:

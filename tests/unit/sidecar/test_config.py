@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config as config_mod
-from sidecar.config import ConfigError
+from certus.sidecar import config as config_mod
+from certus.sidecar.config import ConfigError
 
 
 def test_later_sources_win(tmp_path: Path) -> None:

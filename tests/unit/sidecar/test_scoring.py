@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sidecar.config import ScoringConfig
-from sidecar.domain import EvaluateInput
-from sidecar.scoring import (
+from certus.sidecar.config import ScoringConfig
+from certus.sidecar.domain import EvaluateInput
+from certus.sidecar.scoring import (
     ANSWER_RELEVANCY,
     CONFIDENCE,
     CONTEXT_RELEVANCE,

@@ -13,8 +13,8 @@ import pytest
 import structlog
 from opentelemetry import trace
 
-from sidecar import telemetry
-from sidecar.config import TelemetryConfig
+from certus.sidecar import telemetry
+from certus.sidecar.config import TelemetryConfig
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

@@ -10,8 +10,16 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.domain import GuardrailType, GuardrailViolation, MetricScore, Severity
-from sidecar.metrics import OTHER, InstrumentedEncoder, Metrics, MetricsServer, WorkspaceLabels, is_loopback, parse_address
+from certus.sidecar.domain import GuardrailType, GuardrailViolation, MetricScore, Severity
+from certus.sidecar.metrics import (
+    OTHER,
+    InstrumentedEncoder,
+    Metrics,
+    MetricsServer,
+    WorkspaceLabels,
+    is_loopback,
+    parse_address,
+)
 
 
 def samples(m: Metrics) -> dict[tuple[str, frozenset], float]:

@@ -14,13 +14,17 @@ from pathlib import Path
 import grpc
 import pytest
 from opentelemetry import trace
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import (
+    trace_service_pb2,
+    trace_service_pb2_grpc,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from sidecar import config as config_mod
-from sidecar import telemetry
-from sidecar.config import TelemetryConfig
+from certus.sidecar import config as config_mod
+from certus.sidecar import telemetry
+from certus.sidecar.config import TelemetryConfig
+from tests.conftest import OUTSIDE
 
 ROOT = Path(__file__).resolve().parents[3]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -59,7 +63,7 @@ def test_nothing_is_recorded_or_exported_when_unset() -> None:
     settings leaves the API a no-op, yet an incoming traceparent still reaches log lines."""
     code = (
         "from opentelemetry import trace\n"
-        "from sidecar import config, telemetry\n"
+        "from certus.sidecar import config, telemetry\n"
         "cfg = config.load(env={}).telemetry\n"
         "assert telemetry.configure_tracing(cfg) == ()\n"
         "assert not telemetry.tracing_active()\n"
@@ -74,7 +78,7 @@ def test_nothing_is_recorded_or_exported_when_unset() -> None:
         "print('ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], cwd=OUTSIDE, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from sidecar import config as config_mod
-from sidecar.domain import (
+from certus.sidecar import config as config_mod
+from certus.sidecar.domain import (
     EvaluateInput,
     EvaluationResult,
     GuardrailType,
@@ -23,9 +23,9 @@ from sidecar.domain import (
     Severity,
     content_hash,
 )
-from sidecar.evidence.decision import IntegrityDecision, utc_timestamp
-from sidecar.evidence.log import EvidenceLog
-from sidecar.signing import SigningKey
+from certus.sidecar.evidence.decision import IntegrityDecision, utc_timestamp
+from certus.sidecar.evidence.log import EvidenceLog
+from certus.sidecar.signing import SigningKey
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sidecar.config import Config
-from sidecar.toolkit import roc
-from sidecar.toolkit.calibrate import CALIBRATION_FORMAT, calibrate_file, calibrate_scores
-from sidecar.toolkit.validate import (
+from certus.sidecar.config import Config
+from certus.sidecar.toolkit import roc
+from certus.sidecar.toolkit.calibrate import CALIBRATION_FORMAT, calibrate_file, calibrate_scores
+from certus.sidecar.toolkit.validate import (
     REPORTED_METRICS,
     VALIDATION_FORMAT,
     _differs,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import Config
-from sidecar.domain import EvaluateInput, content_hash
-from sidecar.scoring import Scorer
-from sidecar.toolkit.evaluate import RESULTS_FORMAT, evaluate_traces, load_results
+from certus.sidecar.config import Config
+from certus.sidecar.domain import EvaluateInput, content_hash
+from certus.sidecar.scoring import Scorer
+from certus.sidecar.toolkit.evaluate import RESULTS_FORMAT, evaluate_traces, load_results
 from tests.unit.toolkit.conftest import data_file, write_jsonl
 
 

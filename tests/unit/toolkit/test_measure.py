@@ -1,4 +1,4 @@
-"""``from sidecar import measure``: lazy import, real encoder, the scorer's numbers, named errors."""
+"""``from certus.sidecar import measure``: lazy import, real encoder, the scorer's numbers, named errors."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sidecar.config import ScoringConfig
-from sidecar.errors import InvalidArgument
-from sidecar.scoring import MeasureResult, Scorer
-from tests.unit.toolkit.conftest import ROOT
+from certus.sidecar.config import ScoringConfig
+from certus.sidecar.errors import InvalidArgument
+from certus.sidecar.scoring import MeasureResult, Scorer
+from tests.conftest import OUTSIDE
 
 APPLE_OUT = "Apple's Q4 revenue was $450 billion"
 APPLE_CTX = "Apple reported Q4 revenue of $89.5B"
@@ -20,13 +20,13 @@ APPLE_CTX = "Apple reported Q4 revenue of $89.5B"
 
 def test_importing_sidecar_stays_cheap() -> None:
     code = (
-        "import sys, sidecar\n"
-        "from sidecar import trace\n"
+        "import sys\nfrom certus import sidecar\n"
+        "from certus.sidecar import trace\n"
         "heavy = [m for m in ('numpy', 'grpc', 'onnxruntime', 'numba', 'matplotlib') if m in sys.modules]\n"
         "print(','.join(heavy) or 'none')\n"
         "print(callable(sidecar.measure), 'numpy' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], cwd=OUTSIDE, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split()
     assert lines[0] == "none"
@@ -34,15 +34,15 @@ def test_importing_sidecar_stays_cheap() -> None:
 
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
-    import sidecar
+    from certus import sidecar
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         sidecar.nope  # noqa: B018
 
 
 def test_measure_gives_the_scorers_numbers(encoder: Any) -> None:
-    from sidecar import measure
-    from sidecar.toolkit import measure as measure_mod
+    from certus.sidecar import measure
+    from certus.sidecar.toolkit import measure as measure_mod
 
     measure_mod.use_encoder(encoder)
     try:
@@ -64,7 +64,7 @@ def test_measure_gives_the_scorers_numbers(encoder: Any) -> None:
 
 
 def test_measure_builds_its_own_encoder_once() -> None:
-    from sidecar.toolkit import measure as measure_mod
+    from certus.sidecar.toolkit import measure as measure_mod
 
     measure_mod.reset()
     try:
@@ -79,7 +79,7 @@ def test_measure_builds_its_own_encoder_once() -> None:
 
 
 def test_bad_input_names_the_field(encoder: Any) -> None:
-    from sidecar.toolkit import measure as measure_mod
+    from certus.sidecar.toolkit import measure as measure_mod
 
     measure_mod.use_encoder(encoder)
     try:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.manifests import ManifestError, load_file
-from sidecar.toolkit.presets import PRESETS, resolve_threshold, threshold_manifest, write_manifest
-from sidecar.toolkit.progress import Progress
+from certus.sidecar.manifests import ManifestError, load_file
+from certus.sidecar.toolkit.presets import PRESETS, resolve_threshold, threshold_manifest, write_manifest
+from certus.sidecar.toolkit.progress import Progress
 
 
 def test_progress_prints_each_tenth_when_not_a_terminal() -> None:

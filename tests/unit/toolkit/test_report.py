@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sidecar.signing import SigningKey
-from sidecar.toolkit.report import UnverifiedEvidence, generate_report
-from sidecar.toolkit.report.gather import load_metadata, metadata_template, summarize_evidence
+from certus.sidecar.signing import SigningKey
+from certus.sidecar.toolkit.report import UnverifiedEvidence, generate_report
+from certus.sidecar.toolkit.report.gather import load_metadata, metadata_template, summarize_evidence
 from tests.unit.toolkit.conftest import SECRET_CONTEXT, SECRET_QUERY, SECRET_RESPONSE
 
 ANNEX_IV = [

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sidecar.toolkit import roc
+from certus.sidecar.toolkit import roc
 
 
 def mann_whitney(scores: np.ndarray, labels: np.ndarray) -> float:

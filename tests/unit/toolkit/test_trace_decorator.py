@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from sidecar import tracing_decorator as td
-from sidecar.tracing_decorator import TraceWriter, trace
-from tests.unit.toolkit.conftest import ROOT
+from certus.sidecar import tracing_decorator as td
+from certus.sidecar.tracing_decorator import TraceWriter, trace
+from tests.conftest import OUTSIDE
 
 
 def rows(path: Path) -> list[dict[str, Any]]:
@@ -171,12 +171,12 @@ def test_disabled_returns_the_function_itself(tmp_path: Path) -> None:
 def test_pending_records_are_written_at_exit(tmp_path: Path) -> None:
     log = tmp_path / "exit.jsonl"
     code = (
-        "from sidecar import trace\n"
+        "from certus.sidecar import trace\n"
         f"@trace(log_path={str(log)!r})\n"
         "def f(query):\n    return 'a'\n"
         "for i in range(500):\n    f(f'q{i}')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], cwd=OUTSIDE, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = log.read_text().splitlines()
     assert len(lines) == 500

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.toolkit.traces import TraceFileError, read_items
+from certus.sidecar.toolkit.traces import TraceFileError, read_items
 from tests.unit.toolkit.conftest import write_jsonl
 
 
