@@ -14,7 +14,7 @@ OWN_BUILD := pyproject.toml setup.py clients/python/pyproject.toml clients/pytho
 
 .PHONY: install export-env model serve test bench lock
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(VENV)/.stubs
 
 # a changed lock rebuilds the environment from scratch, so it holds exactly the lock
 $(VENV)/.installed: requirements/dev.lock $(OWN_BUILD)
@@ -23,6 +23,11 @@ $(VENV)/.installed: requirements/dev.lock $(OWN_BUILD)
 	$(BIN)/python -m pip install $(PIP_QUIET) pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install $(PIP_QUIET) --require-hashes --no-deps -r requirements/dev.lock
 	$(BIN)/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation -e clients/python -e .
+	touch $@
+
+# the generated stubs (certus.evaluate.v1) follow the .proto files without rebuilding the environment
+$(VENV)/.stubs: $(VENV)/.installed $(wildcard proto/certus/evaluate/v1/*.proto)
+	$(BIN)/python -m pip install $(PIP_QUIET) --no-deps --no-build-isolation -e clients/python
 	touch $@
 
 export-env: $(TOOLS)/.installed

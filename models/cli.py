@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--out", type=Path, default=None, help="output dir (default: model.model_dir from config)")
     export.add_argument("--force", action="store_true", help="re-export even when a matching export exists")
     export.set_defaults(func=_export)
+    from certus.models import train_verifier
+
+    train_verifier.register(sub)
 
 
 def _export(args: argparse.Namespace) -> int:

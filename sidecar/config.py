@@ -75,12 +75,10 @@ class BatcherConfig:
 @dataclass(frozen=True)
 class ScoringConfig:
     match_threshold: float = 0.7  # CERTUS_MATCH_THRESHOLD: CERT's default `matched` threshold
-    # A claim's support in a chunk = w * cosine + (1 - w) * grounding * numeric_consistency; the
-    # claim is supported when support >= the threshold. Chosen on the tuning half of HaluEval QA
-    # (test-half accuracy 0.863 vs 0.685 for 0.5/0.5 at 0.5; docs/cert-toolkit.md): sentence
-    # similarity alone rewards fluent hallucinations, term/number grounding does not.
-    claim_semantic_weight: float = 0.2  # CERTUS_CLAIM_SEMANTIC_WEIGHT
-    claim_support_threshold: float = 0.75  # CERTUS_CLAIM_SUPPORT_THRESHOLD
+    # A claim is supported when the verifier's P(supported) reaches this (certus.sidecar.verifier).
+    claim_support_threshold: float = 0.7  # CERTUS_CLAIM_SUPPORT_THRESHOLD; = the default manifest's faithfulness min
+    # Verifier weights (JSON written by `certus-sidecar models train-verifier`); empty = the shipped ones.
+    verifier_path: str = ""  # CERTUS_VERIFIER
 
 
 @dataclass(frozen=True)
@@ -220,7 +218,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_CACHE_ENTRIES": ("batcher", "cache_entries"),
     "CERTUS_MATCH_THRESHOLD": ("scoring", "match_threshold"),
     "CERTUS_CLAIM_SUPPORT_THRESHOLD": ("scoring", "claim_support_threshold"),
-    "CERTUS_CLAIM_SEMANTIC_WEIGHT": ("scoring", "claim_semantic_weight"),
+    "CERTUS_VERIFIER": ("scoring", "verifier_path"),
     "CERTUS_PII_NER": ("guardrails", "pii_ner"),
     "CERTUS_PII_PROCESS": ("guardrails", "pii_process"),
     "CERTUS_EVIDENCE_DIR": ("evidence", "log_dir"),

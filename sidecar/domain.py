@@ -73,6 +73,7 @@ class EvaluateInput:
     trace_id: str = ""
     parent_span_id: str = ""
     request_id: str = ""
+    reference: str = ""  # optional reference answer (context_recall)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,9 @@ class Claim:
     semantic: float
     grounding: float
     numeric: float
+    chunk_start: int = 0  # the supporting sentence's char offsets in the chunk (0, 0 when unsupported)
+    chunk_end: int = 0
+    reason: str = ""  # why an unsupported claim fails: number_contradicted, missing_entity, no_support
 
 
 @dataclass(frozen=True, slots=True)

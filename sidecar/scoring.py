@@ -7,13 +7,20 @@ Given the embeddings of a request's texts (from the batcher), computes with Numb
   numbers that the context confirms by value (a wrong figure is a factual error, see CERT's
   "$450 billion" vs "$89.5B" example);
 - ``numeric_consistency``: that second factor on its own;
-- ``confidence`` = 0.5 * semantic + 0.5 * grounding (CERT);
+- ``confidence`` = 0.5 * semantic + 0.5 * grounding (CERT, unchanged);
 - ``answer_relevancy``: cosine(query, response);
 - ``context_relevance``: mean cosine(query, chunk);
-- ``faithfulness``: the response split into sentences (claims); each claim's support against each chunk
-  is w * cosine + (1 - w) * grounding * numeric_consistency (w = ``claim_semantic_weight``, 0.2); a
-  claim is supported when its best chunk's support reaches ``claim_support_threshold`` (0.75);
-  faithfulness = supported / total.
+- ``faithfulness``: the response split into sentences (claims); the learned verifier
+  (``certus.sidecar.verifier``) gives each claim P(supported by the context); faithfulness is the
+  least-supported claim's probability. A claim is supported when its probability reaches
+  ``claim_support_threshold`` (0.7); it then names its chunk and the sentence of that chunk that
+  carries it, otherwise the reason it fails (a number contradicted, a missing entity, no support);
+- ``question_fit`` (with a query): whether the answer sits where the context answers this question;
+- ``context_precision``: RAGAS's rank-aware precision, mean over the chunks that support a claim of
+  the share of supporting chunks ranked at or above them (1 = every supporting chunk first; 0 = no
+  chunk supports the answer);
+- ``context_recall`` (with a reference answer): share of the reference's sentences that the verifier
+  finds supported by the context.
 
 The response vector is the response's own embedding when it is one sentence, otherwise the
 length-weighted mean of its sentence embeddings (so long answers are not truncated at 256 tokens and
@@ -28,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from certus import kernels
+from certus.sidecar import verifier
 from certus.sidecar.cache import LruCache, text_key
 from certus.sidecar.config import ScoringConfig
 from certus.sidecar.domain import Claim, EvaluateInput, Scores
@@ -39,7 +47,21 @@ CONFIDENCE = "confidence"
 ANSWER_RELEVANCY = "answer_relevancy"
 CONTEXT_RELEVANCE = "context_relevance"
 FAITHFULNESS = "faithfulness"
-METRIC_NAMES = (SEMANTIC, GROUNDING, NUMERIC, CONFIDENCE, FAITHFULNESS, ANSWER_RELEVANCY, CONTEXT_RELEVANCE)
+QUESTION_FIT = "question_fit"
+CONTEXT_PRECISION = "context_precision"
+CONTEXT_RECALL = "context_recall"
+METRIC_NAMES = (
+    SEMANTIC,
+    GROUNDING,
+    NUMERIC,
+    CONFIDENCE,
+    FAITHFULNESS,
+    ANSWER_RELEVANCY,
+    CONTEXT_RELEVANCE,
+    QUESTION_FIT,
+    CONTEXT_PRECISION,
+    CONTEXT_RECALL,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +83,42 @@ class Layout:
     query: int
     claims: slice
     chunks: slice
+    reference_spans: np.ndarray  # int64[r, 2] char offsets in the reference (empty without one)
+    reference: slice
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimEvidence:
+    """The verifier's view of k sentences against m chunks."""
+
+    rows: np.ndarray  # float64[k, F] verifier features
+    probabilities: np.ndarray  # float64[k] P(supported)
+    reasons: list[str]  # why each would fail
+    best: np.ndarray  # int64[k] the chunk each rests on
+    cos: np.ndarray  # [k, m] clipped cosines
+    grounding: np.ndarray  # [k, m] term grounding
+    numeric: np.ndarray  # [k, m] numeric consistency
+    claim_f: Sequence["kernels.TextFeatures"]
+
+
+def context_precision(ev: ClaimEvidence, threshold: float) -> float:
+    """RAGAS's context precision with the verifier as judge: chunk k is relevant when it is the
+    chunk a supported claim rests on; mean of precision@k over the relevant ranks."""
+    m = ev.cos.shape[1]
+    relevant = np.zeros(m, dtype=bool)
+    relevant[ev.best[ev.probabilities >= threshold]] = True
+    if not relevant.any():
+        return 0.0
+    hits = np.cumsum(relevant)
+    ranks = np.arange(1, m + 1)
+    return float((hits / ranks)[relevant].mean())
+
+
+def sentence_spans(text: str) -> np.ndarray:
+    spans = kernels.split_sentences(text)
+    if len(spans) == 0:  # nothing but whitespace/punctuation: the whole text is one sentence
+        spans = np.array([[0, len(text)]], dtype=np.int64)
+    return spans
 
 
 def _clip(x: float) -> float:
@@ -68,8 +126,11 @@ def _clip(x: float) -> float:
 
 
 class Scorer:
-    def __init__(self, cfg: ScoringConfig, feature_cache_entries: int = 20_000) -> None:
+    def __init__(
+        self, cfg: ScoringConfig, feature_cache_entries: int = 20_000, model: verifier.Verifier | None = None
+    ) -> None:
         self.cfg = cfg
+        self.verifier = model or verifier.load_verifier(cfg.verifier_path)
         self._features: LruCache[kernels.TextFeatures] = LruCache(feature_cache_entries)
 
     def features(self, text: str) -> "kernels.TextFeatures":
@@ -82,13 +143,14 @@ class Scorer:
 
     # -- Evaluate ---------------------------------------------------------------------------------
     def layout(self, inp: EvaluateInput) -> Layout:
-        spans = kernels.split_sentences(inp.response)
-        if len(spans) == 0:  # nothing but whitespace/punctuation: the whole response is one claim
-            spans = np.array([[0, len(inp.response)]], dtype=np.int64)
+        spans = sentence_spans(inp.response)
         claims = [inp.response[s:e] for s, e in spans]
-        texts = [inp.query, *claims, *inp.context]
-        n_claims = len(claims)
-        return Layout(texts, spans, 0, slice(1, 1 + n_claims), slice(1 + n_claims, 1 + n_claims + len(inp.context)))
+        ref_spans = sentence_spans(inp.reference) if inp.reference else np.empty((0, 2), dtype=np.int64)
+        refs = [inp.reference[s:e] for s, e in ref_spans]
+        texts = [inp.query, *claims, *inp.context, *refs]
+        c0 = 1 + len(claims)
+        r0 = c0 + len(inp.context)
+        return Layout(texts, spans, 0, slice(1, c0), slice(c0, r0), ref_spans, slice(r0, r0 + len(refs)))
 
     def score(self, inp: EvaluateInput, layout: Layout, vecs: np.ndarray) -> Scores:
         q = vecs[layout.query]
@@ -117,45 +179,88 @@ class Scorer:
             values[CONFIDENCE] = 0.5 * semantic + 0.5 * grounding
             qc = kernels.cosine_matrix(q[None, :], chunk_vecs)[0]
             values[CONTEXT_RELEVANCE] = _clip(float(np.clip(qc, 0.0, 1.0).mean()))
-            claims = self._claims(inp.response, spans, claim_vecs, chunk_vecs, chunk_f)
-            values[FAITHFULNESS] = sum(c.supported for c in claims) / len(claims)
+            query_f = self.features(inp.query) if inp.query else None
+            ev = self.evidence(inp.response, spans, claim_vecs, inp.context, chunk_vecs, chunk_f, query_f)
+            claims = self._claims(inp.context, spans, ev, chunk_f)
+            values[FAITHFULNESS] = float(ev.probabilities.min())
+            values[CONTEXT_PRECISION] = context_precision(ev, self.cfg.claim_support_threshold)
+            if inp.query:
+                values[QUESTION_FIT] = self.verifier.question_fit(inp.query, inp.response, inp.context)
+            if inp.reference:
+                ref_spans = layout.reference_spans
+                ref_vecs = np.ascontiguousarray(vecs[layout.reference])
+                ref = self.evidence(inp.reference, ref_spans, ref_vecs, inp.context, chunk_vecs, chunk_f, query_f)
+                values[CONTEXT_RECALL] = float((ref.probabilities >= self.cfg.claim_support_threshold).mean())
         return Scores(values=values, claims=claims)
 
-    def _claims(
+    def evidence(
         self,
-        response: str,
+        text: str,
         spans: np.ndarray,
         claim_vecs: np.ndarray,
+        chunk_texts: Sequence[str],
         chunk_vecs: np.ndarray,
         chunk_f: Sequence["kernels.TextFeatures"],
-    ) -> tuple[Claim, ...]:
-        claim_f = [self.features(response[s:e]) for s, e in spans]
+        query_f: "kernels.TextFeatures | None",
+    ) -> ClaimEvidence:
+        """The verifier's view of the sentences ``spans`` of ``text`` against the chunks."""
+        sentences = [text[s:e] for s, e in spans]
+        claim_f = [self.features(c) for c in sentences]
         cos = np.clip(kernels.cosine_matrix(claim_vecs, chunk_vecs), 0.0, 1.0)
         a, b = kernels.pack_features(claim_f), kernels.pack_features(chunk_f)
         g = kernels.term_grounding_matrix(a.term_offsets, a.terms, b.term_offsets, b.terms)
         n = kernels.numeric_matrix(a.number_offsets, a.numbers, b.number_offsets, b.numbers)
-        w = self.cfg.claim_semantic_weight
-        support = w * cos + (1.0 - w) * g * n
-        best = support.argmax(axis=1)
+        q_terms = set(query_f.terms.tolist()) if query_f is not None else set()
+        extra: set[int] = set()
+        for c in chunk_texts:
+            u = verifier.unglued(c)
+            if u is not None:
+                extra.update(self.features(u).terms.tolist())
+        rows, reasons = verifier.claim_features(sentences, claim_f, chunk_f, q_terms, extra, cos, g, n)
+        probs = self.verifier.claim_probabilities(rows)
+        # the chunk a claim rests on: most of its terms and figures, then its meaning (CERT's weights)
+        best = (0.2 * cos + 0.8 * g * n).argmax(axis=1)
+        return ClaimEvidence(rows, probs, reasons, best, cos, g, n, claim_f)
+
+    def _claims(
+        self, context: Sequence[str], spans: np.ndarray, ev: ClaimEvidence, chunk_f: Sequence["kernels.TextFeatures"]
+    ) -> tuple[Claim, ...]:
         out = []
         thr = self.cfg.claim_support_threshold
         for i, (s, e) in enumerate(spans):
-            j = int(best[i])
-            sup = float(support[i, j])
-            ok = sup >= thr
+            j = int(ev.best[i])
+            p = float(ev.probabilities[i])
+            ok = p >= thr
+            cs, ce = self._support_span(context[j], ev.claim_f[i]) if ok else (0, 0)
             out.append(
                 Claim(
                     start=int(s),
                     end=int(e),
-                    support=sup,
+                    support=p,
                     supported=ok,
                     chunk_index=j if ok else -1,
-                    semantic=float(cos[i, j]),
-                    grounding=float(g[i, j]),
-                    numeric=float(n[i, j]),
+                    semantic=float(ev.cos[i, j]),
+                    grounding=float(ev.grounding[i, j]),
+                    numeric=float(ev.numeric[i, j]),
+                    chunk_start=cs,
+                    chunk_end=ce,
+                    reason="" if ok else ev.reasons[i],
                 )
             )
         return tuple(out)
+
+    def _support_span(self, chunk: str, claim_f: "kernels.TextFeatures") -> tuple[int, int]:
+        """Char offsets of the chunk sentence that shares most of the claim's terms and figures."""
+        spans = kernels.split_sentences(chunk)
+        if len(spans) <= 1:
+            return 0, len(chunk)
+        sent_f = [self.features(chunk[s:e]) for s, e in spans]
+        p = kernels.pack_features(sent_f)
+        c = kernels.pack_features([claim_f])
+        g = kernels.term_grounding_matrix(c.term_offsets, c.terms, p.term_offsets, p.terms)[0]
+        n = kernels.numeric_matrix(c.number_offsets, c.numbers, p.number_offsets, p.numbers)[0]
+        k = int((g * n).argmax())
+        return int(spans[k, 0]), int(spans[k, 1])
 
     # -- Measure (CERT) ---------------------------------------------------------------------------
     def measure(self, text1: str, text2: str, v1: np.ndarray, v2: np.ndarray, threshold: float | None) -> MeasureResult:

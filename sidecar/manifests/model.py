@@ -31,6 +31,9 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "faithfulness",
         "answer_relevancy",
         "context_relevance",
+        "question_fit",
+        "context_precision",
+        "context_recall",
     }
 )
 

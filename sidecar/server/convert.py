@@ -55,6 +55,7 @@ def evaluate_input_from_pb(req: "pb.EvaluateRequest") -> EvaluateInput:
     v.check_text(req.query, "query", v.LIMITS.query_max, violations)
     v.check_text(req.response, "response", v.LIMITS.response_max, violations)
     v.check_context(req.context, violations)
+    v.check_text(req.reference, "reference", v.LIMITS.response_max, violations, required=False)
     v.check_manifest_uri(req.manifest_uri, violations)
     timeout = req.timeout_ms if req.HasField("timeout_ms") else None
     v.check_timeout(timeout, violations)
@@ -75,6 +76,7 @@ def evaluate_input_from_pb(req: "pb.EvaluateRequest") -> EvaluateInput:
         trace_id=req.trace_id,
         parent_span_id=req.parent_span_id,
         request_id=req.request_id,
+        reference=req.reference,
     )
 
 
@@ -124,6 +126,9 @@ def claim_to_pb(c: Claim) -> "pb.Claim":
         semantic=c.semantic,
         grounding=c.grounding,
         numeric=c.numeric,
+        chunk_start=c.chunk_start,
+        chunk_end=c.chunk_end,
+        reason=c.reason,
     )
 
 

@@ -20,6 +20,7 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from certus.sidecar.manifests.model import METRIC_NAMES as _NAMES
     from certus.sidecar.toolkit.presets import PRESETS
+    from certus.sidecar.toolkit.validate import DATASETS
 
     CONFIDENCE, METRIC_NAMES = "confidence", sorted(_NAMES)
 
@@ -49,13 +50,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(func=_calibrate)
 
-    v = sub.add_parser("validate", help="CERT's validation (SQuAD v2, HaluEval) with the sidecar's scoring")
+    v = sub.add_parser(
+        "validate",
+        help="CERT's validation (SQuAD v2, HaluEval) with the sidecar's scoring, and the held-out parts of the "
+        "verifier's data (HaluEval dialogue/summarization test parts, SQuAD articles it was not fit on)",
+    )
     v.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help=f"shared data directory (default {DEFAULT_DATA_DIR})")
     v.add_argument(
         "--dataset",
         action="append",
-        choices=("squad_v2", "halueval", "squad_v2_other_passage"),
-        help="repeatable; default squad_v2 and halueval (squad_v2_other_passage: a contrast set, see docs)",
+        choices=DATASETS,
+        help="repeatable; default all but squad_v2_other_passage (a contrast set, see docs/cert-toolkit.md)",
     )
     v.add_argument("--limit", type=int, help="first N questions / rows of each dataset (quick runs)")
     v.add_argument("--output", "-o", help="write the validation JSON here")
@@ -166,7 +171,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from certus.sidecar.toolkit.calibrate import write_json
-    from certus.sidecar.toolkit.validate import run_validation
+    from certus.sidecar.toolkit.validate import DEFAULT_DATASETS, run_validation
 
     cfg = _setup(args)
     if args.limit is not None and args.limit < 1:
@@ -175,7 +180,7 @@ def _validate(args: argparse.Namespace) -> int:
         result = run_validation(
             args.data_dir,
             cfg=cfg,
-            datasets=tuple(args.dataset or ("squad_v2", "halueval")),
+            datasets=tuple(args.dataset or DEFAULT_DATASETS),
             limit=args.limit,
             show_progress=not args.no_progress,
         )

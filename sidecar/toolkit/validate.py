@@ -30,7 +30,9 @@ HaluEval row with its two answers) is in the tune half when the first byte of
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,10 +46,32 @@ from certus.sidecar.toolkit import roc
 from certus.sidecar.toolkit.engine import OfflineScorer
 from certus.sidecar.toolkit.progress import Progress
 
-REPORTED_METRICS = ("confidence", "faithfulness", "semantic_similarity", "grounding", "answer_relevancy")
+REPORTED_METRICS = (
+    "confidence",
+    "faithfulness",
+    "question_fit",
+    "context_precision",
+    "semantic_similarity",
+    "grounding",
+    "answer_relevancy",
+)
+# Baselines measured in the same run, next to the metrics:
+# - faithfulness_v0: the faithfulness formula before the learned verifier (share of claims whose best
+#   chunk gives 0.2 * cosine + 0.8 * grounding * numeric >= 0.75), from the same claims;
+# - token_overlap: share of the answer's lower-cased content words (stop words out) found in the context;
+# - shorter_answer: minus the answer's word count (HaluEval's hallucinated answers run longer).
+BASELINES = ("faithfulness_v0", "token_overlap", "shorter_answer")
 CERT_CLAIM = {"dataset": "SQuAD v2", "roc_auc": 0.961, "accuracy": 0.953, "threshold": 0.46, "separation_sigma": 0.247}
 VALIDATION_FORMAT = "certus.validation/v1"
-DATASETS = ("squad_v2", "halueval", "squad_v2_other_passage")
+DATASETS = (
+    "squad_v2",
+    "halueval",
+    "halueval_dialogue",
+    "halueval_summarization",
+    "squad_v2_heldout",
+    "squad_v2_other_passage",
+)
+DEFAULT_DATASETS = DATASETS[:5]
 
 
 @dataclass(frozen=True)
@@ -187,7 +211,167 @@ def squad_other_passage_examples(path: str | Path, limit: int | None = None) -> 
     return out
 
 
-def halueval_examples(path: str | Path, limit: int | None = None) -> list[Example]:
+# -- the verifier's parts ---------------------------------------------------------------------------
+# The learned verifier (certus.sidecar.verifier) is fit on "train", selected on "val", and reported on
+# "test" only: HaluEval qa_train.jsonl rows are train/val (80/20), qa_dev.jsonl is all test; dialogue
+# and summarization rows are 60/20/20; SQuAD's "Normans" article is train, every other article test.
+# A row's part is a function of its own key, so it never depends on file order.
+VERIFIER_SALT = "certus-verifier-v1"
+SQUAD_TRAIN_ARTICLES = frozenset({"Normans"})
+CHUNK_CHARS = 1200
+
+
+def part_of(key: str, train: float, val: float) -> str:
+    x = hashlib.sha256(f"{VERIFIER_SALT}:{key}".encode()).digest()[0] / 256.0
+    return "train" if x < train else "val" if x < train + val else "test"
+
+
+def context_of(passage: str) -> tuple[str, ...]:
+    """A passage as a retriever would hand it over: chunks of at most ~CHUNK_CHARS characters cut
+    at sentence ends (a passage that fits is one chunk)."""
+    if len(passage) <= CHUNK_CHARS:
+        return (passage,)
+    from certus import kernels
+
+    chunks: list[str] = []
+    start = end = 0
+    for s, e in kernels.split_sentences(passage):
+        if e - start > CHUNK_CHARS and end > start:
+            chunks.append(passage[start:end].strip())
+            start = s
+        end = e
+    if end > start:
+        chunks.append(passage[start:end].strip())
+    return tuple(c for c in chunks if c) or (passage[:CHUNK_CHARS],)
+
+
+def halueval_dialogue_examples(path: str | Path, part: str | None = "test") -> list[Example]:
+    out: list[Example] = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            key = "dialogue:" + hashlib.sha256(r["dialogue_history"].encode()).hexdigest()[:16]
+            if part is not None and part_of(key, 0.6, 0.2) != part:
+                continue
+            q, k = r["dialogue_history"], r["knowledge"]
+            out.append(Example(key, q, r["right_response"], k, 1, "right"))
+            out.append(Example(key, q, r["hallucinated_response"], k, 0, "hallucinated"))
+    return out
+
+
+def halueval_summarization_examples(path: str | Path, part: str | None = "test") -> list[Example]:
+    out: list[Example] = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            key = "summarization:" + hashlib.sha256(r["document"].encode()).hexdigest()[:16]
+            if part is not None and part_of(key, 0.6, 0.2) != part:
+                continue
+            out.append(Example(key, "", r["right_summary"], r["document"], 1, "right"))
+            out.append(Example(key, "", r["hallucinated_summary"], r["document"], 0, "hallucinated"))
+    return out
+
+
+def halueval_train_examples(path: str | Path, part: str) -> list[Example]:
+    """qa_train.jsonl rows of one part (train / val)."""
+    out = []
+    for e in halueval_examples(path, key_prefix="qa_train"):
+        if part_of(e.key, 0.8, 0.2) == part:
+            out.append(e)
+    return out
+
+
+def squad_article_examples(path: str | Path, train: bool) -> list[Example]:
+    """``squad_examples`` of the training article(s) (train=True) or of every other one."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    ids = {
+        q["id"]
+        for a in data["data"]
+        if (a["title"] in SQUAD_TRAIN_ARTICLES) == train
+        for p in a["paragraphs"]
+        for q in p["qas"]
+    }
+    return [e for e in squad_examples(path) if e.key in ids]
+
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_CAPITAL = re.compile(r"(?<=\s)[A-Z][a-z]{2,}")
+
+
+def _changed_number(m: re.Match[str]) -> str:
+    digits = m.group(0).replace(",", "")
+    value = float(digits)
+    new = value * 3 + 7 if value < 1000 or value > 2100 else value + 13  # years move by 13
+    return f"{new:g}" if "." in digits else str(int(new))
+
+
+def synthetic_examples(sources: list[Example], seed: int, per_kind: int | None = None) -> list[Example]:
+    """FactCC-style edits of the sources' own passages, one sentence per answer (label 1 = supported):
+
+    - ``copied``: a sentence of the passage, verbatim (supported, however long);
+    - ``other_passage``: a sentence of another source's passage (fluent, on no evidence);
+    - ``number_changed``: a sentence of the passage with one figure changed;
+    - ``entity_swapped``: a sentence of the passage with one capitalised word replaced by a
+      capitalised word of another passage.
+
+    The query is the source's own. Built from whichever part the sources come from, so the
+    verifier trains on edits of training passages and is reported on edits of held-out ones."""
+    from certus import kernels
+
+    rng = np.random.default_rng(seed)
+    passages = sorted({e.passage for e in sources})
+    queries = {}
+    for e in sources:
+        queries.setdefault(e.passage, e.query)
+    sentences = []
+    for p in passages:
+        sents = [p[s:t].strip() for s, t in kernels.split_sentences(p)]
+        sentences.append([x for x in sents if 3 <= len(x.split()) <= 60])
+    capitals = sorted({w for p in passages for w in _CAPITAL.findall(p)})
+    out: list[Example] = []
+    order = rng.permutation(len(passages))
+    counts = {"copied": 0, "other_passage": 0, "number_changed": 0, "entity_swapped": 0}
+    limit = per_kind if per_kind is not None else len(passages)
+    for i in order:
+        p, sents = passages[i], sentences[i]
+        if not sents:
+            continue
+        key = "synthetic:" + hashlib.sha256(p.encode()).hexdigest()[:16]
+        q = queries[p]
+        s = sents[int(rng.integers(len(sents)))]
+        if counts["copied"] < limit:
+            out.append(Example(key, q, s, p, 1, "copied"))
+            counts["copied"] += 1
+        other = sentences[int(order[(int(np.where(order == i)[0][0]) + 1) % len(order)])]
+        if other and counts["other_passage"] < limit:
+            cand = other[int(rng.integers(len(other)))]
+            if cand.lower() not in p.lower():
+                out.append(Example(key, q, cand, p, 0, "other_passage"))
+                counts["other_passage"] += 1
+        with_number = [x for x in sents if _NUMBER.search(x)]
+        if with_number and counts["number_changed"] < limit:
+            x = with_number[int(rng.integers(len(with_number)))]
+            edited = _NUMBER.sub(_changed_number, x, count=1)
+            if edited != x:
+                out.append(Example(key, q, edited, p, 0, "number_changed"))
+                counts["number_changed"] += 1
+        with_cap = [x for x in sents if _CAPITAL.search(x)]
+        foreign = [c for c in capitals if c.lower() not in p.lower()]
+        if with_cap and foreign and counts["entity_swapped"] < limit:
+            x = with_cap[int(rng.integers(len(with_cap)))]
+            names = _CAPITAL.findall(x)
+            old = names[int(rng.integers(len(names)))]
+            new = foreign[int(rng.integers(len(foreign)))]
+            out.append(Example(key, q, x.replace(old, new, 1), p, 0, "entity_swapped"))
+            counts["entity_swapped"] += 1
+    return out
+
+
+def halueval_examples(path: str | Path, limit: int | None = None, key_prefix: str = "halueval") -> list[Example]:
     out: list[Example] = []
     with Path(path).open(encoding="utf-8") as f:
         for row_no, line in enumerate(f):
@@ -196,7 +380,7 @@ def halueval_examples(path: str | Path, limit: int | None = None) -> list[Exampl
             if not line.strip():
                 continue
             r = json.loads(line)
-            key = f"halueval:{row_no}"
+            key = f"{key_prefix}:{row_no}"
             out.append(Example(key, r["question"], r["right_answer"], r["knowledge"], 1, "right"))
             out.append(Example(key, r["question"], r["hallucinated_answer"], r["knowledge"], 0, "hallucinated"))
     return out
@@ -225,12 +409,38 @@ def metric_report(name: str, scores: np.ndarray, labels: np.ndarray, tune: np.nd
     )
 
 
-async def score_examples(engine: OfflineScorer, examples: list[Example], progress: Progress | None = None) -> dict[str, np.ndarray]:
+def _overlap(answer: str, context: tuple[str, ...]) -> float:
+    from certus.kernels import STOP_WORDS
+
+    words = [w for w in re.findall(r"\w+", answer.lower()) if w not in STOP_WORDS]
+    if not words:
+        return 0.0
+    ctx = set(re.findall(r"\w+", " ".join(context).lower()))
+    return sum(w in ctx for w in words) / len(words)
+
+
+def _faithfulness_v0(claims: tuple[Any, ...]) -> float:
+    return sum(0.2 * c.semantic + 0.8 * c.grounding * c.numeric >= 0.75 for c in claims) / max(1, len(claims))
+
+
+async def score_examples(
+    engine: OfflineScorer, examples: list[Example], progress: Progress | None = None
+) -> dict[str, np.ndarray]:
+    """Every reported metric and baseline that all examples have (question_fit needs a query)."""
     inputs = [
-        EvaluateInput(workspace_id="validate", query=e.query, response=e.answer, context=(e.passage,)) for e in examples
+        EvaluateInput(workspace_id="validate", query=e.query, response=e.answer, context=context_of(e.passage))
+        for e in examples
     ]
     scores = await engine.score_many(inputs, on_done=progress.advance if progress else None)
-    return {m: np.array([s.values[m] for s in scores], dtype=np.float64) for m in REPORTED_METRICS}
+    out = {
+        m: np.array([s.values[m] for s in scores], dtype=np.float64)
+        for m in REPORTED_METRICS
+        if all(m in s.values for s in scores)
+    }
+    out["faithfulness_v0"] = np.array([_faithfulness_v0(s.claims) for s in scores])
+    out["token_overlap"] = np.array([_overlap(i.response, i.context) for i in inputs])
+    out["shorter_answer"] = np.array([-float(len(i.response.split())) for i in inputs])
+    return out
 
 
 def dataset_report(name: str, source: Path, examples: list[Example], values: dict[str, np.ndarray]) -> DatasetReport:
@@ -249,8 +459,26 @@ def dataset_report(name: str, source: Path, examples: list[Example], values: dic
         negatives_by_kind=kinds,
         tune_examples=int(tune.sum()),
         test_examples=int((~tune).sum()),
-        metrics=[metric_report(m, values[m], labels, tune) for m in REPORTED_METRICS],
+        metrics=[metric_report(m, values[m], labels, tune) for m in (*REPORTED_METRICS, *BASELINES) if m in values],
     )
+
+
+# name -> (file under the data dir, loader(path, limit)); the held-out parts of the verifier's data
+LOADERS: dict[str, tuple[str, Any]] = {
+    "squad_v2": ("squad_v2/dev_subset.json", squad_examples),
+    "squad_v2_other_passage": ("squad_v2/dev_subset.json", squad_other_passage_examples),
+    "squad_v2_heldout": ("squad_v2/dev_subset.json", lambda p, limit: squad_article_examples(p, False)[: _n(limit)]),
+    "halueval": ("halueval/qa_dev.jsonl", halueval_examples),
+    "halueval_dialogue": ("halueval/dialogue_dev.jsonl", lambda p, limit: halueval_dialogue_examples(p)[: _n(limit)]),
+    "halueval_summarization": (
+        "halueval/summarization_dev.jsonl",
+        lambda p, limit: halueval_summarization_examples(p)[: _n(limit)],
+    ),
+}
+
+
+def _n(limit: int | None) -> int | None:
+    return None if limit is None else 2 * limit
 
 
 @dataclass(frozen=True)
@@ -297,7 +525,7 @@ def run_validation(
     data_dir: str | Path,
     *,
     cfg: Config,
-    datasets: tuple[str, ...] = ("squad_v2", "halueval"),
+    datasets: tuple[str, ...] = DEFAULT_DATASETS,
     limit: int | None = None,
     encoder: Any = None,
     show_progress: bool = False,
@@ -306,17 +534,10 @@ def run_validation(
     root = Path(data_dir)
     wanted: list[tuple[str, Path, list[Example]]] = []
     for name in datasets:
-        if name == "squad_v2":
-            src = root / "squad_v2" / "dev_subset.json"
-            loader = squad_examples
-        elif name == "squad_v2_other_passage":
-            src = root / "squad_v2" / "dev_subset.json"
-            loader = squad_other_passage_examples
-        elif name == "halueval":
-            src = root / "halueval" / "qa_dev.jsonl"
-            loader = halueval_examples
-        else:
+        if name not in LOADERS:
             raise ValueError(f"unknown dataset {name!r} ({', '.join(DATASETS)})")
+        rel, loader = LOADERS[name]
+        src = root / rel
         if not src.is_file():
             raise FileNotFoundError(f"{src}: validation data not found (see ../shared/data/README.md)")
         wanted.append((name, src, loader(src, limit)))

@@ -51,8 +51,20 @@ def test_evaluate_scores_signs_and_answers(sidecar) -> None:
     assert len(resp.claims) == 1
     assert resp.claims[0].supported and resp.claims[0].chunk_index == 0
     assert resp.claims[0].start == 0 and resp.claims[0].end == len(request().response)
-    assert names["faithfulness"].value == 1.0
+    assert names["faithfulness"].value == pytest.approx(resp.claims[0].support)
+    assert names["faithfulness"].value >= 0.5
+    assert (resp.claims[0].chunk_start, resp.claims[0].chunk_end) == (0, len(CONTEXT[0]))
+    assert resp.claims[0].reason == ""
     assert names["grounding"].value > 0.8
+    assert "question_fit" in names and "context_precision" in names and "context_recall" not in names
+
+
+def test_a_reference_answer_adds_context_recall(sidecar) -> None:
+    resp = sidecar.stub.Evaluate(
+        request(reference="The Normans gave their name to Normandy. They descended from Norse raiders."), timeout=60
+    )
+    names = {m.name: m.value for m in resp.metrics}
+    assert names["context_recall"] == 1.0
 
 
 def test_unfaithful_answer_scores_low(sidecar) -> None:
@@ -60,8 +72,9 @@ def test_unfaithful_answer_scores_low(sidecar) -> None:
         request(response="The Normans came from Portugal in 1492. They invented the printing press."), timeout=60
     )
     names = {m.name: m.value for m in resp.metrics}
-    assert names["faithfulness"] == 0.0
+    assert names["faithfulness"] < 0.5
     assert all(not c.supported and c.chunk_index == -1 for c in resp.claims)
+    assert [c.reason for c in resp.claims] == ["number_contradicted", "no_support"]  # 1492 is not in the context
     assert len(resp.claims) == 2
 
 
@@ -107,6 +120,7 @@ LIMIT_CASES = [
     ("response", dict(response="r" * 50_001)),
     ("context", dict(context=["c"] * 51)),
     ("context[2]", dict(context=["a", "b", "c" * 10_001])),
+    ("reference", dict(reference="r" * 50_001)),
     ("manifest_uri", dict(manifest_uri="https://example.com/manifest")),
     ("timeout_ms", dict(timeout_ms=99)),
     ("timeout_ms", dict(timeout_ms=30_001)),

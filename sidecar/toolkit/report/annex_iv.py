@@ -39,10 +39,14 @@ METRIC_DEFINITIONS = {
     "grounding": "share of the response's content terms found in the context, times numeric_consistency",
     "numeric_consistency": "share of the response's numbers that the context confirms by value",
     "confidence": "0.5 × semantic_similarity + 0.5 × grounding (CERT's combined score)",
-    "faithfulness": "share of response sentences (claims) whose best context chunk supports them "
-    "(support = 0.5 × cosine + 0.5 × grounding × numeric consistency ≥ claim threshold)",
+    "faithfulness": "probability that the least supported response sentence (claim) is supported by the context, "
+    "from a small monotone perceptron over term, entity, number and embedding evidence (models/verifier.json)",
     "answer_relevancy": "cosine similarity between the query and the response",
+    "question_fit": "probability that the answer sits where the context answers this question "
+    "(question overlap around the located answer, expected answer type)",
     "context_relevance": "mean cosine similarity between the query and the context chunks",
+    "context_precision": "rank-aware precision of the chunks that supported claims rest on (RAGAS definition)",
+    "context_recall": "share of the reference answer's sentences supported by the context",
 }
 
 

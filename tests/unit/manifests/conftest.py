@@ -31,7 +31,7 @@ VALID: dict[str, Any] = {
 
 
 def doc(**changes: Any) -> dict[str, Any]:
-    """A valid document (seed example, minus its unknown metric), with top-level changes."""
+    """A valid document (the seed's example, without its context_precision threshold), with top-level changes."""
     d = copy.deepcopy(VALID)
     d.update(changes)
     return d

@@ -21,7 +21,7 @@ from certus.sidecar.manifests import (
     seed_guardrail_defaults,
 )
 
-from .conftest import VALID, doc  # the seed's example manifest, minus its unknown metric
+from .conftest import VALID, doc  # the seed's example manifest, without its context_precision threshold
 
 SRC = "acme/2025-01.json"
 
@@ -56,6 +56,14 @@ def test_valid_seed_example_parses_with_seed_defaults() -> None:
     assert (m.min_overall_score, m.timeout_ms, m.log_full_content) == (0.7, 2000, False)
     assert m.source == SRC and m.digest.startswith("sha256:") and len(m.digest) == 71
     assert m.created_at is None and m.signer_key_id is None
+
+
+def test_the_seed_example_whole_with_context_precision_is_accepted() -> None:
+    d = doc(thresholds={**VALID["thresholds"], "context_precision": {"min_score": 0.5, "weight": 1.0, "required": False}})
+    m = parse(d)
+    assert m.thresholds["context_precision"] == ThresholdConfig(min_score=0.5, max_score=None, weight=1.0, required=False)
+    for name in ("context_recall", "question_fit"):
+        assert name in parse(doc(thresholds={name: {"min_score": 0.5}})).thresholds
 
 
 def test_omitted_fields_take_seed_and_configured_defaults() -> None:
@@ -114,10 +122,11 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("threshold not object", doc(thresholds={"faithfulness": 0.7}), "thresholds.faithfulness", "must be an object, got a number"),
     (
         "unknown metric",
-        doc(thresholds={"context_precision": {"min_score": 0.5}}),
-        "thresholds.context_precision",
-        "unknown metric 'context_precision'; known metrics: answer_relevancy, confidence, context_relevance, "
-        "faithfulness, grounding, numeric_consistency, semantic_similarity",
+        doc(thresholds={"context_entropy": {"min_score": 0.5}}),
+        "thresholds.context_entropy",
+        "unknown metric 'context_entropy'; known metrics: answer_relevancy, confidence, context_precision, "
+        "context_recall, context_relevance, faithfulness, grounding, numeric_consistency, question_fit, "
+        "semantic_similarity",
     ),
     ("manifest_id", doc(manifest_id="acme"), "manifest_id", "must match ^manifest_[a-zA-Z0-9_-]+$"),
     ("manifest_id newline", doc(manifest_id="manifest_a\n"), "manifest_id", "must match ^manifest_[a-zA-Z0-9_-]+$"),

@@ -12,10 +12,13 @@ from certus.sidecar.domain import EvaluateInput
 from certus.sidecar.scoring import (
     ANSWER_RELEVANCY,
     CONFIDENCE,
+    CONTEXT_PRECISION,
+    CONTEXT_RECALL,
     CONTEXT_RELEVANCE,
     FAITHFULNESS,
     GROUNDING,
     NUMERIC,
+    QUESTION_FIT,
     SEMANTIC,
     Scorer,
 )
@@ -63,21 +66,93 @@ def test_seed_example_faithful_paraphrase_is_matched(encoder: Any) -> None:
     assert scorer.measure(t1, t2, v[0], v[1], 0.99).matched is False  # threshold is honoured
 
 
-def test_faithful_answer_has_every_claim_supported_by_the_right_chunk(encoder: Any) -> None:
+def test_faithful_answer_has_every_claim_supported_by_the_right_chunk_and_sentence(encoder: Any) -> None:
     s, _ = score(encoder, "Apple's Q4 revenue was $89.5 billion. Services reached a record $22.3 billion.")
-    assert s.values[FAITHFULNESS] == 1.0
+    assert all(c.supported and c.reason == "" for c in s.claims)
+    assert s.values[FAITHFULNESS] == pytest.approx(min(c.support for c in s.claims))
+    assert s.values[FAITHFULNESS] >= ScoringConfig().claim_support_threshold
     assert [c.chunk_index for c in s.claims] == [0, 1]
+    # each chunk is one sentence here, so the supporting span is the whole chunk
+    assert [(c.chunk_start, c.chunk_end) for c in s.claims] == [(0, len(CTX[0])), (0, len(CTX[1]))]
     assert all(c.numeric == 1.0 for c in s.claims)
     assert s.values[NUMERIC] == 1.0
 
 
-def test_one_wrong_figure_fails_one_claim(encoder: Any) -> None:
+def test_supporting_span_is_the_sentence_of_the_chunk_that_carries_the_claim(encoder: Any) -> None:
+    chunk = "Apple is based in Cupertino. " + CTX[1] + " The iPhone sold well."
+    s, _ = score(encoder, "Services reached a record $22.3 billion.", context=(chunk,))
+    c = s.claims[0]
+    assert c.supported and c.chunk_index == 0
+    assert chunk[c.chunk_start : c.chunk_end] == CTX[1]
+
+
+def test_one_wrong_figure_fails_its_claim_and_says_why(encoder: Any) -> None:
     s, _ = score(encoder, "Apple's Q4 revenue was $89.5 billion. Services reached a record $31 billion.")
-    assert s.values[FAITHFULNESS] == 0.5
     assert s.claims[0].supported and not s.claims[1].supported
-    assert s.claims[1].chunk_index == -1 and s.claims[1].numeric == 0.0
+    assert s.claims[1].reason == "number_contradicted"
+    assert s.claims[1].chunk_index == -1 and (s.claims[1].chunk_start, s.claims[1].chunk_end) == (0, 0)
+    assert s.values[FAITHFULNESS] == pytest.approx(s.claims[1].support)
+    assert s.values[FAITHFULNESS] < ScoringConfig().claim_support_threshold
     assert s.values[NUMERIC] == 0.5  # one of the response's two numbers is confirmed
     assert s.values[CONFIDENCE] == pytest.approx(0.5 * s.values[SEMANTIC] + 0.5 * s.values[GROUNDING])
+
+
+def test_invented_name_fails_as_a_missing_entity(encoder: Any) -> None:
+    s, _ = score(encoder, "Apple's Q4 revenue was $89.5 billion. Services were run by Tim Cook from Cupertino.")
+    assert s.claims[0].supported
+    assert not s.claims[1].supported and s.claims[1].reason == "missing_entity"
+
+
+@pytest.mark.parametrize("claim", ["The weather was nice.", "Bananas are a good source of potassium and fibre."])
+def test_an_off_topic_claim_is_not_supported(encoder: Any, claim: str) -> None:
+    s, _ = score(encoder, "Apple's Q4 revenue was $89.5 billion. " + claim)
+    assert s.claims[0].supported
+    assert not s.claims[1].supported and s.claims[1].reason == "no_support"
+    assert s.values[FAITHFULNESS] < ScoringConfig().claim_support_threshold
+
+
+def test_context_precision_ranks_the_supporting_chunks(encoder: Any) -> None:
+    noise = "The cafeteria menu changes every Tuesday."
+    response = "Services reached a record $22.3 billion."
+    first, _ = score(encoder, response, context=(CTX[1], noise, noise + " Really."))
+    second, _ = score(encoder, response, context=(noise, CTX[1], noise + " Really."))
+    third, _ = score(encoder, response, context=(noise, noise + " Really.", CTX[1]))
+    assert first.values[CONTEXT_PRECISION] == 1.0
+    assert second.values[CONTEXT_PRECISION] == pytest.approx(1 / 2)
+    assert third.values[CONTEXT_PRECISION] == pytest.approx(1 / 3)
+    both, _ = score(encoder, "Apple's Q4 revenue was $89.5 billion. Services reached a record $22.3 billion.",
+                    context=(CTX[0], noise, CTX[1]))
+    assert both.values[CONTEXT_PRECISION] == pytest.approx((1 / 1 + 2 / 3) / 2)
+    none, _ = score(encoder, "The weather was nice.", context=(noise,))
+    assert none.values[CONTEXT_PRECISION] == 0.0
+
+
+def test_context_recall_is_the_share_of_reference_sentences_the_context_supports(encoder: Any) -> None:
+    scorer = Scorer(ScoringConfig())
+
+    def recall(reference: str) -> float:
+        inp = EvaluateInput("w", "How did Apple do?", "Apple did well.", CTX, reference=reference)
+        layout = scorer.layout(inp)
+        assert layout.texts[layout.reference] == [reference[a:b] for a, b in layout.reference_spans]
+        return scorer.score(inp, layout, encoder.encode(layout.texts)).values[CONTEXT_RECALL]
+
+    assert recall("Apple's Q4 revenue was $89.5 billion. Services reached a record $22.3 billion.") == 1.0
+    assert recall("Apple's Q4 revenue was $89.5 billion. Bananas are a good source of potassium and fibre.") == 0.5
+    s, _ = score(encoder, "Apple did well.")
+    assert CONTEXT_RECALL not in s.values  # only with a reference
+
+
+def test_question_fit_needs_a_query_and_prefers_the_answer_to_this_question(encoder: Any) -> None:
+    passage = (
+        "The Normans were descended from Norse raiders. They settled in Normandy in the 10th century. "
+        "Their leader Rollo swore fealty to King Charles III of West Francia in 911."
+    )
+    q = "In what year did Rollo swear fealty to the king?"
+    right, _ = score(encoder, "911", context=(passage,), query=q)
+    wrong, _ = score(encoder, "Norse raiders", context=(passage,), query=q)
+    assert right.values[QUESTION_FIT] > wrong.values[QUESTION_FIT]
+    s, _ = score(encoder, "911", context=(passage,), query="")
+    assert QUESTION_FIT not in s.values
 
 
 def test_multi_sentence_response_vector_is_the_weighted_mean_of_claims(encoder: Any) -> None:

@@ -1,0 +1,364 @@
+"""Verification stage: the learned claim verifier (``faithfulness``) and ``question_fit``.
+
+Both are small models over features the scoring stage already has (term hashes, number tables and
+the MiniLM sentence vectors of the claims, chunks and query), so they add no encoder work. The
+weights are trained by ``certus.models.train_verifier`` from ``../shared/data`` (fixed seed, data
+hashes recorded in the weights file) and ship in ``certus/models/verifier.json``.
+
+Claim features (one row per response sentence, :data:`CLAIM_FEATURES`), over the whole context:
+
+- term support: share of the claim's content terms found in the context, in its best chunk, and
+  the same share over its *novel* terms (those not already in the query), counts of unsupported
+  novel terms;
+- entities: capitalised words of the claim (not sentence-initial) missing from both context and
+  query;
+- numbers: CERT's numeric consistency of the claim's figures against the context;
+- vectors: best claim-chunk cosine.
+
+A two-layer perceptron maps a row to P(supported). The response's ``faithfulness`` is the least
+supported claim's probability (the model was trained so: a response is faithful only when every
+claim is), so one invented sentence fails a long answer.
+
+``question_fit`` (logistic regression) asks whether the answer sits where the context answers *this*
+question: it locates the context sentence that carries the answer's terms, and compares how much of
+the question that sentence (and the words around the answer) shares with the best question-matching
+sentence, plus whether the question's expected answer type (a number, a date, a name) fits.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Sequence
+
+import numpy as np
+
+from certus import kernels
+
+CLAIM_FEATURES = (
+    "term_support",
+    "term_support_best_chunk",
+    "novel_support",
+    "log_unsupported_novel",
+    "log_novel",
+    "novel_share",
+    "log_missing_entities",
+    "entity_support",
+    "numeric_all",
+    "numeric_best_chunk",
+    "cos_best_chunk",
+)
+# The trained model is monotone in these (1: more means more support; -1: less), see train_verifier.
+# Every feature is constrained. Left free, the query features and novel_share learned HaluEval's
+# artefacts (right answers are short and far from the question) and called an off-topic "The
+# weather was nice." supported; that bought 2-3 AUC points on HaluEval and is not what the metric
+# means (docs/cert-toolkit.md, "Why every feature is monotone").
+MONOTONE = {
+    "term_support": 1,
+    "term_support_best_chunk": 1,
+    "novel_support": 1,
+    "log_unsupported_novel": -1,
+    "log_missing_entities": -1,
+    "entity_support": 1,
+    "numeric_all": 1,
+    "numeric_best_chunk": 1,
+    "cos_best_chunk": 1,
+    "log_novel": -1,  # each new term is one more chance to be wrong: new content never raises support
+    "novel_share": -1,  # restating the question is not a hallucination
+}
+QUESTION_FEATURES = (
+    "answer_located",
+    "question_overlap_answer_sentence",
+    "question_overlap_gap",
+    "question_near_answer",
+    "log_distance_to_question",
+    "answer_repeats_question",
+    "type_match",
+    "type_mismatch",
+)
+
+REASON_NONE = ""
+REASON_NUMBER = "number_contradicted"
+REASON_ENTITY = "missing_entity"
+REASON_NO_SUPPORT = "no_support"
+
+_CAPITALISED = re.compile(r"(?<!^)(?<![.!?]\s)\b([A-Z][\w'\-]*)")
+_WORD = re.compile(r"[^\W_]+")
+# Knowledge glued from records ("Downey Jr.Robert Downey", "A Walk to RememberA Walk"): a capital
+# right after a lower-case letter, digit, "." or ")" also starts a word.
+_JOINED = re.compile(r"(?<=[a-z0-9.)])(?=[A-Z])")
+
+
+def unglued(text: str) -> str | None:
+    """``text`` with glued words separated, or None when there are none."""
+    return _JOINED.sub(" ", text) if _JOINED.search(text) else None
+_NUMBER_WORDS = re.compile(r"\b(one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|million|billion)\b")
+_DATE = re.compile(
+    r"\b1\d{3}\b|\b20\d{2}\b|centur|\b(january|february|march|april|may|june|july|august|september|october|"
+    r"november|december)\b"
+)
+_YEAR = re.compile(r"\d{3,4}")
+_Q_NUM = re.compile(r"how (many|much|long|old|large|big|far|often)|what (percentage|number|amount)")
+_Q_DATE = re.compile(r"\bwhen\b|(what|which) (year|century|date|decade)")
+_Q_WHO = re.compile(r"\b(who|whom|whose)\b")
+_Q_WHERE = re.compile(r"\bwhere\b")
+
+
+def _stem(w: str) -> str:
+    for suf in ("'s", "es", "s", "ed", "ing"):
+        if len(w) > 4 and w.endswith(suf):
+            return w[: -len(suf)]
+    return w
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-cased, lightly stemmed words of ``text`` without stop words, in order."""
+    stop = kernels.STOP_WORDS
+    return [_stem(w) for w in _WORD.findall(text.lower()) if w not in stop and len(w) > 1]
+
+
+def entity_terms(text: str) -> set[int]:
+    """Term hashes of the capitalised words of ``text`` that do not start a sentence."""
+    words = _CAPITALISED.findall(text)
+    if not words:
+        return set()
+    return set(kernels.extract_terms(" ".join(words)).tolist())
+
+
+@dataclass(frozen=True, slots=True)
+class _Mlp:
+    mean: np.ndarray
+    scale: np.ndarray
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: float
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        h = np.tanh(((x - self.mean) / self.scale) @ self.w1 + self.b1)
+        return h @ self.w2 + self.b2
+
+
+@dataclass(frozen=True, slots=True)
+class _Linear:
+    mean: np.ndarray
+    scale: np.ndarray
+    w: np.ndarray
+    b: float
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.scale) @ self.w + self.b
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+
+
+class VerifierWeightsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Verifier:
+    claim_model: _Mlp
+    question_model: _Linear
+    meta: dict
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Verifier":
+        try:
+            c, q = d["claim"], d["question"]
+            if tuple(c["features"]) != CLAIM_FEATURES or tuple(q["features"]) != QUESTION_FEATURES:
+                raise VerifierWeightsError("verifier weights were trained on other features; retrain them")
+            f = lambda v: np.asarray(v, dtype=np.float64)  # noqa: E731
+            claim = _Mlp(f(c["mean"]), f(c["scale"]), f(c["w1"]), f(c["b1"]), f(c["w2"]), float(c["b2"]))
+            question = _Linear(f(q["mean"]), f(q["scale"]), f(q["w"]), float(q["b"]))
+        except (KeyError, TypeError) as exc:
+            raise VerifierWeightsError(f"verifier weights: missing or bad field {exc}") from exc
+        return cls(claim, question, dict(d.get("meta", {})))
+
+    @classmethod
+    def untrained(cls) -> "Verifier":
+        """All-zero weights (P = 0.5 everywhere): what the trainer computes features with."""
+        nc, nq = len(CLAIM_FEATURES), len(QUESTION_FEATURES)
+        z = np.zeros
+        return cls(_Mlp(z(nc), np.ones(nc), z((nc, 1)), z(1), z(1), 0.0), _Linear(z(nq), np.ones(nq), z(nq), 0.0), {})
+
+    # -- faithfulness -----------------------------------------------------------------------------
+    def claim_probabilities(self, rows: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.claim_model.logits(rows))
+
+    # -- question fit -----------------------------------------------------------------------------
+    def question_fit(self, query: str, response: str, context: Sequence[str]) -> float:
+        """P(the response answers *this* question from the context). A response of several
+        sentences answers it when one of them does: the best sentence's probability."""
+        spans = kernels.split_sentences(response)
+        parts = [response[s:e] for s, e in spans] if len(spans) > 1 else [response]
+        x = np.stack([question_features(query, p, context) for p in parts])
+        return float(_sigmoid(self.question_model.logits(x)).max())
+
+
+@lru_cache(maxsize=1)
+def default_verifier() -> Verifier:
+    text = resources.files("certus.models").joinpath("verifier.json").read_text(encoding="utf-8")
+    return Verifier.from_dict(json.loads(text))
+
+
+def load_verifier(path: str | None) -> Verifier:
+    if not path:
+        return default_verifier()
+    with open(path, encoding="utf-8") as fh:
+        return Verifier.from_dict(json.load(fh))
+
+
+def claim_features(
+    claims: Sequence[str],
+    claim_f: Sequence["kernels.TextFeatures"],
+    chunk_f: Sequence["kernels.TextFeatures"],
+    query_terms: set[int],
+    extra_context_terms: set[int],
+    cos: np.ndarray,
+    grounding: np.ndarray,
+    numeric: np.ndarray,
+) -> tuple[np.ndarray, list[str]]:
+    """The feature rows of the claims and, for each, the reason it would fail (see the module doc).
+
+    ``extra_context_terms``: terms the context also has once glued words are separated (``unglued``).
+
+    ``cos``, ``grounding``, ``numeric``: claim x chunk matrices.
+    """
+    ctx_terms: set[int] = set(extra_context_terms)
+    for f in chunk_f:
+        ctx_terms.update(f.terms.tolist())
+    ctx_numbers = np.concatenate([f.numbers for f in chunk_f]) if chunk_f else np.empty((0, 2), np.float64)
+    rows = np.zeros((len(claims), len(CLAIM_FEATURES)), dtype=np.float64)
+    reasons: list[str] = []
+    for i, (text, f) in enumerate(zip(claims, claim_f)):
+        terms = f.terms.tolist()
+        n = len(terms)
+        sup = [t in ctx_terms for t in terms]
+        novel = [s for t, s in zip(terms, sup) if t not in query_terms]
+        n_novel = len(novel)
+        unsup_novel = n_novel - sum(novel)
+        ents = entity_terms(text) - query_terms
+        missing = [e for e in ents if e not in ctx_terms]
+        best = int(grounding[i].argmax()) if grounding.shape[1] else 0
+        numeric_all = kernels.numeric_consistency(f.numbers, ctx_numbers)
+        rows[i] = (
+            sum(sup) / n if n else 1.0,
+            float(grounding[i, best]) if grounding.shape[1] else 0.0,
+            sum(novel) / n_novel if n_novel else 1.0,
+            math.log1p(unsup_novel),
+            math.log1p(n_novel),
+            n_novel / n if n else 0.0,
+            math.log1p(len(missing)),
+            1.0 - len(missing) / len(ents) if ents else 1.0,
+            numeric_all,
+            float(numeric[i, best]) if numeric.shape[1] else 1.0,
+            float(cos[i].max()) if cos.shape[1] else 0.0,
+        )
+        if numeric_all < 1.0:
+            reasons.append(REASON_NUMBER)
+        elif missing:
+            reasons.append(REASON_ENTITY)
+        else:
+            reasons.append(REASON_NO_SUPPORT)
+    return rows, reasons
+
+
+def _answer_type(answer: str) -> str:
+    low = answer.lower()
+    if _DATE.search(low):
+        return "date"
+    if any(ch.isdigit() for ch in answer) or _NUMBER_WORDS.search(low):
+        return "num"
+    if answer[:1].isupper():
+        return "name"
+    return "other"
+
+
+def _question_type(query: str) -> str:
+    low = query.lower()
+    if _Q_NUM.search(low):
+        return "num"
+    if _Q_DATE.search(low):
+        return "date"
+    if _Q_WHO.search(low) or _Q_WHERE.search(low):
+        return "name"
+    return "other"
+
+
+def question_features(query: str, response: str, context: Sequence[str]) -> np.ndarray:
+    """The :data:`QUESTION_FEATURES` row of a (query, response, context) triple.
+
+    The answer is located where the context contains it verbatim (case-insensitive), otherwise in
+    the sentence holding most of its content words; then: how much of the question that sentence
+    shares, against the sentence that shares most (``gap``); how much of the question lies within 12
+    words of the answer; how far the nearest question word is; and the expected answer type.
+    """
+    qw = set(content_words(query))
+    nq = max(1, len(qw))
+    answer = response.strip().lower()
+    a_words = _WORD.findall(answer)
+    aset = set(content_words(response))
+    located, best_ov, ans_ov, near, dist = 0.0, 0.0, 0.0, 0.0, 99.0
+    fallback: tuple[float, float, float, float] | None = None  # (cover, ov, near, dist) of the best-covering sentence
+    for chunk in context:
+        low = chunk.lower()
+        spans = kernels.split_sentences(chunk)
+        words = [(m.start(), _stem(m.group(0))) for m in _WORD.finditer(low)]
+        starts = [w[0] for w in words]
+        qpos = [k for k, (_, w) in enumerate(words) if w in qw]
+        for s, e in spans if len(spans) else [(0, len(chunk))]:
+            sent = low[s:e]
+            cw = set(content_words(sent))
+            if not cw:
+                continue
+            ov = len(qw & cw) / nq
+            best_ov = max(best_ov, ov)
+            if answer and answer in sent:
+                located = 1.0
+                ans_ov = max(ans_ov, ov)
+                pos = s + sent.index(answer)
+                lo = bisect.bisect_left(starts, pos)
+                hi = lo + max(1, len(a_words)) - 1
+                near = max(near, _near(words, lo, hi, qw, nq))
+                if qpos:
+                    dist = min(dist, float(min(min(abs(k - lo), abs(k - hi)) for k in qpos)))
+            elif not located and aset:
+                cover = len(aset & cw) / len(aset)
+                if cover > 0 and (fallback is None or (cover, ov) > fallback[:2]):
+                    hits = [k for k, (st, w) in enumerate(words) if s <= st < e and w in aset]
+                    lo, hi = hits[0], hits[-1]
+                    d = float(min(min(abs(k - lo), abs(k - hi)) for k in qpos)) if qpos else 99.0
+                    fallback = (cover, ov, _near(words, lo, hi, qw, nq), d)
+    if not located and fallback is not None:
+        _, ans_ov, near, dist = fallback
+    qt, at = _question_type(query), _answer_type(response.strip())
+    if qt == "date" and at == "num" and _YEAR.fullmatch(response.strip()):
+        at = "date"  # "In what year…?" "911"
+    match = 1.0 if qt == at else (0.5 if qt == "other" else 0.0)
+    return np.array(
+        [
+            located,
+            ans_ov,
+            ans_ov - best_ov,
+            near,
+            -math.log1p(dist),
+            len(aset & qw) / len(aset) if aset else 0.0,
+            match,
+            1.0 if qt in ("num", "date") and at != qt else 0.0,
+        ],
+        dtype=np.float64,
+    )
+
+
+def _near(words: list[tuple[int, str]], lo: int, hi: int, qw: set[str], nq: int) -> float:
+    """Share of the question's words within 12 words of the answer at word positions lo..hi."""
+    window = {w for _, w in words[max(0, lo - 12) : hi + 13]}
+    return len(qw & window) / nq

@@ -1,0 +1,143 @@
+"""Added cost of the learned verifier, question fit and context precision per Evaluate request.
+
+    python tests/benchmarks/bench_verifier.py [--requests 300]
+
+A typical request (the issue's): a query, a ~60-word answer (3 sentences), 5 chunks of ~100 words,
+built from SQuAD v2 passages of ../shared/data (a built-in passage when absent), every request with
+other texts so the feature cache does not hide the work. Both sides get the same encoder vectors
+(encoded once, up front, not timed):
+
+- baseline: the scoring stage as it was before the verifier (CERT's measure, relevancy, and the
+  rule-based faithfulness: claim x chunk cosine, term grounding and numeric matrices, one rule);
+- new: ``Scorer.score`` (all of that, plus the verifier's features and model, the supporting
+  sentence of each claim, question fit and context precision).
+
+Prints p50/p90/p99 CPU milliseconds of each, the added p50 and the ratio, and, for scale, the
+encoder's time for the same request. One thread; the figures are process CPU time, not wall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from certus import kernels
+from certus.sidecar.config import ScoringConfig, load
+from certus.sidecar.domain import EvaluateInput
+from certus.sidecar.scoring import Scorer
+from certus.sidecar.toolkit.engine import build_encoder
+
+SQUAD = Path(__file__).resolve().parents[3] / "shared" / "data" / "squad_v2" / "dev_subset.json"
+FALLBACK = (
+    "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in "
+    "France. They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, under "
+    "their leader Rollo, agreed to swear fealty to King Charles III of West Francia. In 2019 the region had "
+    "3.3 million inhabitants and a GDP of $89.5 billion, up 12%. "
+) * 3
+
+
+def words(text: str, n: int, start: int) -> str:
+    w = text.split()
+    w = (w * (1 + (start + n) // max(1, len(w))))[start : start + n]
+    return " ".join(w)
+
+
+def requests(n: int) -> list[EvaluateInput]:
+    if SQUAD.exists():
+        data = json.loads(SQUAD.read_text(encoding="utf-8"))
+        paras = [(p["context"], q["question"]) for a in data["data"] for p in a["paragraphs"] for q in p["qas"][:1]]
+    else:
+        paras = [(FALLBACK, "Who gave their name to Normandy?")]
+    out = []
+    for i in range(n):
+        ctx = tuple(words(paras[(i + k) % len(paras)][0], 100, i % 7) for k in range(5))
+        p, q = paras[i % len(paras)]
+        sents = [words(p, 20, 20 * k + i % 5).rstrip(".") + "." for k in range(3)]
+        out.append(EvaluateInput("bench", q, " ".join(sents), ctx))
+    return out
+
+
+def baseline(scorer: Scorer, inp: EvaluateInput, layout, vecs: np.ndarray) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """The scoring stage before the verifier (git 3e2a7eb, scoring.py), for the comparison."""
+    q = vecs[layout.query]
+    claim_vecs = np.ascontiguousarray(vecs[layout.claims])
+    chunk_vecs = np.ascontiguousarray(vecs[layout.chunks])
+    spans = layout.claim_spans
+    w = (spans[:, 1] - spans[:, 0]).astype(np.float32)
+    r = (claim_vecs * w[:, None]).sum(axis=0)
+    r = r / max(float(np.linalg.norm(r)), 1e-12)
+    out = {"answer_relevancy": float(np.clip(q @ r, 0, 1))}
+    resp_f = scorer.features(inp.response)
+    chunk_f = [scorer.features(c) for c in inp.context]
+    ctx_terms = np.concatenate([f.terms for f in chunk_f])
+    ctx_nums = np.concatenate([f.numbers for f in chunk_f])
+    semantic = float(np.clip(kernels.cosine_matrix(r[None, :], chunk_vecs).max(), 0, 1))
+    numeric = kernels.numeric_consistency(resp_f.numbers, ctx_nums)
+    grounding = kernels.term_grounding(resp_f.terms, ctx_terms) * numeric
+    out["confidence"] = 0.5 * semantic + 0.5 * grounding
+    out["context_relevance"] = float(np.clip(kernels.cosine_matrix(q[None, :], chunk_vecs)[0], 0, 1).mean())
+    claim_f = [scorer.features(inp.response[s:e]) for s, e in spans]
+    cos = np.clip(kernels.cosine_matrix(claim_vecs, chunk_vecs), 0.0, 1.0)
+    a, b = kernels.pack_features(claim_f), kernels.pack_features(chunk_f)
+    g = kernels.term_grounding_matrix(a.term_offsets, a.terms, b.term_offsets, b.terms)
+    n = kernels.numeric_matrix(a.number_offsets, a.numbers, b.number_offsets, b.numbers)
+    support = 0.2 * cos + 0.8 * g * n
+    out["faithfulness"] = float((support.max(axis=1) >= 0.75).mean())
+    return out
+
+
+def cpu_ms(fn) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.process_time()
+    fn()
+    return (time.process_time() - t0) * 1000.0
+
+
+def pct(x: list[float]) -> str:
+    a = np.asarray(x)
+    return " ".join(f"p{p}={np.percentile(a, p):.3f}" for p in (50, 90, 99))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=300)
+    args = ap.parse_args()
+    cfg = load().replace(model={"intra_op_threads": 1})
+    encoder = build_encoder(cfg)
+    kernels.warmup()
+    reqs = requests(args.requests)
+    enc_ms, base_ms, new_ms = [], [], []
+    # warm-up (Numba dispatch, verifier load) on other texts than the timed ones
+    warm = requests(args.requests + 10)[-10:]
+    for inp in warm:
+        s = Scorer(ScoringConfig())
+        lay = s.layout(inp)
+        v = encoder.encode(lay.texts)
+        s.score(inp, lay, v)
+        baseline(s, inp, lay, v)
+    for inp in reqs:
+        lay_probe = Scorer(ScoringConfig()).layout(inp)
+        vecs: list[np.ndarray] = []
+        enc_ms.append(cpu_ms(lambda: vecs.append(encoder.encode(lay_probe.texts))))
+        # fresh scorers: cold feature caches on both sides, as for texts the sidecar never saw
+        a, b = Scorer(ScoringConfig()), Scorer(ScoringConfig())
+        base_ms.append(cpu_ms(lambda: baseline(a, inp, a.layout(inp), vecs[0])))
+        new_ms.append(cpu_ms(lambda: b.score(inp, b.layout(inp), vecs[0])))
+    b50, n50 = float(np.percentile(base_ms, 50)), float(np.percentile(new_ms, 50))
+    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
+          f"encoder {encoder.variant} on {encoder.provider} (1 thread)")
+    print(f"requests: {len(reqs)} (query, 3-sentence ~60-word answer, 5 chunks x 100 words)")
+    print(f"encoder (for scale)        CPU ms {pct(enc_ms)}")
+    print(f"scoring before verifier    CPU ms {pct(base_ms)}")
+    print(f"scoring with verifier      CPU ms {pct(new_ms)}")
+    print(f"added p50: {n50 - b50:+.3f} ms ({n50 / b50:.2f}x the old scoring; budget +5 ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

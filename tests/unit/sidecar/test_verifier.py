@@ -1,0 +1,145 @@
+"""The learned verifier: shipped weights, their guarantees, their features, and the trainer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from certus import kernels
+from certus.models import train_verifier as T
+from certus.sidecar import verifier as V
+from certus.sidecar.config import load
+from certus.sidecar.toolkit import validate as D
+from tests.conftest import shared_data
+
+SHIPPED = Path(T.__file__).resolve().parent / "verifier.json"
+
+
+def test_shipped_weights_record_how_they_were_made() -> None:
+    d = json.loads(SHIPPED.read_text())
+    assert d["format"] == "certus.verifier/v1"
+    assert d["claim"]["features"] == list(V.CLAIM_FEATURES)
+    assert d["question"]["features"] == list(V.QUESTION_FEATURES)
+    meta = d["meta"]
+    assert meta["seed"] == T.SEED and meta["trainer"] == "certus.models.train_verifier"
+    assert set(meta["data_sha256"]) == set(T.FILES)
+    assert SHIPPED.stat().st_size < 5 * 1024 * 1024
+    assert V.default_verifier().meta == meta
+
+
+def test_shipped_weights_were_trained_on_the_shared_data_as_it_is() -> None:
+    meta = json.loads(SHIPPED.read_text())["meta"]
+    for name, rel in T.FILES.items():
+        assert T.sha256_file(shared_data(*rel.split("/"))) == meta["data_sha256"][name], name
+
+
+def test_shipped_model_is_monotone_in_the_evidence() -> None:
+    """More support never lowers P(supported); more missing never raises it — for any row."""
+    v = V.default_verifier()
+    rng = np.random.default_rng(0)
+    rows = rng.uniform(0.0, 1.0, (2000, len(V.CLAIM_FEATURES))) * 3.0
+    base = v.claim_probabilities(rows)
+    for name, sign in V.MONOTONE.items():
+        i = V.CLAIM_FEATURES.index(name)
+        up = rows.copy()
+        up[:, i] += 0.5
+        moved = v.claim_probabilities(up)
+        assert np.all(sign * (moved - base) >= -1e-12), name
+
+
+def test_weights_for_other_features_are_refused() -> None:
+    d = json.loads(SHIPPED.read_text())
+    d["claim"]["features"] = d["claim"]["features"][:-1]
+    with pytest.raises(V.VerifierWeightsError, match="other features"):
+        V.Verifier.from_dict(d)
+    d = json.loads(SHIPPED.read_text())
+    del d["question"]["w"]
+    with pytest.raises(V.VerifierWeightsError, match="'w'"):
+        V.Verifier.from_dict(d)
+
+
+def test_config_points_at_other_weights(tmp_path: Path) -> None:
+    d = json.loads(SHIPPED.read_text())
+    d["claim"]["b2"] = 40.0  # saturates: every claim supported
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps(d))
+    cfg = load(env={"CERTUS_VERIFIER": str(path)})
+    assert cfg.scoring.verifier_path == str(path)
+    other = V.load_verifier(cfg.scoring.verifier_path)
+    row = np.zeros((1, len(V.CLAIM_FEATURES)))
+    assert other.claim_probabilities(row)[0] > V.default_verifier().claim_probabilities(row)[0]
+
+
+def test_glued_knowledge_is_separated_and_names_are_found_mid_sentence() -> None:
+    assert V.unglued("Iron Man is starring Robert Downey Jr.Robert Downey Jr. starred") == (
+        "Iron Man is starring Robert Downey Jr. Robert Downey Jr. starred"
+    )
+    assert V.unglued("plain text. Nothing glued") is None
+    # "The" starts the sentence: not a name; Tom and Hanks are
+    assert V.entity_terms("The film starred Tom Hanks.") == set(kernels.extract_terms("tom hanks").tolist())
+    assert V.entity_terms("the film starred tom hanks.") == set()
+
+
+def test_question_features_locate_the_answer_and_its_type() -> None:
+    passage = "Rollo settled in Normandy. In 911, Rollo swore fealty to King Charles III."
+    q = "In what year did Rollo swear fealty?"
+    right = dict(zip(V.QUESTION_FEATURES, V.question_features(q, "911", (passage,))))
+    wrong = dict(zip(V.QUESTION_FEATURES, V.question_features(q, "Normandy", (passage,))))
+    assert right["answer_located"] == wrong["answer_located"] == 1.0
+    assert right["question_overlap_gap"] == 0.0 and wrong["question_overlap_gap"] < 0.0
+    assert right["type_match"] == 1.0 and wrong["type_mismatch"] == 1.0
+
+
+def test_mil_takes_each_answers_least_supported_claim() -> None:
+    z = np.array([0.5, -1.0, 2.0, 0.1, 0.3])
+    owner = np.array([0, 0, 1, 2, 2])
+    za, arg = T.Mil.answer_logits(z, owner, 3)
+    assert za.tolist() == [-1.0, 2.0, 0.1] and arg.tolist() == [1, 2, 3]
+
+
+def _tiny_data(root: Path) -> Path:
+    """The first rows of each shared file (and SQuAD whole), in the shared layout."""
+    for rel in T.FILES.values():
+        src = shared_data(*rel.split("/"))
+        dst = root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.suffix == ".jsonl":
+            dst.write_text("".join(src.read_text().splitlines(keepends=True)[:150]))
+        else:
+            shutil.copy(src, dst)
+    return root
+
+
+def test_training_is_reproducible_and_keeps_its_guarantees(tmp_path: Path, encoder: Any, monkeypatch: Any) -> None:
+    data = _tiny_data(tmp_path / "data")
+    monkeypatch.setattr(T, "MAX_EPOCHS", 200)
+    a = T.train(data, encoder, log=lambda m: None)
+    b = T.train(data, encoder, log=lambda m: None)
+    a["meta"].pop("seconds"), b["meta"].pop("seconds")
+    assert a == b
+    assert a["meta"]["data_sha256"]["qa_train"] == T.sha256_file(data / T.FILES["qa_train"])
+    assert set(a["meta"]["claim_val_auc"]) == {"qa", "dialogue", "summarization", "synthetic"}
+    v = V.Verifier.from_dict(a)
+    w1 = np.asarray(a["claim"]["w1"])
+    assert np.all(np.asarray(a["claim"]["w2"]) >= 0)
+    for name, sign in V.MONOTONE.items():
+        assert np.all(sign * w1[V.CLAIM_FEATURES.index(name)] >= 0), name
+    assert v.claim_probabilities(np.zeros((1, len(V.CLAIM_FEATURES)))).shape == (1,)
+
+
+def test_synthetic_edits_are_what_they_say() -> None:
+    passage = "Apple reported revenue of 89 billion dollars in 2023. The company is led by Tim Cook in Cupertino."
+    other = "Other text number {} about Bananas and Oranges."
+    src = [D.Example(f"k{i}", "q", "a", passage if i == 0 else other.format(i), 1, "right") for i in range(4)]
+    out = [e for e in D.synthetic_examples(src, 1) if e.passage == passage]
+    kinds = {e.kind: e for e in out}
+    assert kinds["copied"].label == 1 and kinds["copied"].answer in passage
+    assert kinds["other_passage"].label == 0 and kinds["other_passage"].answer not in passage
+    assert kinds["number_changed"].label == 0 and kinds["number_changed"].answer not in passage
+    assert kinds["entity_swapped"].label == 0 and kinds["entity_swapped"].answer not in passage
+    assert D.synthetic_examples(src, 1) == D.synthetic_examples(src, 1)
