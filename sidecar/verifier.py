@@ -1,7 +1,7 @@
 """Verification stage: the learned claim verifier (``faithfulness``) and ``question_fit``.
 
 Both are small models over features the scoring stage already has (term hashes, number tables and
-the MiniLM sentence vectors of the claims, chunks and query), so they add no encoder work. The
+the MiniLM sentence vectors of the claims and chunks), so they add no encoder work. The
 weights are trained by ``certus.models.train_verifier`` from ``../shared/data`` (fixed seed, data
 hashes recorded in the weights file) and ship in ``certus/models/verifier.json``.
 
