@@ -169,6 +169,14 @@ class EvaluationResult:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+# Entity types the PII guardrail can report (a manifest's ``entities`` picks from these; severities
+# and remediations are in certus.sidecar.guardrails.pii.ENTITY_POLICY).
+PII_ENTITY_TYPES = (
+    "CREDIT_CARD", "US_SSN", "IBAN_CODE", "EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "STREET_ADDRESS",
+    "PERSON", "LOCATION", "DATE_TIME", "DATE_OF_BIRTH", "ORGANIZATION",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class GuardrailConfig:
     """Per-guardrail policy of a manifest (seed §1.2 GuardrailConfig, plus two scan options)."""
@@ -179,3 +187,4 @@ class GuardrailConfig:
     confidence_threshold: float = 0.7  # violations below this confidence are dropped
     scan_query: bool = False  # PII: also scan the user query
     allow_from_context: bool = False  # PII: a span quoted verbatim from the context is not a violation
+    entities: tuple[str, ...] | None = None  # PII: the entity types to report (None: the guardrail's default set)

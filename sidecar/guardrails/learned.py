@@ -3,13 +3,15 @@
 * prompt injection: a logistic-regression head (384 weights + bias) trained offline by
   ``python -m certus.sidecar.guardrails.train_injection`` and shipped as ``data/attack_head.npz``;
   its output is a probability, used as the confidence.
-* jailbreak: cosine similarity to a packaged set of role-play jailbreak exemplars (embedded at
-  training time and stored in the same file); a similarity at the calibrated threshold ``tau``
-  (99th percentile over benign training texts) maps to confidence 0.5, a similarity of 1 to 1.0.
+* jailbreak: a second logistic-regression head in the same file, trained on the fit part of
+  jackhhao/jailbreak-classification (jailbreaks against benign persona and role-play prompts such
+  as "Act as a yoga instructor"), so role-play alone is not an attack.
 
 Texts are cut into segments of a few sentences (about one MiniLM window, <= ``SEGMENT_CHARS``) so
 that one injected sentence in a long retrieved chunk is not averaged away; a short text is one
 segment (its embedding is then the one the scoring stage asks for too, served by the shared cache).
+A text of several segments is also scored as a whole, up to ``WHOLE_CHARS`` (the part MiniLM's 256
+tokens see): the heads were trained on whole prompts, and a jailbreak's setup rarely fits one segment.
 Each request embeds at most ``max_segments`` segments: the query first, then the first segment of
 every chunk, then the rest in order; what was left out is counted in a log line (rules still cover
 the whole text).
@@ -36,6 +38,7 @@ log = structlog.get_logger(__name__)
 DATA_DIR = Path(__file__).with_name("data")
 HEAD_FILE = DATA_DIR / "attack_head.npz"
 SEGMENT_CHARS = 320
+WHOLE_CHARS = 4 * SEGMENT_CHARS
 DIM = 384
 # A segment of fewer words carries no instruction the head can judge ("ok", "q", "hello"): its
 # embedding is noise for a classifier trained on prompts, so it is not scored (rules still run).
@@ -85,54 +88,66 @@ def segments(text: str, max_chars: int = SEGMENT_CHARS) -> list[tuple[int, int]]
     return out
 
 
+def whole_span(text: str) -> tuple[int, int]:
+    """The text as a whole, cut at whitespace before ``WHOLE_CHARS`` when longer."""
+    if len(text) <= WHOLE_CHARS:
+        return (0, len(text))
+    cut = text.rfind(" ", WHOLE_CHARS // 2, WHOLE_CHARS)
+    return (0, cut if cut > 0 else WHOLE_CHARS)
+
+
+def scored_spans(text: str) -> list[tuple[int, int]]:
+    """The spans of ``text`` the heads score (and were trained on): its segments of at least
+    ``MIN_WORDS`` words, and the whole text first when it has more than one."""
+    segs = [(s, e) for s, e in segments(text) if len(text[s:e].split()) >= MIN_WORDS]
+    if len(segs) > 1:
+        segs = [whole_span(text)] + segs
+    return segs
+
+
 @dataclass(frozen=True)
 class AttackHead:
     """Weights loaded from ``attack_head.npz`` (no pickle)."""
 
-    w: npt.NDArray[np.float32]  # (384,)
+    w: npt.NDArray[np.float32]  # (384,) prompt injection
     b: float
-    jailbreak_exemplars: npt.NDArray[np.float32]  # (k, 384), L2-normalised
-    jailbreak_tau: float
+    jailbreak_w: npt.NDArray[np.float32]  # (384,)
+    jailbreak_b: float
     meta: dict[str, object]
 
     @classmethod
     def load(cls, path: Path = HEAD_FILE) -> "AttackHead":
         with np.load(path, allow_pickle=False) as z:
-            w = np.ascontiguousarray(z["w"], dtype=np.float32)
-            ex = np.ascontiguousarray(z["jailbreak_exemplars"], dtype=np.float32)
             head = cls(
-                w=w,
+                w=np.ascontiguousarray(z["w"], dtype=np.float32),
                 b=float(z["b"]),
-                jailbreak_exemplars=ex,
-                jailbreak_tau=float(z["jailbreak_tau"]),
+                jailbreak_w=np.ascontiguousarray(z["jailbreak_w"], dtype=np.float32),
+                jailbreak_b=float(z["jailbreak_b"]),
                 meta=json.loads(str(z["meta"])),
             )
-        if head.w.shape != (DIM,) or head.jailbreak_exemplars.ndim != 2 or head.jailbreak_exemplars.shape[1] != DIM:
-            raise ValueError(f"{path}: unexpected shapes w{head.w.shape} exemplars{head.jailbreak_exemplars.shape}")
+        if head.w.shape != (DIM,) or head.jailbreak_w.shape != (DIM,):
+            raise ValueError(f"{path}: unexpected shapes w{head.w.shape} jailbreak_w{head.jailbreak_w.shape}")
         return head
 
     def injection_probability(self, emb: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        z = emb.astype(np.float64) @ self.w.astype(np.float64) + self.b
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+        return _logistic(emb, self.w, self.b)
 
-    def jailbreak_similarity(self, emb: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        if self.jailbreak_exemplars.shape[0] == 0:
-            return np.zeros(emb.shape[0])
-        sims: npt.NDArray[np.float64] = (emb @ self.jailbreak_exemplars.T).max(axis=1).astype(np.float64)
-        return sims
+    def jailbreak_probability(self, emb: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        return _logistic(emb, self.jailbreak_w, self.jailbreak_b)
 
-    def jailbreak_confidence(self, sim: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        tau = self.jailbreak_tau
-        conf = 0.5 + 0.5 * (sim - tau) / max(1.0 - tau, 1e-6)
-        return np.where(sim >= tau, np.clip(conf, 0.0, 1.0), 0.5 * np.clip(sim / max(tau, 1e-6), 0.0, 1.0))
+
+def _logistic(emb: npt.NDArray[np.float32], w: npt.NDArray[np.float32], b: float) -> npt.NDArray[np.float64]:
+    z = emb.astype(np.float64) @ w.astype(np.float64) + b
+    p: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+    return p
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentScore:
     start: int
     end: int
-    injection: float  # probability from the logistic head
-    jailbreak: float  # confidence from exemplar similarity
+    injection: float  # probability from the injection head
+    jailbreak: float  # probability from the jailbreak head
 
 
 class LearnedSignal:
@@ -168,13 +183,7 @@ class LearnedSignal:
 
     def _plan(self, texts: Sequence[str]) -> list[tuple[int, int, int]]:
         """(text index, start, end) of the segments to score, by priority, within the budget."""
-        spans = []
-        for t in texts:
-            segs = [(s, e) for s, e in segments(t) if len(t[s:e].split()) >= MIN_WORDS]
-            if len(segs) > 1 and len(t) <= 4 * SEGMENT_CHARS:
-                # a prompt a few sentences long is also scored whole: the head was trained on whole prompts
-                segs = [(0, len(t))] + segs
-            spans.append(segs)
+        spans = [scored_spans(t) for t in texts]
         order: list[tuple[int, int, int]] = []  # (text index, start, end), by priority
         for rank in range(max((len(s) for s in spans), default=0)):
             for i, ss in enumerate(spans):
@@ -201,7 +210,7 @@ class LearnedSignal:
             if emb.shape != (len(todo), DIM):
                 raise ValueError(f"embed returned shape {emb.shape}, expected ({len(todo)}, {DIM})")
             p_inj = self.head.injection_probability(emb)
-            p_jb = self.head.jailbreak_confidence(self.head.jailbreak_similarity(emb))
+            p_jb = self.head.jailbreak_probability(emb)
             with self._lock:
                 for k, a, b in zip(todo, p_inj, p_jb):
                     result[k] = (float(a), float(b))

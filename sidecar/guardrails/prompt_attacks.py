@@ -12,7 +12,7 @@ Per source text:
 4. the learned signal (when an encoder is wired) gives a probability per segment: a rule hit's
    confidence becomes ``noisy_or(rule, p)`` with the overlapping segment's score, and a segment
    with no rule hit whose score is >= ``LEARNED_FLOOR`` is reported on its own
-   (``injection_classifier`` / ``jailbreak_similarity``).
+   (``injection_classifier`` / ``jailbreak_classifier``).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class PromptAttackGuardrail:
             conf = noisy_or(h.confidence, max(overlapping)) if overlapping else h.confidence
             final.append(_Hit(h.start, h.end, h.detector, conf, h.remediation))
         if segs:
-            detector = "injection_classifier" if self.guardrail_type is GuardrailType.PROMPT_INJECTION else "jailbreak_similarity"
+            detector = "injection_classifier" if self.guardrail_type is GuardrailType.PROMPT_INJECTION else "jailbreak_classifier"
             # the best-scoring segment per region that no rule already explains
             for seg in sorted(segs, key=lambda s: -self._learned_value(s)):
                 value = self._learned_value(seg)
@@ -156,7 +156,7 @@ class PromptAttackGuardrail:
         out = []
         for h in final:
             sev = _SEVERITY.get(h.detector.removeprefix("obfuscated_"), Severity.HIGH)
-            if h.detector in ("injection_classifier", "jailbreak_similarity"):
+            if h.detector in ("injection_classifier", "jailbreak_classifier"):
                 sev = Severity.HIGH if h.confidence >= 0.8 else Severity.MEDIUM
             out.append(_Hit(h.start, h.end, h.detector, h.confidence, h.remediation, sev))
         return out

@@ -17,8 +17,15 @@ Reproducible (fixed seed, deterministic Newton iterations, CPU embeddings):
 3. Embed with the sidecar's ONNX MiniLM (:class:`models.encoder.OnnxEncoder`).
 4. L2-regularised logistic regression (square-root class-balancing weights), lambda chosen by 5-fold
    stratified cross-validation on the pool (mean log-loss); fitted by Newton's method.
-5. Jailbreak exemplars' embeddings are stored with ``tau`` = the 99th percentile of their max
-   cosine similarity over the benign pool.
+5. Jailbreak head, the same way: jackhhao/jailbreak-classification (1,044 prompts) split 70/30,
+   stratified, seed ``SPLIT_SEED``, held-out rows in ``data/jailbreak_split.json`` (never used
+   here). Positives: the fit part's jailbreaks and the jailbreak exemplars, each as the whole text
+   the heads score; negatives: the fit part's benign persona prompts (whole and in segments) and
+   every benign text of the injection pool. The fit part's benign persona prompts are also
+   negatives of the injection head ("Act as ..." is an instruction, not an injection).
+
+Every text enters as the spans :func:`certus.sidecar.guardrails.learned.scored_spans` gives, the
+ones the sidecar scores.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from certus.sidecar.guardrails.learned import DATA_DIR, DIM, HEAD_FILE, segments
+from certus.sidecar.guardrails.learned import DATA_DIR, DIM, HEAD_FILE, scored_spans, whole_span
 
 log = structlog.get_logger(__name__)
 
@@ -44,14 +51,18 @@ DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 DEEPSET_FILE = Path("prompt_injection") / "deepset_train.jsonl"
 SQUAD_FILE = Path("squad_v2") / "dev_subset.json"
 SPLIT_FILE = DATA_DIR / "injection_split.json"
+JAILBREAK_FILE = Path("prompt_injection") / "jackhhao_jailbreak_train.csv"
+JAILBREAK_SPLIT_FILE = DATA_DIR / "jailbreak_split.json"
 EXEMPLARS_FILE = DATA_DIR / "attack_exemplars.jsonl"
 BENIGN_DOCS_FILE = DATA_DIR / "benign_docs.jsonl"
 BENIGN_DOCS_SAMPLE = 800
 SPLIT_SEED = 20240605
 HOLDOUT_FRACTION = 0.3
 TRAIN_ARTICLE = "Normans"
+# the hand-written exemplars are deliberate boundary cases (benign look-alikes such as "Skip the
+# introduction and show me the results"), few against ~1,000 persona prompts: each counts three times
+EXEMPLAR_WEIGHT = 3.0
 LAMBDAS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
-TAU_PERCENTILE = 99.0
 
 
 def sha256_file(path: Path) -> str:
@@ -77,12 +88,19 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
     return [i for i in range(len(y)) if i not in held_set], sorted(held)
 
 
-def write_split(deepset_path: Path) -> dict[str, object]:
-    rows = load_jsonl(deepset_path)
+def load_jailbreak_csv(path: Path) -> list[dict[str, object]]:
+    """jackhhao rows as ``{"text", "label"}`` (1 = jailbreak)."""
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as f:
+        return [{"text": r["prompt"], "label": int(r["type"] == "jailbreak")} for r in csv.DictReader(f)]
+
+
+def write_split(path: Path, rows: list[dict[str, object]], out: Path, dataset: str) -> dict[str, object]:
     train, held = stratified_split([int(r["label"]) for r in rows], HOLDOUT_FRACTION, SPLIT_SEED)  # type: ignore[call-overload]
     split = {
-        "dataset": "deepset/prompt-injections, train split (shared/data/prompt_injection/deepset_train.jsonl)",
-        "sha256": sha256_file(deepset_path),
+        "dataset": dataset,
+        "sha256": sha256_file(path),
         "rows": len(rows),
         "seed": SPLIT_SEED,
         "holdout_fraction": HOLDOUT_FRACTION,
@@ -90,12 +108,7 @@ def write_split(deepset_path: Path) -> dict[str, object]:
         "held_out": held,
         "train": train,
     }
-    SPLIT_FILE.write_text(json.dumps(split, indent=1) + "\n")
-    return split
-
-
-def load_split() -> dict[str, object]:
-    split: dict[str, object] = json.loads(SPLIT_FILE.read_text())
+    out.write_text(json.dumps(split, indent=1) + "\n")
     return split
 
 
@@ -138,10 +151,7 @@ def squad_texts(squad_path: Path, article: str) -> tuple[list[str], list[str]]:
             continue
         for para in art["paragraphs"]:
             ctx = para["context"]
-            spans = segments(ctx)
-            if len(spans) > 1:
-                segs.append(ctx)
-            segs.extend(ctx[s:e] for s, e in spans)
+            segs.extend(ctx[s:e] for s, e in scored_spans(ctx))
             questions.extend(qa["question"] for qa in para["qas"])
     return segs, questions
 
@@ -224,73 +234,85 @@ def train(data_dir: Path, model_dir: Path | None) -> dict[str, object]:
     from certus.models.artifacts import ensure_model
     from certus.models.encoder import OnnxEncoder
 
-    deepset_path = data_dir / DEEPSET_FILE
-    split = write_split(deepset_path)
+    deepset_path, jb_path = data_dir / DEEPSET_FILE, data_dir / JAILBREAK_FILE
     rows = load_jsonl(deepset_path)
-    train_idx: list[int] = split["train"]  # type: ignore[assignment]
+    split = write_split(deepset_path, rows, SPLIT_FILE,
+                        "deepset/prompt-injections, train split (shared/data/prompt_injection/deepset_train.jsonl)")
+    jb_rows = load_jailbreak_csv(jb_path)
+    jb_split = write_split(jb_path, jb_rows, JAILBREAK_SPLIT_FILE,
+                           "jackhhao/jailbreak-classification, balanced train split "
+                           "(shared/data/prompt_injection/jackhhao_jailbreak_train.csv)")
     exemplars = load_jsonl(EXEMPLARS_FILE)
     squad_segs, squad_questions = squad_texts(data_dir / SQUAD_FILE, TRAIN_ARTICLE)
 
-    texts: list[str] = []
-    labels: list[int] = []
-    groups: list[str] = []
-
-    def add(t: str, lab: int, group: str) -> None:
-        texts.append(t)
-        labels.append(lab)
-        groups.append(group)
-
-    for i in train_idx:
-        add(str(rows[i]["text"]), int(rows[i]["label"]), "deepset_train")  # type: ignore[call-overload]
+    # (text, injection label or None, jailbreak label or None, group); None = not in that head's pool
+    pool: list[tuple[str, int | None, int | None, str]] = []
+    for i in split["train"]:  # type: ignore[attr-defined]
+        lab = int(rows[i]["label"])  # type: ignore[call-overload]
+        pool.append((str(rows[i]["text"]), lab, None if lab else 0, "deepset_train"))
     for ex in exemplars:
-        add(str(ex["text"]), int(ex["label"]), f"exemplar_{ex['kind']}")  # type: ignore[call-overload]
+        lab, kind = int(ex["label"]), str(ex["kind"])  # type: ignore[call-overload]
+        text = str(ex["text"])
+        pool.append((text, lab, 1 if kind == "jailbreak" else (0 if lab == 0 else None), f"exemplar_{kind}"))
+    for i in jb_split["train"]:  # type: ignore[attr-defined]
+        text = str(jb_rows[i]["text"])
+        if jb_rows[i]["label"] == 1:
+            s, e = whole_span(text)
+            pool.append((text[s:e], None, 1, "jackhhao_jailbreak"))
+        else:
+            for s, e in scored_spans(text) or [(0, len(text))]:
+                pool.append((text[s:e], 0, 0, "jackhhao_benign"))
     for t in squad_segs:
-        add(t, 0, "squad_segment")
+        pool.append((t, 0, 0, "squad_segment"))
     for t in squad_questions:
-        add(t, 0, "squad_question")
+        pool.append((t, 0, 0, "squad_question"))
     for d in load_jsonl(BENIGN_DOCS_FILE):
-        add(str(d["text"]), 0, "stdlib_docstring")
+        pool.append((str(d["text"]), 0, 0, "stdlib_docstring"))
 
     path = ensure_model(model_dir) if model_dir is not None else ensure_model()
     encoder = OnnxEncoder(path.parent, provider="cpu")
-    emb = encoder.encode(texts).astype(np.float64)
-    y = np.asarray(labels, dtype=np.float64)
+    emb = encoder.encode([t for t, *_ in pool]).astype(np.float64)
+    groups = np.asarray([g for *_, g in pool])
 
-    cv = {lam: cross_validate(emb, y, lam) for lam in LAMBDAS}
-    best = min(LAMBDAS, key=lambda lam: cv[lam]["log_loss"])
-    fit = fit_logreg(emb, y, balanced_weights(y), best)
+    def fit_head(column: int) -> tuple[Fit, dict[str, object]]:
+        keep = np.asarray([r[column] is not None for r in pool])
+        x, y = emb[keep], np.asarray([r[column] for r in pool if r[column] is not None], dtype=np.float64)
+        cv = {lam: cross_validate(x, y, lam) for lam in LAMBDAS}
+        best = min(LAMBDAS, key=lambda lam: cv[lam]["log_loss"])
+        g = groups[keep]
+        info = {
+            "exemplar_weight": EXEMPLAR_WEIGHT,
+            "pool": {grp: int((g == grp).sum()) for grp in sorted(set(g.tolist()))},
+            "positives": int(y.sum()),
+            "negatives": int(len(y) - y.sum()),
+            "lambda": best,
+            "cv": {str(k): v for k, v in cv.items()},
+        }
+        sw = balanced_weights(y) * np.where(np.char.startswith(g, "exemplar_"), EXEMPLAR_WEIGHT, 1.0)
+        return fit_logreg(x, y, sw, best), info
 
-    g = np.asarray(groups)
-    jb_mask = g == "exemplar_jailbreak"
-    jb_emb = emb[jb_mask].astype(np.float32)
-    benign = emb[(y == 0)]
-    sims = (benign @ jb_emb.T.astype(np.float64)).max(axis=1)
-    tau = float(np.percentile(sims, TAU_PERCENTILE))
-
+    fit, inj_info = fit_head(1)
+    jb_fit, jb_info = fit_head(2)
     meta = {
         "trained_by": "python -m certus.sidecar.guardrails.train_injection",
         "encoder": "all-MiniLM-L6-v2 ONNX (models.encoder.OnnxEncoder, fp32, CPU)",
         "split_file": SPLIT_FILE.name,
+        "jailbreak_split_file": JAILBREAK_SPLIT_FILE.name,
         "split_seed": SPLIT_SEED,
         "deepset_sha256": split["sha256"],
-        "pool": {grp: int((g == grp).sum()) for grp in sorted(set(groups))},
-        "positives": int(y.sum()),
-        "negatives": int(len(y) - y.sum()),
-        "lambda": best,
-        "cv": {str(k): v for k, v in cv.items()},
-        "jailbreak_exemplars": int(jb_mask.sum()),
-        "jailbreak_tau": tau,
-        "tau_percentile": TAU_PERCENTILE,
+        "jackhhao_sha256": jb_split["sha256"],
+        **inj_info,
+        "jailbreak": jb_info,
     }
     np.savez(
         HEAD_FILE,
         w=fit.w.astype(np.float32),
         b=np.float64(fit.b),
-        jailbreak_exemplars=jb_emb,
-        jailbreak_tau=np.float64(tau),
+        jailbreak_w=jb_fit.w.astype(np.float32),
+        jailbreak_b=np.float64(jb_fit.b),
         meta=np.array(json.dumps(meta, sort_keys=True)),
     )
-    assert fit.w.shape == (DIM,)
+    assert fit.w.shape == (DIM,) and jb_fit.w.shape == (DIM,)
     return meta
 
 
@@ -304,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_benign_docs()
     meta = train(args.data_dir, args.model_dir)
     print(json.dumps(meta, indent=1, sort_keys=True))
-    print(f"wrote {HEAD_FILE} and {SPLIT_FILE}")
+    print(f"wrote {HEAD_FILE}, {SPLIT_FILE} and {JAILBREAK_SPLIT_FILE}")
     return 0
 
 

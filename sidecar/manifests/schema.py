@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from certus.sidecar.domain import GuardrailConfig, GuardrailType, Mode, Severity
+from certus.sidecar.domain import PII_ENTITY_TYPES, GuardrailConfig, GuardrailType, Mode, Severity
 from certus.sidecar.errors import FieldViolation, InvalidArgument
 from certus.sidecar.manifests.model import (
     DEFAULT_MIN_OVERALL_SCORE,
@@ -499,7 +499,10 @@ def _guardrail(c: _Checker, path: str, spec: Any, base: GuardrailConfig) -> Guar
         "allow_from_context": c.boolean,
         "confidence_threshold": lambda p, v: c.number(p, v, 0.0, 1.0),
         "severity_threshold": lambda p, v: c.choice(p, v, tuple(s.value for s in Severity)),
+        "entities": lambda p, v: _entities(c, p, v),
     }
+    if "entities" in obj and not path.endswith(GuardrailType.PII.value):
+        c.add(f"{path}.entities", "only the pii guardrail takes entities")
     for name, raw in obj.items():
         if name in parsers:
             changes[name] = parsers[name](f"{path}.{name}", raw)
@@ -508,6 +511,20 @@ def _guardrail(c: _Checker, path: str, spec: Any, base: GuardrailConfig) -> Guar
     if "severity_threshold" in changes:
         changes["severity_threshold"] = Severity(changes["severity_threshold"])
     return dataclasses.replace(base, **changes)
+
+
+def _entities(c: _Checker, path: str, v: Any) -> tuple[str, ...] | None:
+    """A non-empty list of distinct PII entity types."""
+    if not isinstance(v, list) or not v:
+        c.add(path, f"must be a non-empty list of entity types ({', '.join(PII_ENTITY_TYPES)})")
+        return None
+    out = [c.choice(f"{path}[{i}]", x, PII_ENTITY_TYPES) for i, x in enumerate(v)]
+    if None in out:
+        return None
+    if len(set(out)) != len(out):
+        c.add(path, "lists an entity type twice")
+        return None
+    return tuple(x for x in out if x is not None)
 
 
 # ---------------------------------------------------------------------------------------------

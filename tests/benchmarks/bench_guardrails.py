@@ -39,10 +39,25 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity  # noqa: E402
+from certus.sidecar.domain import (  # noqa: E402
+    PII_ENTITY_TYPES,
+    EvaluateInput,
+    GuardrailConfig,
+    GuardrailType,
+    GuardrailViolation,
+    Severity,
+)
 from certus.sidecar.guardrails import GuardrailSuite, apply_policy  # noqa: E402
 from certus.sidecar.guardrails.learned import DATA_DIR  # noqa: E402
-from certus.sidecar.guardrails.train_injection import SPLIT_FILE, sha256_file  # noqa: E402
+from certus.sidecar.guardrails.pii import DEFAULT_ENTITIES  # noqa: E402
+from certus.sidecar.guardrails.prompt_attacks import PromptAttackGuardrail  # noqa: E402
+from certus.sidecar.guardrails.train_injection import (  # noqa: E402
+    JAILBREAK_FILE,
+    JAILBREAK_SPLIT_FILE,
+    SPLIT_FILE,
+    load_jailbreak_csv,
+    sha256_file,
+)
 
 GT = GuardrailType
 DEFAULT = GuardrailConfig()
@@ -73,6 +88,7 @@ def row(name: str, pred: Sequence[bool], gold: Sequence[int]) -> str:
 
 
 HEADER = "| detector | n | TP | FP | FN | TN | precision | recall | F1 |\n|---|---|---|---|---|---|---|---|---|"
+FP_HEADER = HEADER.replace("F1 |", "F1 | FP rate |") + "---|"
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -94,7 +110,7 @@ def flagged(suite: GuardrailSuite, x: EvaluateInput, types: Sequence[GuardrailTy
     return False
 
 
-LEARNED = {"injection_classifier", "jailbreak_similarity"}
+LEARNED = {"injection_classifier", "jailbreak_classifier"}
 
 
 def bench_injection(full: GuardrailSuite, rules: GuardrailSuite, data_dir: Path) -> list[str]:
@@ -156,7 +172,35 @@ def bench_injection(full: GuardrailSuite, rules: GuardrailSuite, data_dir: Path)
     return out
 
 
-PII_TYPES = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
+def bench_jailbreak(full: GuardrailSuite, rules: GuardrailSuite, data_dir: Path) -> list[str]:
+    path = data_dir / JAILBREAK_FILE
+    split = json.loads(JAILBREAK_SPLIT_FILE.read_text())
+    if split["sha256"] != sha256_file(path):
+        raise SystemExit(f"{path} differs from the file the split was made from")
+    rows = load_jailbreak_csv(path)
+    held = split["held_out"]
+    gold = [int(rows[i]["label"]) for i in held]
+    xs = [inp(query=str(rows[i]["text"])) for i in held]
+    jb, both = [GT.JAILBREAK], [GT.PROMPT_INJECTION, GT.JAILBREAK]
+    out = [f"Held-out jackhhao rows: {len(held)} ({sum(gold)} jailbreak, {len(gold) - sum(gold)} benign persona / role-play "
+           f"prompts), seed {split['seed']}, stratified; indices in `{JAILBREAK_SPLIT_FILE.relative_to(ROOT)}`. "
+           "False-positive rate = benign prompts flagged / benign prompts.", "", FP_HEADER]
+    for name, suite, types, det in (
+        ("jailbreak: rules only", rules, jb, None),
+        ("jailbreak: learned head only", full, jb, lambda v: v.detector in LEARNED),
+        ("jailbreak: rules + head", full, jb, None),
+        ("any prompt attack (injection or jailbreak), rules + heads", full, both, None),
+    ):
+        pred = [flagged(suite, x, types, DEFAULT, det) if det else flagged(suite, x, types, DEFAULT) for x in xs]
+        _, fp, _, tn = confusion(pred, gold)
+        out.append(row(name, pred, gold) + f" {fp / max(fp + tn, 1):.1%} |")
+    return out
+
+
+PII_TYPES = (*DEFAULT_ENTITIES, "ORGANIZATION")  # reported per type; micro over the default set
+GOLD_ALIAS = {"GPE": "LOCATION"}  # the synth set's labels -> the guardrail's
+PRED_ALIAS = {"DATE_OF_BIRTH": "DATE_TIME"}  # a birth date is a DATE_TIME of the synth set
+PII_ALL = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0, entities=PII_ENTITY_TYPES)
 
 
 def iou(a: tuple[int, int], b: tuple[int, int]) -> float:
@@ -167,15 +211,19 @@ def iou(a: tuple[int, int], b: tuple[int, int]) -> float:
 
 def bench_pii(suite: GuardrailSuite, data_dir: Path) -> list[str]:
     rows = load_jsonl(data_dir / "pii" / "presidio_synth_dev.jsonl")
-    out = [f"presidio-research synth set, {len(rows)} sentences (the shared half of `synth_dataset_v2.json`). "
-           f"NLP engine: `{suite.pii.ner_model}`. Span match: same entity type and character IoU >= 0.5.", ""]
-    for label, cfg in (("all findings", ALL), ("default policy (confidence >= 0.7, severity >= medium)", DEFAULT)):
+    out = [f"presidio-research synth set, {len(rows)} sentences (the shared half of `synth_dataset_v2.json`; never "
+           f"trained or tuned on). NLP engine: `{suite.pii.ner_model}`. Span match: same entity type and character "
+           "IoU >= 0.5; the set's GPE is our LOCATION, our DATE_OF_BIRTH counts as its DATE_TIME. Micro = over the "
+           f"default entity set ({', '.join(DEFAULT_ENTITIES)}); ORGANIZATION is reported only when a manifest lists it.", ""]
+    for label, cfg in (("all findings (every type, any severity and confidence)", PII_ALL),
+                       ("default policy (default entities, confidence >= 0.7, severity >= medium)", DEFAULT)):
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         out_of_scope = 0
         for r in rows:
             x = inp(response=r["full_text"])
-            pred = [(v.detector, (v.start, v.end)) for v in apply_policy(suite.pii.detect(x, cfg), cfg)]
-            gold = [(s["entity_type"], (s["start_position"], s["end_position"])) for s in r["spans"]]
+            pred = [(PRED_ALIAS.get(v.detector, v.detector), (v.start, v.end)) for v in apply_policy(suite.pii.detect(x, cfg), cfg)]
+            gold = [(GOLD_ALIAS.get(s["entity_type"], s["entity_type"]), (s["start_position"], s["end_position"]))
+                    for s in r["spans"]]
             out_of_scope += sum(1 for t, _ in gold if t not in PII_TYPES)
             gold = [(t, sp) for t, sp in gold if t in PII_TYPES]
             used = set()
@@ -193,14 +241,27 @@ def bench_pii(suite: GuardrailSuite, data_dir: Path) -> list[str]:
         tot = [0, 0, 0]
         for t in PII_TYPES:
             tp, fp, fn = counts[t]
-            tot = [tot[0] + tp, tot[1] + fp, tot[2] + fn]
+            if t in DEFAULT_ENTITIES:
+                tot = [tot[0] + tp, tot[1] + fp, tot[2] + fn]
             p, rr, f2 = prf(tp, fp, fn, beta=2)
             out.append(f"| {t} | {tp + fn} | {tp} | {fp} | {fn} | {p:.3f} | {rr:.3f} | {f2:.3f} |")
         p, rr, f2 = prf(*tot, beta=2)
-        out.append(f"| **in-scope micro** | {tot[0] + tot[2]} | {tot[0]} | {tot[1]} | {tot[2]} | {p:.3f} | {rr:.3f} | {f2:.3f} |")
-        p2, r2, f22 = prf(tot[0], tot[1], tot[2] + out_of_scope, beta=2)
-        out.append(f"| all 17 types (out-of-scope gold = FN) | {tot[0] + tot[2] + out_of_scope} | {tot[0]} | {tot[1]} | {tot[2] + out_of_scope} | {p2:.3f} | {r2:.3f} | {f22:.3f} |")
+        out.append(f"| **micro, default entity set** | {tot[0] + tot[2]} | {tot[0]} | {tot[1]} | {tot[2]} | {p:.3f} | {rr:.3f} | {f2:.3f} |")
+        out.append(f"| (gold of types never reported: {out_of_scope} spans of TITLE, AGE, NRP, ZIP_CODE, DOMAIN_NAME, ...) | | | | | | | |")
         out.append("")
+    # noise on benign answers: HaluEval right answers (public facts about public people and places)
+    halu = load_jsonl(data_dir / "halueval" / "qa_dev.jsonl")
+    kinds: dict[str, int] = defaultdict(int)
+    flagged_n = 0
+    for h in halu:
+        found = apply_policy(suite.pii.detect(inp(response=h["right_answer"]), DEFAULT), DEFAULT)
+        flagged_n += bool(found)
+        for d in {v.detector for v in found}:
+            kinds[d] += 1
+    out.append(f"Benign answers: {flagged_n} of {len(halu)} HaluEval right answers ({flagged_n / len(halu):.1%}) get a PII finding "
+               "under the default policy (" + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])) +
+               "): public people and places named in answers, which `allow_from_context` (off by default) waives when the "
+               "context names them too.")
     return out
 
 
@@ -240,6 +301,9 @@ def bench_latency(full: GuardrailSuite, encode: Callable[[Sequence[str]], np.nda
     for x in reqs:
         if full.learned is not None:
             full.learned._cache.clear()  # cold: every segment of every request is embedded
+        for g in full.guardrails.values():
+            if isinstance(g, PromptAttackGuardrail):
+                g._findings.clear()  # and every text scanned (the per-text findings cache)
         t_all = time.perf_counter()
         for t, g in full.guardrails.items():
             t0 = time.perf_counter()
@@ -254,7 +318,7 @@ def bench_latency(full: GuardrailSuite, encode: Callable[[Sequence[str]], np.nda
     out = [f"{n} requests: HaluEval question as query, a ~{int(np.mean([len(x.response) for x in reqs]))}-char response "
            f"(answer + knowledge + an email + a code block), 3 context chunks (HaluEval knowledge + 2 SQuAD paragraphs); "
            f"{mean_chars:.0f} chars per request on average. CPU (2 cores shared with other work), one "
-           "calling thread, embeddings by the ONNX encoder called directly (no batcher), segment-score cache cleared "
+           "calling thread, embeddings by the ONNX encoder called directly (no batcher), segment-score and findings caches cleared "
            "before each request (cold). prompt_injection includes embedding the query and context segments; "
            "jailbreak then reuses those scores.", "",
            "| guardrail | p50 ms | p99 ms | mean ms | p50 / baseline p50 |", "|---|---|---|---|---|"]
@@ -286,6 +350,7 @@ def main() -> int:
     rules = GuardrailSuite(None)
     sections = [
         ("Prompt injection / jailbreak (deepset held-out)", bench_injection(full, rules, args.data_dir)),
+        ("Jailbreak vs benign persona prompts (jackhhao held-out)", bench_jailbreak(full, rules, args.data_dir)),
         ("PII (presidio-research synth)", bench_pii(full, args.data_dir)),
         ("Exfiltration, code safety, vulnerability hallucination, jailbreak: hand-written set A", bench_cases(
             full, "bench_cases.jsonl", "written with the detectors; rules were revised after the first run on it, so it is a regression set, not an unseen test.")),

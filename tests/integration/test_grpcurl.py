@@ -47,7 +47,7 @@ def test_evaluate_through_reflection_only(sidecar) -> None:
     assert resp["evidence_id"].startswith("sha256:")
     assert resp["outcome"] == "OUTCOME_FAIL"
     metrics = {m["name"]: m for m in resp["metrics"]}
-    assert "faithfulness" in metrics and metrics["faithfulness"].get("value", 0.0) == 0.0
+    assert metrics["faithfulness"]["value"] < 0.7 and not metrics["faithfulness"].get("passed", False)
 
 
 def test_bad_input_comes_back_as_invalid_argument(sidecar) -> None:

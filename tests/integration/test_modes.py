@@ -243,7 +243,7 @@ def test_shadow_never_blocks_and_records_the_outcome(sc: RunningSidecar, quiet: 
     assert resp.outcome == pb.OUTCOME_FAIL and resp.passed is False
     assert resp.blocked is False and list(resp.block_reasons) == []
     metrics = {m.name: m for m in resp.metrics}
-    assert metrics["faithfulness"].value == 0.0 and metrics["faithfulness"].passed is False
+    assert metrics["faithfulness"].value < 0.7 and metrics["faithfulness"].passed is False
     pii = [v for v in resp.guardrail_violations if v.guardrail_type == pb.GUARDRAIL_TYPE_PII]
     assert [v.detector for v in pii] == ["EMAIL_ADDRESS"] and pii[0].blocking is True  # would block in enforce
     payload = assert_recorded(sc, resp, outcome="fail", mode="shadow", blocked=False, skipped=False)

@@ -165,3 +165,61 @@ def test_pattern_only_mode_keeps_pattern_entities_and_drops_ner() -> None:
     assert "PERSON" not in found
     with_ner = {v.detector for v in PiiGuardrail().detect(inp, cfg)}
     assert "PERSON" in with_ner
+
+
+# -- wider entity set: addresses, personal places and dates, birth dates, organisations on request ------
+
+
+@pytest.mark.parametrize(
+    ("response", "value"),
+    [
+        ("Ship it to 4321 Maple Avenue, Apt 5 by Monday.", "4321 Maple Avenue, Apt 5"),
+        ("She moved to Loorenstrasse 149 last spring.", "Loorenstrasse 149"),
+        ("Write to P.O. Box 255 instead.", "P.O. Box 255"),
+        ("The office is at ul. Narewska 94 now.", "ul. Narewska 94"),
+    ],
+)
+def test_street_addresses_are_high_severity(rules_suite: GuardrailSuite, response: str, value: str) -> None:
+    inp = req(response=response)
+    vs = [v for v in scan_one(rules_suite, PII, inp) if v.detector == "STREET_ADDRESS"]
+    assert [(text_of(inp, v), v.severity) for v in vs] == [(value, Severity.HIGH)]
+    assert_no_content(inp, vs)
+
+
+def test_a_date_in_a_sentence_about_a_birth_is_a_date_of_birth(rules_suite: GuardrailSuite) -> None:
+    inp = req(response="She was born on 2/8/1935. The treaty was signed in 1919.")
+    found = {(v.detector, text_of(inp, v), v.severity) for v in scan_one(rules_suite, PII, inp)}
+    assert ("DATE_OF_BIRTH", "2/8/1935", Severity.HIGH) in found
+    assert not any(value == "1919" for _, value, _ in found)  # a date of no one is not personal data
+
+
+def test_places_are_reported_only_where_they_are_personal(rules_suite: GuardrailSuite) -> None:
+    public = req(response="Paris is the capital of France.")
+    assert scan_one(rules_suite, PII, public) == []
+    personal = req(response="Margaret Thompson lives in Springfield.")
+    found = {(v.detector, text_of(personal, v), v.severity) for v in scan_one(rules_suite, PII, personal)}
+    assert ("LOCATION", "Springfield", Severity.MEDIUM) in found and ("PERSON", "Margaret Thompson", Severity.MEDIUM) in found
+
+
+def test_organisations_only_when_the_manifest_lists_them(rules_suite: GuardrailSuite) -> None:
+    inp = req(response="Jane Smith works for the Acme Corporation.")
+    assert "ORGANIZATION" not in detectors(scan_one(rules_suite, PII, inp))
+    cfg = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0, entities=("ORGANIZATION",))
+    vs = scan_one(rules_suite, PII, inp, cfg)
+    assert {(v.detector, text_of(inp, v)) for v in vs} == {("ORGANIZATION", "the Acme Corporation")}  # and nothing else
+    assert vs[0].severity is Severity.LOW and vs[0].remediation
+
+
+def test_every_reportable_entity_has_a_severity_and_remediation() -> None:
+    from certus.sidecar.domain import PII_ENTITY_TYPES
+    from certus.sidecar.guardrails.pii import DEFAULT_ENTITIES, ENTITY_POLICY
+
+    assert set(ENTITY_POLICY) == set(PII_ENTITY_TYPES) and set(DEFAULT_ENTITIES) < set(PII_ENTITY_TYPES)
+    assert "ORGANIZATION" not in DEFAULT_ENTITIES
+    assert all(isinstance(sev, Severity) and len(text) > 20 for sev, text in ENTITY_POLICY.values())
+
+
+def test_a_pattern_entity_wins_over_an_overlapping_ner_date(rules_suite: GuardrailSuite) -> None:
+    # spaCy calls parts of phone numbers DATE; the validated phone number must survive
+    inp = req(response="Call her on 212-555-0199 tomorrow.")
+    assert ("PHONE_NUMBER", "212-555-0199") in {(v.detector, text_of(inp, v)) for v in scan_one(rules_suite, PII, inp)}

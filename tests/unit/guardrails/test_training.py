@@ -6,13 +6,15 @@ import json
 
 import numpy as np
 
-from certus.sidecar.guardrails.learned import DIM, AttackHead, segments
+from certus.sidecar.guardrails.learned import DIM, WHOLE_CHARS, AttackHead, scored_spans, segments, whole_span
 from certus.sidecar.guardrails.train_injection import (
     EXEMPLARS_FILE,
     HOLDOUT_FRACTION,
+    JAILBREAK_SPLIT_FILE,
     SPLIT_FILE,
     SPLIT_SEED,
     fit_logreg,
+    load_jailbreak_csv,
     predict,
     sha256_file,
     stratified_split,
@@ -48,16 +50,39 @@ def test_held_out_rows_are_not_in_the_training_exemplars() -> None:
     assert held.isdisjoint(exemplars)
 
 
-def test_shipped_head_loads() -> None:
+def test_jailbreak_split_file_is_the_seeded_stratified_split() -> None:
+    path = shared_data("prompt_injection", "jackhhao_jailbreak_train.csv")
+    split = json.loads(JAILBREAK_SPLIT_FILE.read_text())
+    assert split["sha256"] == sha256_file(path)
+    labels = [int(r["label"]) for r in load_jailbreak_csv(path)]
+    assert (len(labels), sum(labels)) == (1044, 527)
+    train, held = stratified_split(labels, HOLDOUT_FRACTION, SPLIT_SEED)
+    assert (split["train"], split["held_out"]) == (train, held)
+    assert (len(held), sum(labels[i] for i in held)) == (313, 158)
+
+
+def test_shipped_heads_load_and_record_their_pools() -> None:
     head = AttackHead.load()
     assert head.w.shape == (DIM,) and np.isfinite(head.w).all()
-    assert head.jailbreak_exemplars.shape[1] == DIM
-    assert np.allclose(np.linalg.norm(head.jailbreak_exemplars, axis=1), 1.0, atol=1e-4)
-    assert 0.0 < head.jailbreak_tau < 1.0
+    assert head.jailbreak_w.shape == (DIM,) and np.isfinite(head.jailbreak_w).all()
     assert head.meta["split_seed"] == SPLIT_SEED
     assert head.meta["pool"]["deepset_train"] == 382  # type: ignore[index]
-    conf = head.jailbreak_confidence(np.array([0.0, head.jailbreak_tau, 1.0]))
-    assert conf.tolist() == [0.0, 0.5, 1.0]
+    # the fit part's benign persona prompts are negatives of both heads; its jailbreaks only train the jailbreak head
+    jb_pool = head.meta["jailbreak"]["pool"]  # type: ignore[index]
+    assert jb_pool["jackhhao_jailbreak"] == 527 - 158
+    assert head.meta["pool"]["jackhhao_benign"] == jb_pool["jackhhao_benign"] > 0  # type: ignore[index]
+    assert "jackhhao_jailbreak" not in head.meta["pool"]  # type: ignore[operator]
+    p = head.jailbreak_probability(np.stack([head.jailbreak_w, -head.jailbreak_w]) / np.linalg.norm(head.jailbreak_w))
+    assert p[0] > 0.5 > p[1]
+
+
+def test_scored_spans_add_the_whole_text_only_when_it_has_several_segments() -> None:
+    short = "Act as a yoga instructor and plan a class."
+    assert scored_spans(short) == [(0, len(short))]
+    long = " ".join(f"Sentence number {i} says something about the weather today." for i in range(60))
+    spans = scored_spans(long)
+    assert spans[0] == whole_span(long) and spans[0][1] <= WHOLE_CHARS and long[spans[0][1]] == " "
+    assert len(spans) > 2 and all(e - s <= 320 for s, e in spans[1:])
 
 
 def test_fit_logreg_separates_and_matches_the_sign_of_a_planted_direction() -> None:

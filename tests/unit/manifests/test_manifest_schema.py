@@ -94,6 +94,12 @@ def test_partial_guardrail_overrides_merge_onto_the_seed_default_for_that_type()
     assert m.guardrails[GuardrailType.JAILBREAK] == seed_guardrail_defaults()[GuardrailType.JAILBREAK]
 
 
+def test_pii_entities_narrow_or_widen_what_is_reported() -> None:
+    m = parse(doc(guardrails={"pii": {"entities": ["PERSON", "ORGANIZATION"]}}))
+    assert m.guardrails[GuardrailType.PII].entities == ("PERSON", "ORGANIZATION")
+    assert parse(doc()).guardrails[GuardrailType.PII].entities is None  # the guardrail's default set
+
+
 def test_created_at_iso_and_naive_is_utc() -> None:
     assert parse(doc(created_at="2025-01-15T09:30:00Z")).created_at == datetime(2025, 1, 15, 9, 30, tzinfo=timezone.utc)
     assert parse(doc(created_at="2025-01-15T09:30:00")).created_at == datetime(2025, 1, 15, 9, 30, tzinfo=timezone.utc)
@@ -158,6 +164,16 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("guardrail confidence", doc(guardrails={"pii": {"confidence_threshold": 2}}), "guardrails.pii.confidence_threshold", "must be between 0 and 1, got 2"),
     ("guardrail extra", doc(guardrails={"pii": {"block": True}}), "guardrails.pii.block", "unknown field"),
     ("guardrails array", doc(guardrails=[]), "guardrails", "must be an object, got an array"),
+    ("pii entities empty", doc(guardrails={"pii": {"entities": []}}), "guardrails.pii.entities",
+     "must be a non-empty list of entity types (CREDIT_CARD, US_SSN, IBAN_CODE, EMAIL_ADDRESS, PHONE_NUMBER, IP_ADDRESS, "
+     "STREET_ADDRESS, PERSON, LOCATION, DATE_TIME, DATE_OF_BIRTH, ORGANIZATION)"),
+    ("pii entity unknown", doc(guardrails={"pii": {"entities": ["PERSON", "SHOE_SIZE"]}}), "guardrails.pii.entities[1]",
+     "must be one of CREDIT_CARD, US_SSN, IBAN_CODE, EMAIL_ADDRESS, PHONE_NUMBER, IP_ADDRESS, STREET_ADDRESS, PERSON, "
+     "LOCATION, DATE_TIME, DATE_OF_BIRTH, ORGANIZATION; got 'SHOE_SIZE'"),
+    ("pii entity twice", doc(guardrails={"pii": {"entities": ["PERSON", "PERSON"]}}), "guardrails.pii.entities",
+     "lists an entity type twice"),
+    ("entities not pii", doc(guardrails={"jailbreak": {"entities": ["PERSON"]}}), "guardrails.jailbreak.entities",
+     "only the pii guardrail takes entities"),
 ]
 
 

@@ -14,6 +14,7 @@ from certus.sidecar.config import Config
 from certus.sidecar.toolkit import roc
 from certus.sidecar.toolkit.calibrate import CALIBRATION_FORMAT, calibrate_file, calibrate_scores
 from certus.sidecar.toolkit.validate import (
+    BASELINES,
     REPORTED_METRICS,
     VALIDATION_FORMAT,
     _differs,
@@ -107,14 +108,14 @@ def test_halueval_pairs() -> None:
 def test_validate_on_a_small_subset(cfg: Config, encoder: Any) -> None:
     data_file("halueval", "qa_dev.jsonl")
     data_file("squad_v2", "dev_subset.json")
-    v = run_validation(SHARED_DATA, cfg=cfg, limit=30, encoder=encoder)
+    v = run_validation(SHARED_DATA, cfg=cfg, datasets=("squad_v2", "halueval"), limit=30, encoder=encoder)
     squad, halu = v.datasets
     assert (squad.name, halu.name) == ("squad_v2", "halueval")
     assert squad.positives == squad.negatives == 30
     assert halu.positives == halu.negatives == 30
     assert halu.tune_examples + halu.test_examples == 60
     for ds in v.datasets:
-        assert [m.metric for m in ds.metrics] == list(REPORTED_METRICS)
+        assert [m.metric for m in ds.metrics] == [*REPORTED_METRICS, *BASELINES]
         for m in ds.metrics:
             assert 0.0 <= m.auc <= 1.0 and 0.0 <= m.test_accuracy <= 1.0 and m.n == ds.examples
     # real data, real model: the hallucinated answers are told apart better than chance
