@@ -18,7 +18,8 @@ What the request path updates (counters and histograms; a label lookup and a loc
 What is read from the components when Prometheus scrapes (:class:`AppCollector`; the request path
 pays nothing): batcher queue depth and counters, embedding cache hits/misses/ratio/entries, outbox
 backlog and forwarder counters, ``certus_evaluate_circuit_breaker_state{sink}`` (0 closed, 1 open,
-2 half-open), evidence log head, async job count.
+2 half-open), evidence log head and health (``certus_evaluate_evidence_log_healthy``, failures,
+recoveries), async job count.
 
 Label cardinality is bounded: ``workspace_id`` is a workspace that has a manifest, or one of the
 first ``max_workspaces`` others seen; any later one is counted as ``"other"``. Metric names,
@@ -276,8 +277,20 @@ class AppCollector(Collector):
             yield CounterMetricFamily(f"certus_evaluate_forwarder_{key}", help_text, value=st[key])
 
     def _evidence(self) -> Iterator[Metric]:
+        ev = self._app.evidence
         yield GaugeMetricFamily(
-            "certus_evaluate_evidence_last_seq", "Sequence number of the newest signed decision", value=self._app.evidence.last_seq
+            "certus_evaluate_evidence_last_seq", "Sequence number of the newest signed decision", value=ev.last_seq
+        )
+        yield GaugeMetricFamily(
+            "certus_evaluate_evidence_log_healthy",
+            "1 while the evidence log records decisions; 0 while a write error keeps it failed (alert on it)",
+            value=1 if ev.healthy else 0,
+        )
+        yield CounterMetricFamily(
+            "certus_evaluate_evidence_log_failures", "Times a write error put the evidence log in the failed state", value=ev.failures
+        )
+        yield CounterMetricFamily(
+            "certus_evaluate_evidence_log_recoveries", "Times the evidence log repaired itself without a restart", value=ev.recoveries
         )
 
     def _jobs(self) -> Iterator[Metric]:

@@ -13,9 +13,17 @@ Durability (``EvidenceConfig.fsync``):
 - ``always``: one ``fsync`` per record before that record's append returns.
 - ``never``: written to the OS page cache only (tests and benchmarks; not crash-safe).
 
-A write or fsync error is fatal (:class:`EvidenceWriteError`, a :class:`~sidecar.errors.Fatal`):
-after a failed fsync the file's state is unknown, so the log refuses further appends and the
-process should restart, which re-reads and repairs the tail.
+A write or fsync error (a full disk, a read-only remount, an I/O error) puts the log in the *failed*
+state: every append in flight and every new one fails at once with :class:`EvidenceWriteError`
+(UNAVAILABLE), nothing is acknowledged that is not on disk, and the state listeners are told (the
+server turns health NOT_SERVING), and the log closes its files, so the volume can be unmounted.
+After a failed write or fsync the file's state is unknown, so the writer thread then probes the
+directory with backoff (``HEAL_BACKOFF_S``): once a probe file can be
+written and synced, it repairs the log exactly as :meth:`EvidenceLog.open` does after a crash
+(re-reads the last segment, truncates a torn tail, re-checks the chain and the last signature),
+reopens it and returns to normal, and the listeners are told again. A record whose bytes reached
+the file before the failure is kept even though its caller got an error: the log may hold a
+decision the caller was told failed, never the reverse.
 
 Recovery on :meth:`EvidenceLog.open`: the last segment is scanned; every line must parse and link
 to the one before it (seq + 1, prev_hash = digest). A torn tail (crash mid-write: a partial last
@@ -68,7 +76,10 @@ log = structlog.get_logger(__name__)
 
 FSYNC_POLICIES = ("group", "always", "never")
 MAX_GROUP = 4096  # records per group commit at most
+HEAL_BACKOFF_S = (0.25, 10.0)  # first and longest wait between repair attempts of a failed log
+PROBE_BYTES = 65536  # a repair attempt first writes and syncs this much beside the log
 Listener = Callable[[int, Envelope], None]
+StateListener = Callable[[bool, str], None]  # (healthy, reason) on failure and on recovery
 
 
 class EvidenceLogError(Exception):
@@ -172,7 +183,9 @@ class EvidenceLog:
         self._closing = False
         self._closed = False
         self._failed: BaseException | None = None
+        self._failed_since = 0.0  # time.time() of the failure
         self._listeners: list[Listener] = []
+        self._state_listeners: list[StateListener] = []
         self._segments: list[_Segment] = []
         self._fd = -1
         self._seg_size = 0
@@ -189,6 +202,9 @@ class EvidenceLog:
         self.commits = 0  # write rounds (one per group in "group" mode)
         self.fsyncs = 0
         self.records_written = 0
+        self.failures = 0  # times the log entered the failed state
+        self.recoveries = 0  # times it repaired itself and left it
+        self.heal_attempts = 0
 
     # -- open / recovery ----------------------------------------------------------------------
 
@@ -222,6 +238,19 @@ class EvidenceLog:
             fsync=cfg.fsync,
         )
         return self
+
+    def _relock(self) -> None:
+        """Take the directory's lock file again (after a fresh mount the old one is on the old volume)."""
+        if self._lock_fd >= 0:  # first: a second flock of this process on the same file would conflict
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        fd = os.open(self.log_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise EvidenceLogError(f"{self.log_dir} is in use by another process") from exc
+        self._lock_fd = fd
 
     def _recover(self) -> None:
         segs = list_segments(self.log_dir)
@@ -363,6 +392,18 @@ class EvidenceLog:
             if fn in self._listeners:
                 self._listeners.remove(fn)
 
+    def add_state_listener(self, fn: StateListener) -> None:
+        """``fn(healthy, reason)`` is called from the writer thread when the log fails (False, the
+        error) and when it has repaired itself (True, ""). Quick and thread-safe, as above."""
+        with self._lock:
+            self._state_listeners.append(fn)
+
+    @property
+    def failure_reason(self) -> str:
+        """Why the log refuses appends ("" when it does not)."""
+        failed = self._failed
+        return "" if failed is None else f"{type(failed).__name__}: {failed}"
+
     @property
     def last_seq(self) -> int:
         """Seq of the last durable record; -1 for an empty log."""
@@ -390,6 +431,11 @@ class EvidenceLog:
             "fsyncs": self.fsyncs,
             "records_per_commit": round(self.records_written / commits, 2) if commits else 0.0,
             "healthy": self.healthy,
+            "failure": self.failure_reason,
+            "failed_since": self._failed_since if self._failed is not None else 0.0,
+            "failures": self.failures,
+            "recoveries": self.recoveries,
+            "heal_attempts": self.heal_attempts,
         }
 
     @property
@@ -501,16 +547,20 @@ class EvidenceLog:
 
     # -- writer thread ------------------------------------------------------------------------
 
-    def _take(self) -> list[_Pending]:
-        """Wait for the next group of pending appends (with the queue lock held inside)."""
+    def _take(self, timeout: float | None = None) -> list[_Pending]:
+        """Wait (at most ``timeout`` s, if given) for the next group of pending appends."""
         with self._cond:
+            deadline = None if timeout is None else time.monotonic() + timeout
             while not self._pending and not self._closing:
-                self._cond.wait()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return []
+                self._cond.wait(remaining)
             if not self._pending:
                 return []
             batch = [self._pending.popleft() for _ in range(min(MAX_GROUP, len(self._pending)))]
             wait_s = self.cfg.group_commit_max_wait_ms / 1000.0
-            if self.cfg.fsync == "group" and wait_s > 0 and not self._closing:
+            if self.cfg.fsync == "group" and wait_s > 0 and not self._closing and self._failed is None:
                 deadline = time.monotonic() + wait_s
                 while len(batch) < MAX_GROUP:
                     if not self._pending:
@@ -523,22 +573,92 @@ class EvidenceLog:
         return batch
 
     def _run(self) -> None:
+        delay = HEAL_BACKOFF_S[0]
         while True:
+            if self._failed is not None:
+                # failed: refuse what is queued at once, and try to repair with backoff
+                batch = self._take(timeout=delay)
+                if batch:
+                    err = EvidenceWriteError(f"evidence log failed earlier: {self._failed}")
+                    _settle([(p, err, False) for p in batch])
+                    continue
+                if self._closing:
+                    return
+                if self._heal():
+                    delay = HEAL_BACKOFF_S[0]
+                else:
+                    delay = min(delay * 2, HEAL_BACKOFF_S[1])
+                continue
             batch = self._take()
             if not batch:
                 return
-            if self._failed is not None:
-                err = EvidenceWriteError(f"evidence log failed earlier: {self._failed}")
-                _settle([(p, err, False) for p in batch])
-                continue
             settled: set[int] = set()
             try:
                 self._commit(batch, settled)
-            except BaseException as exc:  # noqa: BLE001 - any failure here is fatal to the log
-                self._failed = exc
-                log.error("evidence_log_write_failed", error=repr(exc))
+            except BaseException as exc:  # noqa: BLE001 - any failure here fails the log until repaired
                 err = EvidenceWriteError(f"evidence log write failed: {exc}")
                 _settle([(p, err, False) for p in batch if id(p) not in settled])
+                self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failed = exc
+        self._failed_since = time.time()
+        self.failures += 1
+        # let go of the volume (the segment and the lock file): an operator can then unmount,
+        # check and mount it again; the repair reopens both by path
+        for name in ("_fd", "_lock_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, -1)
+        log.error("evidence_log_write_failed", error=repr(exc), last_seq=self._durable_seq)
+        self._tell_state(False, self.failure_reason)
+
+    def _tell_state(self, healthy: bool, reason: str) -> None:
+        with self._lock:
+            listeners = list(self._state_listeners)
+        for fn in listeners:
+            try:
+                fn(healthy, reason)
+            except Exception as exc:  # noqa: BLE001 - a listener must not break the writer
+                log.warning("evidence_state_listener_failed", error=repr(exc))
+
+    def _heal(self) -> bool:
+        """One repair attempt of a failed log (writer thread): probe that the directory takes a
+        synced write, then recover the tail as :meth:`open` does and reopen the last segment."""
+        self.heal_attempts += 1
+        probe = self.log_dir / ".probe"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                _write_all(fd, b"\0" * PROBE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink(missing_ok=True)
+            self._relock()  # the directory may be a fresh mount of the volume
+            write_public_key(self.log_dir, self._key.verify_key)
+            with self._lock:
+                self._segments = []
+            self.recovered_bytes = 0
+            self._recover()
+        except Exception as exc:  # noqa: BLE001 - whatever stops the repair, the log stays failed and tries again
+            log.warning("evidence_log_still_failed", error=repr(exc), attempt=self.heal_attempts)
+            return False
+        down_s = round(time.time() - self._failed_since, 3)
+        self._failed = None
+        self.recoveries += 1
+        log.warning(
+            "evidence_log_recovered",
+            last_seq=self._durable_seq,
+            torn_bytes_dropped=self.recovered_bytes,
+            failed_for_s=down_s,
+        )
+        self._tell_state(True, "")
+        return True
 
     def _commit(self, batch: list[_Pending], settled: set[int]) -> None:
         """Number, sign, write and sync ``batch``; ids of the pending items resolved go in

@@ -49,14 +49,30 @@ def key_file_name(key_id: str) -> str:
 
 
 def write_public_key(log_dir: Path, key: VerifyKey) -> Path:
-    """Record the signing key's public half beside the log (idempotent, atomic)."""
+    """Record the signing key's public half beside the log (idempotent, atomic, durable: synced
+    before the first record it verifies; a file a crash left empty or torn is written again)."""
     kdir = log_dir / KEYS_DIR
     kdir.mkdir(parents=True, exist_ok=True)
     path = kdir / key_file_name(key.key_id)
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(key.to_base64() + "\n")
-        os.replace(tmp, path)
+    text = key.to_base64() + "\n"
+    try:
+        if path.read_text() == text:
+            return path
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(kdir, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
     return path
 
 

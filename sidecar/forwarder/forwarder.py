@@ -75,6 +75,7 @@ class Forwarder:
         self.dead_letters_total = 0  # in the dead-letter file, incl. earlier runs
         self.batches = 0
         self.last_error = ""
+        self.cursor_error = ""  # the last cursor write error, "" once a write succeeds again
         self.last_delivery_at: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -167,6 +168,7 @@ class Forwarder:
             "dead_letters_total": self.dead_letters_total,
             "batches": self.batches,
             "last_error": self.last_error,
+            "cursor_error": self.cursor_error,
         }
 
     # -- wake-ups from the log's writer thread --------------------------------------------------
@@ -334,7 +336,14 @@ class Forwarder:
 
     async def _dead_letter(self, rec: LogRecord, reason: str) -> None:
         assert self._outbox is not None
-        await asyncio.to_thread(self._outbox.dead_letter, rec.seq, rec.decision_id, rec.evidence_id, reason)
+        while True:  # a dead letter is never skipped: retry its write (a full disk, a read-only remount)
+            try:
+                await asyncio.to_thread(self._outbox.dead_letter, rec.seq, rec.decision_id, rec.evidence_id, reason)
+                break
+            except OSError as exc:
+                self.last_error = f"writing the dead letter of seq {rec.seq}: {exc}"
+                log.error("forwarder_dead_letter_write_failed", seq=rec.seq, error=str(exc))
+                await asyncio.sleep(IDLE_POLL_S)
         self.dead_letters += 1
         self.dead_letters_total += 1
         log.error(
@@ -345,10 +354,26 @@ class Forwarder:
             reason=reason[:300],
         )
 
+    def _save_cursor(self, cursor: Cursor) -> None:
+        """Persist the cursor (worker thread). A write error is logged and kept in ``stats()``, not
+        raised: delivery goes on with the cursor in memory and the next advance writes it again; if
+        the process stops first, the records after the cursor on disk are sent again and the
+        receiver answers "duplicate" for them. Nothing is skipped either way."""
+        assert self._outbox is not None
+        try:
+            self._outbox.save_cursor(cursor)
+        except OSError as exc:
+            self.cursor_error = f"seq {cursor.delivered_seq}: {exc}"
+            log.error("forwarder_cursor_write_failed", seq=cursor.delivered_seq, error=str(exc))
+            return
+        if self.cursor_error:
+            log.warning("forwarder_cursor_written_again", seq=cursor.delivered_seq)
+        self.cursor_error = ""
+
     async def _advance(self, rec: LogRecord) -> None:
         assert self._outbox is not None
         cursor = Cursor(rec.seq, rec.evidence_id)
-        save = asyncio.ensure_future(asyncio.to_thread(self._outbox.save_cursor, cursor))
+        save = asyncio.ensure_future(asyncio.to_thread(self._save_cursor, cursor))
         try:
             await asyncio.shield(save)
         except asyncio.CancelledError:

@@ -74,6 +74,7 @@ class App:
     metrics: Metrics = field(default_factory=Metrics)  # own registry (sidecar.metrics)
     metrics_server: MetricsServer | None = None  # Prometheus endpoint, when server.metrics_address is set
     health_server: grpc.aio.Server | None = None  # health-only listener, when server.health_address is set
+    _serving: bool | None = None  # the last health status set_health gave
 
     @classmethod
     async def create(cls, cfg: Config, encoder: Any = None) -> "App":
@@ -107,6 +108,10 @@ class App:
         attach_app(metrics, app, __version__)
         app.access = access
         app.reclaimer = MemoryReclaimer(cfg.server.memory_reclaim_interval_s, cfg.server.memory_reclaim_growth_mib)
+        loop = asyncio.get_running_loop()
+        evidence.add_state_listener(
+            lambda healthy, reason: loop.call_soon_threadsafe(asyncio.ensure_future, app.set_health(healthy, reason))
+        )
         await app.warmup()
         app.reclaimer.start()  # after warm-up: what is alive now is frozen out of gc passes
         return app
@@ -132,6 +137,19 @@ class App:
         self.batcher.cache.clear()
         log.info("warmed_up", seconds=round(loop.time() - t0, 3))
 
+    async def set_health(self, serving: bool, reason: str = "") -> None:
+        """SERVING or NOT_SERVING for the whole server and the Evaluator service: NOT_SERVING while
+        the evidence log cannot record decisions (a kubelet stops routing to the pod or restarts it),
+        SERVING again once it has repaired itself. After shutdown began, health stays NOT_SERVING."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+        if not serving:
+            log.error("health_not_serving", reason=reason)
+        elif self._serving is False:
+            log.warning("health_serving_again", reason="evidence log repaired")
+        self._serving = serving
+
     # -- auth hooks (the auth interceptor binds the caller's identity; without a tokens file every
     # caller is admin). authorize() also admits the call through the workspace's rate limit. --
     def authorize(self, context: grpc.aio.ServicerContext, inp: EvaluateInput | None) -> bool:
@@ -145,6 +163,7 @@ class App:
 
     def info(self) -> dict[str, Any]:
         details: dict[str, Any] = {}
+        details.update({f"evidence.{k}": v for k, v in self.evidence.stats().items()})
         details.update({f"forwarder.{k}": v for k, v in self.forwarder.stats().items()})
         details.update({f"batcher.{k}": v for k, v in self.batcher.stats.as_dict().items()})
         details["batcher.queue_depth"] = self.batcher.queue_depth
@@ -225,8 +244,7 @@ async def _listen(cfg: Config, app: App, credentials: grpc.ServerCredentials | N
         app.metrics_server = MetricsServer.start(cfg.server.metrics_address, app.metrics.registry)
     if cfg.server.health_address and app.health_server is None:
         app.health_server = await start_health_listener(cfg.server.health_address, app.health)
-    await app.health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await app.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await app.set_health(app.evidence.healthy, app.evidence.failure_reason)
     return server, port
 
 

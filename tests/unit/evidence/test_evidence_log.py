@@ -28,6 +28,7 @@ from certus.sidecar.evidence.log import (
 from certus.sidecar.evidence.records import iter_log
 from certus.sidecar.evidence.verify import verify_log
 from certus.sidecar.signing import Envelope, SigningKey
+from tests.conftest import wait_until_async
 
 LogCfg = Callable[..., EvidenceConfig]
 
@@ -270,30 +271,63 @@ def test_key_rotation_keeps_one_chain(key: SigningKey, other_key: SigningKey, lo
     assert only_old.first_bad is not None and only_old.first_bad.seq == 2
 
 
-def test_a_failed_write_is_fatal_and_fails_the_callers(key: SigningKey, log_cfg: LogCfg) -> None:
+def test_a_failed_write_fails_the_callers_then_the_log_repairs_itself(key: SigningKey, log_cfg: LogCfg) -> None:
     cfg = log_cfg()
     append_n(cfg, key, 2)
     seg = cfg.log_dir / "segment-000001.jsonl"
+    states: list[tuple[bool, str]] = []
 
     async def run() -> None:
         log = EvidenceLog.open(cfg, key)
-        good_fd = log._fd
+        log.add_state_listener(lambda healthy, reason: states.append((healthy, reason)))
+        os.close(log._fd)
         log._fd = os.open(seg, os.O_RDONLY)  # the next write fails with EBADF, as a real I/O error would
         try:
             with pytest.raises(EvidenceWriteError, match="write failed") as err:
                 await log.append(sample_decision(2))
             assert isinstance(err.value, Fatal)
-            assert not log.healthy and log.stats()["healthy"] is False
-            with pytest.raises(EvidenceWriteError, match="failed earlier"):
-                await log.append(sample_decision(3))
+            assert log.failures == 1 and "Bad file descriptor" in log.failure_reason
+            # the disk is fine: the writer's first repair attempt (after 0.25 s) succeeds
+            await wait_until_async(lambda: log.healthy, "the log repaired itself", timeout_s=10)
+            assert log.recoveries == 1 and log.stats()["failure"] == ""
+            evidence_id, _ = await log.append(sample_decision(3))
+            assert log.last_seq == 2 and log.last_evidence_id == evidence_id
         finally:
-            os.close(log._fd)
-            log._fd = good_fd
+            await log.close()
+
+    asyncio.run(run())
+    assert [h for h, _ in states] == [False, True] and "Bad file descriptor" in states[0][1]
+    report = verify_log(cfg.log_dir, key.verify_key)
+    assert report.ok and report.records == 3  # nothing half-written, and the chain goes on
+
+
+def test_a_failed_log_refuses_appends_at_once_until_repaired(key: SigningKey, log_cfg: LogCfg) -> None:
+    cfg = log_cfg()
+    append_n(cfg, key, 1)
+
+    async def run() -> None:
+        log = EvidenceLog.open(cfg, key)
+        probe = cfg.log_dir / ".probe"
+        probe.mkdir()  # the repair's probe file cannot be created: the log stays failed
+        os.close(log._fd)
+        log._fd = os.open(cfg.log_dir / "segment-000001.jsonl", os.O_RDONLY)
+        try:
+            with pytest.raises(EvidenceWriteError, match="write failed"):
+                await log.append(sample_decision(1))
+            for i in range(3):
+                with pytest.raises(EvidenceWriteError, match="failed earlier"):
+                    await log.append(sample_decision(2 + i))
+            await wait_until_async(lambda: log.heal_attempts >= 2, "two repair attempts", timeout_s=10)
+            assert not log.healthy and log.recoveries == 0
+            probe.rmdir()
+            await wait_until_async(lambda: log.healthy, "the log repaired itself", timeout_s=15)
+            await log.append(sample_decision(5))
+        finally:
             await log.close()
 
     asyncio.run(run())
     report = verify_log(cfg.log_dir, key.verify_key)
-    assert report.ok and report.records == 2  # nothing half-written
+    assert report.ok and report.records == 2
 
 
 def test_a_cancelled_caller_does_not_cancel_the_record(key: SigningKey, log_cfg: LogCfg) -> None:

@@ -109,7 +109,7 @@ def _tiny_data(root: Path) -> Path:
         dst = root / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.suffix == ".jsonl":
-            dst.write_text("".join(src.read_text().splitlines(keepends=True)[:150]))
+            dst.write_text("".join(src.read_text().splitlines(keepends=True)[:60]))
         else:
             shutil.copy(src, dst)
     return root
