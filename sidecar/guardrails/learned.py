@@ -1,9 +1,15 @@
 """The learned half of the prompt-attack guardrails, on the sidecar's MiniLM embeddings.
 
-* prompt injection: a logistic-regression head (384 weights + bias) trained offline by
-  ``python -m certus.sidecar.guardrails.train_injection`` and shipped as ``data/attack_head.npz``;
-  its output is a probability, used as the confidence.
-* jailbreak: a second logistic-regression head in the same file, trained on the fit part of
+Each scored span is described by its MiniLM embedding (384 values, shared with the scoring stage)
+and by its words: lower-cased word unigrams and bigrams, hashed (CRC-32) into ``HASH_DIM`` buckets,
+presence only, L2-normalised (:func:`lexical_features`). The embedding knows what a text is about;
+the words know the idioms of an attack ("now write", "ignore", German "vergiss"), which the sentence
+embedding blurs. Two logistic-regression heads over those ``FEATURES`` values, trained offline by
+``python -m certus.sidecar.guardrails.train_injection`` and shipped as ``data/attack_head.npz``:
+
+* prompt injection: its output is a probability, used as the confidence; the operating point
+  chosen on validation rows of the fit part maps to 0.75 (above the default policy's 0.7).
+* jailbreak: the second head, trained on the fit part of
   jackhhao/jailbreak-classification (jailbreaks against benign persona and role-play prompts such
   as "Act as a yoga instructor"), so role-play alone is not an attack.
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +47,9 @@ HEAD_FILE = DATA_DIR / "attack_head.npz"
 SEGMENT_CHARS = 320
 WHOLE_CHARS = 4 * SEGMENT_CHARS
 DIM = 384
+HASH_DIM = 4096
+FEATURES = DIM + HASH_DIM
+_TOKEN = re.compile(r"[^\W_]+")
 # A segment of fewer words carries no instruction the head can judge ("ok", "q", "hello"): its
 # embedding is noise for a classifier trained on prompts, so it is not scored (rules still run).
 MIN_WORDS = 3
@@ -105,13 +115,32 @@ def scored_spans(text: str) -> list[tuple[int, int]]:
     return segs
 
 
+def lexical_features(texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    """(n, HASH_DIM): presence of each text's lower-cased word unigrams and bigrams, hashed with
+    CRC-32 into HASH_DIM buckets, L2-normalised (a text without words is all zeros)."""
+    out = np.zeros((len(texts), HASH_DIM), dtype=np.float32)
+    for i, t in enumerate(texts):
+        words = _TOKEN.findall(t.lower())
+        grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        if grams:
+            idx = np.fromiter((zlib.crc32(g.encode()) % HASH_DIM for g in grams), dtype=np.int64, count=len(grams))
+            out[i, idx] = 1.0
+            out[i] /= np.sqrt(float(np.count_nonzero(out[i])))
+    return out
+
+
+def features(emb: npt.NDArray[np.float32], texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    """What the heads read: the embeddings and :func:`lexical_features` side by side."""
+    return np.hstack([np.asarray(emb, dtype=np.float32), lexical_features(texts)])
+
+
 @dataclass(frozen=True)
 class AttackHead:
     """Weights loaded from ``attack_head.npz`` (no pickle)."""
 
-    w: npt.NDArray[np.float32]  # (384,) prompt injection
+    w: npt.NDArray[np.float32]  # (FEATURES,) prompt injection
     b: float
-    jailbreak_w: npt.NDArray[np.float32]  # (384,)
+    jailbreak_w: npt.NDArray[np.float32]  # (FEATURES,)
     jailbreak_b: float
     meta: dict[str, object]
 
@@ -125,19 +154,20 @@ class AttackHead:
                 jailbreak_b=float(z["jailbreak_b"]),
                 meta=json.loads(str(z["meta"])),
             )
-        if head.w.shape != (DIM,) or head.jailbreak_w.shape != (DIM,):
+        if head.w.shape != (FEATURES,) or head.jailbreak_w.shape != (FEATURES,):
             raise ValueError(f"{path}: unexpected shapes w{head.w.shape} jailbreak_w{head.jailbreak_w.shape}")
         return head
 
-    def injection_probability(self, emb: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        return _logistic(emb, self.w, self.b)
+    def injection_probability(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """``x``: rows of :func:`features`."""
+        return _logistic(x, self.w, self.b)
 
-    def jailbreak_probability(self, emb: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        return _logistic(emb, self.jailbreak_w, self.jailbreak_b)
+    def jailbreak_probability(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        return _logistic(x, self.jailbreak_w, self.jailbreak_b)
 
 
-def _logistic(emb: npt.NDArray[np.float32], w: npt.NDArray[np.float32], b: float) -> npt.NDArray[np.float64]:
-    z = emb.astype(np.float64) @ w.astype(np.float64) + b
+def _logistic(x: npt.NDArray[np.float32], w: npt.NDArray[np.float32], b: float) -> npt.NDArray[np.float64]:
+    z = x.astype(np.float64) @ w.astype(np.float64) + b
     p: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
     return p
 
@@ -209,8 +239,9 @@ class LearnedSignal:
             emb = np.asarray(self._embed([first[k] for k in todo]), dtype=np.float32)
             if emb.shape != (len(todo), DIM):
                 raise ValueError(f"embed returned shape {emb.shape}, expected ({len(todo)}, {DIM})")
-            p_inj = self.head.injection_probability(emb)
-            p_jb = self.head.jailbreak_probability(emb)
+            x = features(emb, [first[k] for k in todo])
+            p_inj = self.head.injection_probability(x)
+            p_jb = self.head.jailbreak_probability(x)
             with self._lock:
                 for k, a, b in zip(todo, p_inj, p_jb):
                     result[k] = (float(a), float(b))

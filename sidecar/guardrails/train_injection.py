@@ -42,7 +42,16 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from certus.sidecar.guardrails.learned import DATA_DIR, DIM, HEAD_FILE, scored_spans, whole_span
+from certus.sidecar.guardrails.learned import (
+    DATA_DIR,
+    DIM,
+    FEATURES,
+    HASH_DIM,
+    HEAD_FILE,
+    features,
+    scored_spans,
+    whole_span,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +71,11 @@ TRAIN_ARTICLE = "Normans"
 # the hand-written exemplars are deliberate boundary cases (benign look-alikes such as "Skip the
 # introduction and show me the results"), few against ~1,000 persona prompts: each counts three times
 EXEMPLAR_WEIGHT = 3.0
-LAMBDAS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
+L2_GRID = (1e-5, 3e-5, 1e-4)
+EPOCHS = 1200
+LEARNING_RATE = 0.01
+VAL_FRACTION = 0.2  # of the deepset and jackhhao fit parts: picks l2 and the operating point
+OPERATING_P = 0.75  # the validation-chosen threshold becomes this probability
 
 
 def sha256_file(path: Path) -> str:
@@ -165,23 +178,25 @@ class Fit:
     b: float
 
 
-def fit_logreg(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], sw: npt.NDArray[np.float64], lam: float, iters: int = 50) -> Fit:
-    """Weighted L2 logistic regression by Newton's method (bias not penalised)."""
-    n, d = x.shape
-    xa = np.hstack([x, np.ones((n, 1))])
-    theta = np.zeros(d + 1)
-    reg = np.full(d + 1, lam)
-    reg[-1] = 0.0
-    wsum = sw.sum()
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(xa @ theta, -40, 40)))
-        grad = xa.T @ (sw * (p - y)) / wsum + reg * theta
-        h = (xa * (sw * p * (1 - p))[:, None]).T @ xa / wsum + np.diag(reg) + 1e-9 * np.eye(d + 1)
-        step = np.linalg.solve(h, grad)
-        theta -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return Fit(theta[:-1], float(theta[-1]))
+def fit_logreg(
+    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], sw: npt.NDArray[np.float64], l2: float, epochs: int = EPOCHS
+) -> Fit:
+    """Weighted L2 logistic regression (bias not penalised), full-batch Adam from zero: 4,480
+    features are too many for Newton's Hessian, and Adam from a fixed start is deterministic."""
+    w = np.zeros(x.shape[1])
+    b = 0.0
+    sw = sw / sw.sum()
+    m, v, mb, vb = np.zeros_like(w), np.zeros_like(w), 0.0, 0.0
+    for t in range(1, epochs + 1):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w + b, -40, 40)))
+        gz = sw * (p - y)
+        gw, gb = x.T @ gz + l2 * w, float(gz.sum())
+        m, v = 0.9 * m + 0.1 * gw, 0.999 * v + 0.001 * gw * gw
+        mb, vb = 0.9 * mb + 0.1 * gb, 0.999 * vb + 0.001 * gb * gb
+        c1, c2 = 1 - 0.9**t, 1 - 0.999**t
+        w -= LEARNING_RATE * (m / c1) / (np.sqrt(v / c2) + 1e-8)
+        b -= LEARNING_RATE * (mb / c1) / (np.sqrt(vb / c2) + 1e-8)
+    return Fit(w, b)
 
 
 def predict(fit: Fit, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -199,26 +214,18 @@ def balanced_weights(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return w
 
 
-def cross_validate(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], lam: float, folds: int = 5, seed: int = 7) -> dict[str, float]:
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(y), dtype=int)
-    for lab in (0, 1):
-        idx = rng.permutation(np.flatnonzero(y == lab))
-        fold_of[idx] = np.arange(len(idx)) % folds
-    losses, tp, fp, fn = [], 0, 0, 0
-    for k in range(folds):
-        tr, te = fold_of != k, fold_of == k
-        fit = fit_logreg(x[tr], y[tr], balanced_weights(y[tr]), lam)
-        p = np.clip(predict(fit, x[te]), 1e-7, 1 - 1e-7)
-        w = balanced_weights(y[te])
-        losses.append(float(-(w * (y[te] * np.log(p) + (1 - y[te]) * np.log(1 - p))).sum() / w.sum()))
-        pred = p >= 0.5
-        tp += int((pred & (y[te] == 1)).sum())
-        fp += int((pred & (y[te] == 0)).sum())
-        fn += int((~pred & (y[te] == 1)).sum())
-    prec = tp / max(tp + fp, 1)
-    rec = tp / max(tp + fn, 1)
-    return {"log_loss": float(np.mean(losses)), "precision": prec, "recall": rec, "f1": 2 * prec * rec / max(prec + rec, 1e-12)}
+def best_threshold(z: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> tuple[float, dict[str, float]]:
+    """The logit threshold (on a 0.1 grid in [-3, 3]) with the best F1 of ``z >= threshold``."""
+    best: tuple[float, float, dict[str, float]] | None = None
+    for z0 in np.round(np.arange(-3.0, 3.01, 0.1), 2):
+        pred = z >= z0
+        tp, fp, fn = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum()), int((~pred & (y == 1)).sum())
+        prec, rec = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+        f1 = 2 * prec * rec / max(prec + rec, 1e-12)
+        if best is None or f1 > best[0]:
+            best = (f1, float(z0), {"f1": f1, "precision": prec, "recall": rec, "false_positives": fp})
+    assert best is not None
+    return best[1], best[2]
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -244,58 +251,93 @@ def train(data_dir: Path, model_dir: Path | None) -> dict[str, object]:
                            "(shared/data/prompt_injection/jackhhao_jailbreak_train.csv)")
     exemplars = load_jsonl(EXEMPLARS_FILE)
     squad_segs, squad_questions = squad_texts(data_dir / SQUAD_FILE, TRAIN_ARTICLE)
+    # validation rows (they pick l2 and the operating point, then join the fit for the final heads)
+    rng = np.random.default_rng(SPLIT_SEED + 1)
+    deep_val = set(rng.permutation(split["train"])[: int(VAL_FRACTION * len(split["train"]))].tolist())  # type: ignore[arg-type]
+    jb_val = set(rng.permutation(jb_split["train"])[: int(VAL_FRACTION * len(jb_split["train"]))].tolist())  # type: ignore[arg-type]
 
-    # (text, injection label or None, jailbreak label or None, group); None = not in that head's pool
-    pool: list[tuple[str, int | None, int | None, str]] = []
+    # (text, injection label or None, jailbreak label or None, group, validation row?); None = not in that head's pool
+    pool: list[tuple[str, int | None, int | None, str, bool]] = []
     for i in split["train"]:  # type: ignore[attr-defined]
         lab = int(rows[i]["label"])  # type: ignore[call-overload]
-        pool.append((str(rows[i]["text"]), lab, None if lab else 0, "deepset_train"))
+        pool.append((str(rows[i]["text"]), lab, None if lab else 0, "deepset_train", i in deep_val))
     for ex in exemplars:
         lab, kind = int(ex["label"]), str(ex["kind"])  # type: ignore[call-overload]
         text = str(ex["text"])
-        pool.append((text, lab, 1 if kind == "jailbreak" else (0 if lab == 0 else None), f"exemplar_{kind}"))
+        pool.append((text, lab, 1 if kind == "jailbreak" else (0 if lab == 0 else None), f"exemplar_{kind}", False))
     for i in jb_split["train"]:  # type: ignore[attr-defined]
         text = str(jb_rows[i]["text"])
         if jb_rows[i]["label"] == 1:
             s, e = whole_span(text)
-            pool.append((text[s:e], None, 1, "jackhhao_jailbreak"))
+            pool.append((text[s:e], None, 1, "jackhhao_jailbreak", i in jb_val))
         else:
             for s, e in scored_spans(text) or [(0, len(text))]:
-                pool.append((text[s:e], 0, 0, "jackhhao_benign"))
+                pool.append((text[s:e], 0, 0, "jackhhao_benign", i in jb_val))
     for t in squad_segs:
-        pool.append((t, 0, 0, "squad_segment"))
+        pool.append((t, 0, 0, "squad_segment", False))
     for t in squad_questions:
-        pool.append((t, 0, 0, "squad_question"))
+        pool.append((t, 0, 0, "squad_question", False))
     for d in load_jsonl(BENIGN_DOCS_FILE):
-        pool.append((str(d["text"]), 0, 0, "stdlib_docstring"))
+        pool.append((str(d["text"]), 0, 0, "stdlib_docstring", False))
 
     path = ensure_model(model_dir) if model_dir is not None else ensure_model()
     encoder = OnnxEncoder(path.parent, provider="cpu")
-    emb = encoder.encode([t for t, *_ in pool]).astype(np.float64)
-    groups = np.asarray([g for *_, g in pool])
 
-    def fit_head(column: int) -> tuple[Fit, dict[str, object]]:
+    def featurize(texts: list[str]) -> npt.NDArray[np.float64]:
+        return features(encoder.encode(texts), texts).astype(np.float64)
+
+    x_all = featurize([t for t, *_ in pool])
+    groups = np.asarray([r[3] for r in pool])
+    is_val = np.asarray([r[4] for r in pool])
+
+    # validation items, scored as the sidecar scores a text: the best of its scored spans
+    def val_items(items: list[tuple[str, int]]) -> tuple[list[npt.NDArray[np.float64]], npt.NDArray[np.float64]]:
+        return [featurize([t[s:e] for s, e in scored_spans(t) or [(0, len(t))]]) for t, _ in items], np.asarray(
+            [lab for _, lab in items], dtype=np.float64
+        )
+
+    inj_val = [(str(rows[i]["text"]), int(rows[i]["label"])) for i in sorted(deep_val)]  # type: ignore[call-overload]
+    inj_val += [(str(jb_rows[i]["text"]), 0) for i in sorted(jb_val) if jb_rows[i]["label"] == 0]
+    jbk_val = [(str(jb_rows[i]["text"]), int(jb_rows[i]["label"])) for i in sorted(jb_val)]  # type: ignore[call-overload]
+
+    def fit_head(column: int, val: list[tuple[str, int]]) -> tuple[Fit, dict[str, object]]:
         keep = np.asarray([r[column] is not None for r in pool])
-        x, y = emb[keep], np.asarray([r[column] for r in pool if r[column] is not None], dtype=np.float64)
-        cv = {lam: cross_validate(x, y, lam) for lam in LAMBDAS}
-        best = min(LAMBDAS, key=lambda lam: cv[lam]["log_loss"])
+        y = np.asarray([r[column] if r[column] is not None else 0 for r in pool], dtype=np.float64)
+        sw = np.zeros(len(pool))
+        sw[keep] = balanced_weights(y[keep])
+        sw *= np.where(np.char.startswith(groups, "exemplar_"), EXEMPLAR_WEIGHT, 1.0)
+        vx, vy = val_items(val)
+        trials = {}
+        for l2 in L2_GRID:
+            fit = fit_logreg(x_all[keep & ~is_val], y[keep & ~is_val], sw[keep & ~is_val], l2)
+            z = np.array([float((vxi @ fit.w + fit.b).max()) for vxi in vx])
+            trials[l2] = best_threshold(z, vy)
+        l2 = max(L2_GRID, key=lambda k: trials[k][1]["f1"])
+        z0, val_scores = trials[l2]
+        final = fit_logreg(x_all[keep], y[keep], sw[keep], l2)
+        # the validation operating point (logit z0) becomes probability OPERATING_P
+        final = Fit(final.w, final.b - z0 + float(np.log(OPERATING_P / (1 - OPERATING_P))))
         g = groups[keep]
         info = {
             "exemplar_weight": EXEMPLAR_WEIGHT,
             "pool": {grp: int((g == grp).sum()) for grp in sorted(set(g.tolist()))},
-            "positives": int(y.sum()),
-            "negatives": int(len(y) - y.sum()),
-            "lambda": best,
-            "cv": {str(k): v for k, v in cv.items()},
+            "positives": int(y[keep].sum()),
+            "negatives": int(keep.sum() - y[keep].sum()),
+            "l2": l2,
+            "epochs": EPOCHS,
+            "validation_items": len(val),
+            "validation": {str(k): {"threshold_logit": v[0], **v[1]} for k, v in trials.items()},
+            "operating_logit": z0,
+            "operating_probability": OPERATING_P,
         }
-        sw = balanced_weights(y) * np.where(np.char.startswith(g, "exemplar_"), EXEMPLAR_WEIGHT, 1.0)
-        return fit_logreg(x, y, sw, best), info
+        return final, info
 
-    fit, inj_info = fit_head(1)
-    jb_fit, jb_info = fit_head(2)
+    fit, inj_info = fit_head(1, inj_val)
+    jb_fit, jb_info = fit_head(2, jbk_val)
     meta = {
         "trained_by": "python -m certus.sidecar.guardrails.train_injection",
         "encoder": "all-MiniLM-L6-v2 ONNX (models.encoder.OnnxEncoder, fp32, CPU)",
+        "features": f"MiniLM embedding ({DIM}) + hashed word uni/bigrams ({HASH_DIM})",
         "split_file": SPLIT_FILE.name,
         "jailbreak_split_file": JAILBREAK_SPLIT_FILE.name,
         "split_seed": SPLIT_SEED,
@@ -312,7 +354,7 @@ def train(data_dir: Path, model_dir: Path | None) -> dict[str, object]:
         jailbreak_b=np.float64(jb_fit.b),
         meta=np.array(json.dumps(meta, sort_keys=True)),
     )
-    assert fit.w.shape == (DIM,) and jb_fit.w.shape == (DIM,)
+    assert fit.w.shape == (FEATURES,) and jb_fit.w.shape == (FEATURES,)
     return meta
 
 

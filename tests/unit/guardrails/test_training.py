@@ -5,14 +5,26 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from certus.sidecar.guardrails.learned import DIM, WHOLE_CHARS, AttackHead, scored_spans, segments, whole_span
+from certus.sidecar.guardrails.learned import (
+    DIM,
+    FEATURES,
+    HASH_DIM,
+    WHOLE_CHARS,
+    AttackHead,
+    lexical_features,
+    scored_spans,
+    segments,
+    whole_span,
+)
 from certus.sidecar.guardrails.train_injection import (
     EXEMPLARS_FILE,
     HOLDOUT_FRACTION,
     JAILBREAK_SPLIT_FILE,
     SPLIT_FILE,
     SPLIT_SEED,
+    best_threshold,
     fit_logreg,
     load_jailbreak_csv,
     predict,
@@ -63,8 +75,8 @@ def test_jailbreak_split_file_is_the_seeded_stratified_split() -> None:
 
 def test_shipped_heads_load_and_record_their_pools() -> None:
     head = AttackHead.load()
-    assert head.w.shape == (DIM,) and np.isfinite(head.w).all()
-    assert head.jailbreak_w.shape == (DIM,) and np.isfinite(head.jailbreak_w).all()
+    assert head.w.shape == (FEATURES,) == (DIM + HASH_DIM,) and np.isfinite(head.w).all()
+    assert head.jailbreak_w.shape == (FEATURES,) and np.isfinite(head.jailbreak_w).all()
     assert head.meta["split_seed"] == SPLIT_SEED
     assert head.meta["pool"]["deepset_train"] == 382  # type: ignore[index]
     # the fit part's benign persona prompts are negatives of both heads; its jailbreaks only train the jailbreak head
@@ -90,7 +102,7 @@ def test_fit_logreg_separates_and_matches_the_sign_of_a_planted_direction() -> N
     direction = rng.normal(size=8)
     x = rng.normal(size=(400, 8))
     y = (x @ direction > 0).astype(np.float64)
-    fit = fit_logreg(x, y, np.ones_like(y), lam=1e-3)
+    fit = fit_logreg(x, y, np.ones_like(y), l2=1e-4, epochs=2000)
     acc = ((predict(fit, x) >= 0.5) == (y == 1)).mean()
     assert acc > 0.97
     cos = fit.w @ direction / (np.linalg.norm(fit.w) * np.linalg.norm(direction))
@@ -104,3 +116,19 @@ def test_segments_cover_sentences_within_the_limit() -> None:
     assert spans == sorted(spans) and spans[0][0] == 0 and spans[-1][1] == len(text)
     assert segments("short text", 100) == [(0, 10)]
     assert segments("   ", 100) == []
+
+
+def test_lexical_features_are_hashed_word_and_bigram_presence() -> None:
+    a, b, empty = lexical_features(["Ignore the above, ignore it", "ignore THE above", "!!!"])
+    assert a.shape == (HASH_DIM,) and a.dtype == np.float32
+    assert np.isclose(np.linalg.norm(a), 1.0) and np.isclose(np.linalg.norm(b), 1.0) and not empty.any()
+    # same words and bigrams, case folded; "ignore" twice is still one presence
+    assert np.count_nonzero(b) == 5 and np.count_nonzero(a) == np.count_nonzero(b) + 3  # + "it", "above ignore", "ignore it"
+    assert float(a @ b) > 0.5
+
+
+def test_best_threshold_maximises_f1() -> None:
+    z = np.array([-2.0, -1.0, 0.5, 1.0, 2.0])
+    y = np.array([0, 0, 1, 0, 1], dtype=np.float64)
+    z0, scores = best_threshold(z, y)
+    assert -1.0 < z0 <= 0.5 and scores["f1"] == pytest.approx(0.8) and scores["false_positives"] == 1
