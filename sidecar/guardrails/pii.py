@@ -344,9 +344,11 @@ def defuse_long_runs(text: str) -> str:
 def _drop_nested(spans: list[PiiSpan]) -> list[PiiSpan]:
     """Presidio may report a span and a larger one around it (e.g. a phone inside an IBAN, a "date"
     inside a phone number): of overlapping spans keep a pattern recognizer's (validated formats) over
-    NER's, then the highest-scoring, then the longest."""
+    NER's, and NER's over ORGANIZATION (reported only on request, it must not hide a name or a
+    place), then the highest-scoring, then the longest."""
     kept: list[PiiSpan] = []
-    for s in sorted(spans, key=lambda s: (s.entity_type in NER_ENTITIES, -s.score, -(s.end - s.start), s.start)):
+    rank = {e: 1 for e in NER_ENTITIES} | {"ORGANIZATION": 2}
+    for s in sorted(spans, key=lambda s: (rank.get(s.entity_type, 0), -s.score, -(s.end - s.start), s.start)):
         if all(s.end <= k.start or s.start >= k.end for k in kept):
             kept.append(s)
     return sorted(kept, key=lambda s: (s.start, s.end))
