@@ -199,7 +199,8 @@ class Verifier:
         sentences answers it when one of them does: the best sentence's probability."""
         spans = kernels.split_sentences(response)
         parts = [response[s:e] for s, e in spans] if len(spans) > 1 else [response]
-        x = np.stack([question_features(query, p, context) for p in parts])
+        prepared = question_context(query, context)
+        x = np.stack([question_features(query, p, context, prepared) for p in dict.fromkeys(parts)])
         return float(_sigmoid(self.question_model.logits(x)).max())
 
 
@@ -293,32 +294,63 @@ def _question_type(query: str) -> str:
     return "other"
 
 
-def question_features(query: str, response: str, context: Sequence[str]) -> np.ndarray:
+@dataclass(frozen=True, slots=True)
+class _ChunkWords:
+    low: str
+    sentences: list[tuple[int, int, frozenset[str], str]]  # (start, end, content words, lower-cased text)
+    words: list[tuple[int, str]]  # (char offset, stem) of every word
+    starts: list[int]
+    qpos: list[int]  # word indices of the question's words
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionContext:
+    """The question's words and each chunk tokenised once, shared by all the response's sentences
+    (a long response must not re-tokenise the whole context per sentence)."""
+
+    qw: frozenset[str]
+    chunks: list[_ChunkWords]
+
+
+def question_context(query: str, context: Sequence[str]) -> QuestionContext:
+    qw = frozenset(content_words(query))
+    chunks = []
+    for chunk in context:
+        low = chunk.lower()
+        spans = kernels.split_sentences(chunk)
+        words = [(m.start(), _stem(m.group(0))) for m in _WORD.finditer(low)]
+        sentences = []
+        for s, e in spans if len(spans) else [(0, len(chunk))]:
+            cw = frozenset(content_words(low[s:e]))
+            if cw:
+                sentences.append((int(s), int(e), cw, low[s:e]))
+        qpos = [k for k, (_, w) in enumerate(words) if w in qw]
+        chunks.append(_ChunkWords(low, sentences, words, [w[0] for w in words], qpos))
+    return QuestionContext(qw, chunks)
+
+
+def question_features(
+    query: str, response: str, context: Sequence[str], prepared: QuestionContext | None = None
+) -> np.ndarray:
     """The :data:`QUESTION_FEATURES` row of a (query, response, context) triple.
 
     The answer is located where the context contains it verbatim (case-insensitive), otherwise in
     the sentence holding most of its content words; then: how much of the question that sentence
     shares, against the sentence that shares most (``gap``); how much of the question lies within 12
     words of the answer; how far the nearest question word is; and the expected answer type.
+    ``prepared``: :func:`question_context` of (query, context), when several responses share them.
     """
-    qw = set(content_words(query))
+    qc = prepared if prepared is not None else question_context(query, context)
+    qw = qc.qw
     nq = max(1, len(qw))
     answer = response.strip().lower()
     a_words = _WORD.findall(answer)
     aset = set(content_words(response))
     located, best_ov, ans_ov, near, dist = 0.0, 0.0, 0.0, 0.0, 99.0
     fallback: tuple[float, float, float, float] | None = None  # (cover, ov, near, dist) of the best-covering sentence
-    for chunk in context:
-        low = chunk.lower()
-        spans = kernels.split_sentences(chunk)
-        words = [(m.start(), _stem(m.group(0))) for m in _WORD.finditer(low)]
-        starts = [w[0] for w in words]
-        qpos = [k for k, (_, w) in enumerate(words) if w in qw]
-        for s, e in spans if len(spans) else [(0, len(chunk))]:
-            sent = low[s:e]
-            cw = set(content_words(sent))
-            if not cw:
-                continue
+    for ch in qc.chunks:
+        words, starts, qpos = ch.words, ch.starts, ch.qpos
+        for s, e, cw, sent in ch.sentences:
             ov = len(qw & cw) / nq
             best_ov = max(best_ov, ov)
             if answer and answer in sent:
@@ -333,7 +365,8 @@ def question_features(query: str, response: str, context: Sequence[str]) -> np.n
             elif not located and aset:
                 cover = len(aset & cw) / len(aset)
                 if cover > 0 and (fallback is None or (cover, ov) > fallback[:2]):
-                    hits = [k for k, (st, w) in enumerate(words) if s <= st < e and w in aset]
+                    first, last = bisect.bisect_left(starts, s), bisect.bisect_left(starts, e)
+                    hits = [k for k in range(first, last) if words[k][1] in aset]
                     lo, hi = hits[0], hits[-1]
                     d = float(min(min(abs(k - lo), abs(k - hi)) for k in qpos)) if qpos else 99.0
                     fallback = (cover, ov, _near(words, lo, hi, qw, nq), d)
@@ -358,7 +391,7 @@ def question_features(query: str, response: str, context: Sequence[str]) -> np.n
     )
 
 
-def _near(words: list[tuple[int, str]], lo: int, hi: int, qw: set[str], nq: int) -> float:
+def _near(words: list[tuple[int, str]], lo: int, hi: int, qw: frozenset[str], nq: int) -> float:
     """Share of the question's words within 12 words of the answer at word positions lo..hi."""
     window = {w for _, w in words[max(0, lo - 12) : hi + 13]}
     return len(qw & window) / nq

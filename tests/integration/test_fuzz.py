@@ -505,8 +505,8 @@ def stream_items(rng: random.Random, n: int) -> list[tuple[bytes, str, int | Non
     return items
 
 
-def run_streams(channel: grpc.Channel, out: Outcome) -> None:
-    rng = random.Random(SEED + 1)
+def run_streams(channel: grpc.Channel, out: Outcome, seed: int = SEED + 1) -> None:
+    rng = random.Random(seed)
     call = channel.stream_stream(
         SERVICE + "EvaluateStream", request_serializer=lambda b: b, response_deserializer=lambda b: b
     )
