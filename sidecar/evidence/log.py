@@ -213,12 +213,7 @@ class EvidenceLog:
         """Open (or create) the log in ``cfg.log_dir``, repair a torn tail, start the writer."""
         self = cls(cfg, key, _internal=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.log_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(self._lock_fd)
-            raise EvidenceLogError(f"{self.log_dir} is in use by another process") from exc
+        self._relock()
         try:
             write_public_key(self.log_dir, key.verify_key)
             self._recover()
@@ -240,7 +235,8 @@ class EvidenceLog:
         return self
 
     def _relock(self) -> None:
-        """Take the directory's lock file again (after a fresh mount the old one is on the old volume)."""
+        """Take the directory's lock file (again, on repair: after a fresh mount the old one is on
+        the old volume); EvidenceLogError when another process holds it."""
         if self._lock_fd >= 0:  # first: a second flock of this process on the same file would conflict
             os.close(self._lock_fd)
             self._lock_fd = -1
