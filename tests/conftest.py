@@ -242,6 +242,15 @@ def wait_gone(pids: "set[int] | list[int]", within_s: float) -> list[int]:
     return [p for p in pids if process_running(p)]
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def wait_until(pred: Any, what: str, timeout_s: float = 30.0, step_s: float = 0.02) -> None:
     """Poll ``pred`` until true; AssertionError naming ``what`` after ``timeout_s``."""
     import time

@@ -17,7 +17,7 @@ import pytest
 from certus.sidecar.aio_client import AsyncSidecarClient
 from certus.sidecar.client import SidecarClient
 from certus.sidecar.protos import pb
-from tests.conftest import make_config, start_sidecar
+from tests.conftest import free_port, make_config, start_sidecar
 
 SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 QUERY = "Who gave their name to Normandy?"
@@ -35,11 +35,6 @@ class Clock:
     def __call__(self) -> float:
         return self.t
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_evaluate_through_the_client(sidecar: Any) -> None:

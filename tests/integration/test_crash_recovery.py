@@ -29,7 +29,6 @@ import asyncio
 import hashlib
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -51,7 +50,7 @@ from certus.sidecar.forwarder.receiver import IntegrityReceiver
 from certus.sidecar.loadgen import start_local_sidecar
 from certus.sidecar.protos import pb, pb_grpc
 from certus.sidecar.signing import SigningKey, VerifyKey
-from tests.conftest import OUTSIDE, cli_argv, wait_until
+from tests.conftest import OUTSIDE, cli_argv, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -61,11 +60,6 @@ THREADS = 8
 
 # -- helpers ----------------------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 
 from certus.sidecar import config as config_mod
 from certus.sidecar.config import ManifestConfig
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -272,11 +272,6 @@ def pod_probe_argv() -> list[str]:
     argv: list[str] = sidecar_container(docs[0]["spec"])["livenessProbe"]["exec"]["command"]
     return argv
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("which", ["dockerfile", "pod"])

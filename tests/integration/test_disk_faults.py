@@ -16,7 +16,6 @@ The evidence log and the forwarder's outbox live on a real size-limited tmpfs th
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import tempfile
 import threading
@@ -32,17 +31,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from certus.sidecar.evidence.records import iter_log
 from certus.sidecar.loadgen import start_local_sidecar
 from certus.sidecar.protos import pb, pb_grpc
-from tests.conftest import cli_argv, cli_env, wait_until
+from tests.conftest import cli_argv, cli_env, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
 FS_BYTES = 4 * 1024 * 1024
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -74,7 +68,7 @@ class Running:
             "CERTUS_INTEGRITY_FILE": str(outside / "integrity" / "decisions.jsonl"),
             "CERTUS_SIGNING_KEY": str(outside / "keys" / "signing.key"),
             "CERTUS_INTRA_OP_THREADS": "1",
-            "CERTUS_METRICS_ADDRESS": f"127.0.0.1:{_free_port()}",
+            "CERTUS_METRICS_ADDRESS": f"127.0.0.1:{free_port()}",
             "LOG_LEVEL": "INFO",
         }
         self.metrics_url = f"http://{env['CERTUS_METRICS_ADDRESS']}/metrics"

@@ -12,7 +12,6 @@ import base64
 import http.client
 import json
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -30,7 +29,7 @@ from certus.sidecar.evidence.verify import verify_log
 from certus.sidecar.forwarder import Forwarder
 from certus.sidecar.forwarder.receiver import IntegrityReceiver
 from certus.sidecar.signing import DECISION_PAYLOAD_TYPE, Envelope, SigningKey, canonical_json, sign_envelope
-from tests.conftest import OUTSIDE, cli_argv, cli_env, wait_until_async
+from tests.conftest import OUTSIDE, cli_argv, cli_env, free_port, wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = SigningKey(bytes(range(200, 232)))
@@ -55,11 +54,6 @@ def decision(i: int) -> IntegrityDecision:
         processing_time_ms=5,
     )
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fwd_cfg(tmp: Path, sink: str, url: str, **kw: Any) -> ForwarderConfig:
