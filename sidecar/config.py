@@ -102,6 +102,16 @@ class EvidenceConfig:
     # share the next); > 0 also waits that long after the first pending append for more. Measured
     # (tests/benchmarks/bench_evidence.py): waiting only adds latency and lowers throughput locally.
     group_commit_max_wait_ms: float = 0.0
+    # CERTUS_CHECKPOINT_INTERVAL_S: sign a Merkle checkpoint of the log this often while it grows
+    # (and always on shutdown); 0 = only on shutdown
+    checkpoint_interval_s: float = 10.0
+    # CERTUS_CHECKPOINT_ORIGIN: the checkpoints' origin line (and note key name); empty = the log's
+    # own "certus-evaluate/<first 16 hex of record 0's evidence id>", fixed by the first checkpoint
+    checkpoint_origin: str = ""
+    # CERTUS_NEXT_SIGNING_KEY: a key file that, once it exists, the running log rotates to (a
+    # signed rotation record made with the old key names it); empty = "<key_path>.next", which
+    # `certus-sidecar keygen --rotate` writes
+    next_key_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +236,9 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_SEGMENT_BYTES": ("evidence", "segment_bytes"),
     "CERTUS_FSYNC": ("evidence", "fsync"),
     "CERTUS_GROUP_COMMIT_MAX_WAIT_MS": ("evidence", "group_commit_max_wait_ms"),
+    "CERTUS_CHECKPOINT_INTERVAL_S": ("evidence", "checkpoint_interval_s"),
+    "CERTUS_CHECKPOINT_ORIGIN": ("evidence", "checkpoint_origin"),
+    "CERTUS_NEXT_SIGNING_KEY": ("evidence", "next_key_path"),
     "CERTUS_INTEGRITY_SINK": ("forwarder", "sink"),
     "CERTUS_INTEGRITY_URL": ("forwarder", "url"),
     "CERTUS_API_KEY": ("forwarder", "api_key"),

@@ -19,7 +19,7 @@ What is read from the components when Prometheus scrapes (:class:`AppCollector`;
 pays nothing): batcher queue depth and counters, embedding cache hits/misses/ratio/entries, outbox
 backlog and forwarder counters, ``certus_evaluate_circuit_breaker_state{sink}`` (0 closed, 1 open,
 2 half-open), evidence log head and health (``certus_evaluate_evidence_log_healthy``, failures,
-recoveries), async job count.
+recoveries), Merkle tree and checkpoint sizes, key rotations, async job count.
 
 Label cardinality is bounded: ``workspace_id`` is a workspace that has a manifest, or one of the
 first ``max_workspaces`` others seen; any later one is counted as ``"other"``. Metric names,
@@ -291,6 +291,18 @@ class AppCollector(Collector):
         )
         yield CounterMetricFamily(
             "certus_evaluate_evidence_log_recoveries", "Times the evidence log repaired itself without a restart", value=ev.recoveries
+        )
+        st = ev.stats()
+        yield GaugeMetricFamily(
+            "certus_evaluate_evidence_tree_size", "Records in the evidence log's Merkle tree", value=st["tree_size"]
+        )
+        yield GaugeMetricFamily(
+            "certus_evaluate_evidence_checkpoint_size",
+            "Tree size of the newest signed checkpoint (tree_size minus this: records not yet anchored)",
+            value=st["checkpoint_size"],
+        )
+        yield CounterMetricFamily(
+            "certus_evaluate_evidence_key_rotations", "Signing key rotations by this process", value=st["key_rotations"]
         )
 
     def _jobs(self) -> Iterator[Metric]:

@@ -25,6 +25,20 @@ reopens it and returns to normal, and the listeners are told again. A record who
 the file before the failure is kept even though its caller got an error: the log may hold a
 decision the caller was told failed, never the reverse.
 
+Merkle tree and checkpoints (:mod:`sidecar.evidence.merkle`, :mod:`sidecar.evidence.checkpoint`):
+the writer extends the tree's frontier with every durable record and, every
+``checkpoint_interval_s`` while the log grows and on close, signs a C2SP checkpoint (origin, tree
+size, root hash) and appends it to ``checkpoints.jsonl`` (fsynced) with the frontier, so a restart
+resumes the tree from the last checkpoint. Open refuses a log that holds fewer records than its
+last checkpoint signed: records were removed.
+
+Key rotation (:mod:`sidecar.evidence.keyring`): when the next-key file appears (``keygen
+--rotate`` writes it; checked about once a second, and at open), the writer, between two commits,
+signs a rotation record with the old key naming the new one (``rotations.jsonl``, fsynced), signs
+a checkpoint at the boundary with both keys, switches keys and moves the new key file into place.
+A key that a rotation retired is refused at open (the next-key file is adopted if the rotation
+names it: a crash between the record and the file move).
+
 Recovery on :meth:`EvidenceLog.open`: the last segment is scanned; every line must parse and link
 to the one before it (seq + 1, prev_hash = digest). A torn tail (crash mid-write: a partial last
 line, or zero-filled blocks) is truncated away with a warning naming the byte offset; the records
@@ -50,7 +64,10 @@ import structlog
 
 from certus.sidecar.config import EvidenceConfig
 from certus.sidecar.errors import Fatal
-from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision
+from certus.sidecar.evidence.checkpoint import CheckpointError, CheckpointStore, StoredCheckpoint, sign_checkpoint
+from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision, utc_timestamp
+from certus.sidecar.evidence.keyring import KeyringError, append_rotation, keyring_for, make_rotation
+from certus.sidecar.evidence.merkle import Frontier, leaf_hash
 from certus.sidecar.evidence.records import (
     LogRecord,
     RecordError,
@@ -67,6 +84,7 @@ from certus.sidecar.signing import (
     Envelope,
     SignatureError,
     SigningKey,
+    VerifyKey,
     canonical_json,
     pae,
     sign_envelope,
@@ -78,6 +96,8 @@ FSYNC_POLICIES = ("group", "always", "never")
 MAX_GROUP = 4096  # records per group commit at most
 HEAL_BACKOFF_S = (0.25, 10.0)  # first and longest wait between repair attempts of a failed log
 PROBE_BYTES = 65536  # a repair attempt first writes and syncs this much beside the log
+ROTATION_POLL_S = 1.0  # how often the writer looks for a next-key file
+RECENT_CHECKPOINTS = 256  # kept in memory for the forwarder's consistency proofs
 Listener = Callable[[int, Envelope], None]
 StateListener = Callable[[bool, str], None]  # (healthy, reason) on failure and on recovery
 
@@ -177,6 +197,16 @@ class EvidenceLog:
         self._key = key
         self.key_id = key.key_id
         self.public_key = key.verify_key
+        self.next_key_path = Path(cfg.next_key_path) if cfg.next_key_path else Path(str(cfg.key_path) + ".next")
+        # Merkle tree (writer thread) and checkpoints
+        self._frontier = Frontier()
+        self._store = CheckpointStore(self.log_dir)
+        self._recent: collections.deque[StoredCheckpoint] = collections.deque(maxlen=RECENT_CHECKPOINTS)
+        self.origin = cfg.checkpoint_origin
+        self._cp_due = 0.0  # time.monotonic() when the next checkpoint is due (0: none pending)
+        self._rotation_check = 0.0
+        self.checkpoints = 0  # signed by this process
+        self.rotations = 0
         self._lock = threading.Lock()  # guards: segments list, durable state, listeners
         self._cond = threading.Condition(threading.Lock())  # guards: pending queue, closing flag
         self._pending: collections.deque[_Pending] = collections.deque()
@@ -318,6 +348,62 @@ class EvidenceLog:
         self._durable_evidence_id = expect_prev if expect_seq > 0 else ""
         first_seq = self._first_record(path)
         self._open_segment(number, first_seq=first_seq.seq if first_seq else expect_seq, create=False)
+        self._recover_tree()
+
+    def _known_keys(self) -> list[VerifyKey]:
+        keys = {k.key_id: k for k in read_public_keys(self.log_dir)}
+        keys[self.public_key.key_id] = self.public_key
+        return list(keys.values())
+
+    def _recover_tree(self) -> None:
+        """Resume the Merkle frontier from the last checkpoint (its frontier must hash to its signed
+        root) and extend it with the records written after it; check the signing key's epoch."""
+        n = self._next_seq
+        dropped = self._store.repair()
+        if dropped:
+            log.warning("evidence_checkpoints_torn_tail_truncated", bytes_dropped=dropped)
+        try:
+            ring = keyring_for(self.log_dir, self._known_keys())
+            last = self._store.last(ring.keys)
+        except (CheckpointError, KeyringError) as exc:
+            raise EvidenceLogCorrupt(f"{self.log_dir}: {exc}. Run `certus-sidecar verify` on the log directory.") from exc
+        self._adopt_key(ring.retired)
+        if last is not None and last.checkpoint.size > n:
+            raise EvidenceLogCorrupt(
+                f"{self.log_dir}: checkpoint of tree size {last.checkpoint.size} was signed, but the log holds "
+                f"{n} record(s): records from seq {n} on were removed. Run `certus-sidecar verify`."
+            )
+        frontier = last.frontier.copy() if last is not None else Frontier()
+        while frontier.size < n:
+            recs = self.read(frontier.size, 4096)
+            if not recs or recs[0].seq != frontier.size:
+                raise EvidenceLogCorrupt(f"{self.log_dir}: cannot read record {frontier.size} to rebuild the Merkle tree")
+            frontier.extend(leaf_hash(r.line) for r in recs)
+        self._frontier = frontier
+        self._recent.clear()
+        if last is not None:
+            self._recent.append(last)
+            if self.origin and self.origin != last.checkpoint.origin:
+                log.warning("evidence_checkpoint_origin_kept", configured=self.origin, origin=last.checkpoint.origin)
+            self.origin = last.checkpoint.origin
+        self._cp_due = 0.0 if last is not None and last.checkpoint.size == n else time.monotonic()
+
+    def _adopt_key(self, retired: dict[str, int]) -> None:
+        """Refuse a signing key a rotation retired, unless the next-key file holds its successor
+        (the process stopped between the rotation record and moving the key file into place)."""
+        if self.key_id not in retired:
+            return
+        try:
+            nxt = SigningKey.from_file(self.next_key_path)
+        except (OSError, ValueError):
+            nxt = None
+        if nxt is None or nxt.key_id in retired:
+            raise EvidenceLogError(
+                f"signing key {self.key_id} was retired by a key rotation at seq {retired[self.key_id]}; "
+                f"start with the key it rotated to ({self.cfg.key_path} or {self.next_key_path})"
+            )
+        self._use_key(nxt)
+        self._install_next_key()
 
     def _check_torn_tail(self, path: Path, data: bytes, good_end: int, reason: str) -> None:
         """Everything after ``good_end`` must be debris of one interrupted write: no later
@@ -377,6 +463,29 @@ class EvidenceLog:
 
     # -- public API ---------------------------------------------------------------------------
 
+    @property
+    def tree_size(self) -> int:
+        return self._frontier.size
+
+    def latest_checkpoint(self, at_most: int | None = None) -> StoredCheckpoint | None:
+        """The newest checkpoint (with at most ``at_most`` records, if given) from memory or, for
+        an old one, from ``checkpoints.jsonl`` (any thread)."""
+        with self._lock:
+            recent = list(self._recent)
+        for sc in reversed(recent):
+            if at_most is None or sc.checkpoint.size <= at_most:
+                return sc
+        if at_most is None:
+            return None
+        return self._store.last(self._known_keys_with_rotations(), at_most=at_most)
+
+    def checkpoint_of_size(self, size: int) -> StoredCheckpoint | None:
+        sc = self.latest_checkpoint(at_most=size)
+        return sc if sc is not None and sc.checkpoint.size == size else None
+
+    def _known_keys_with_rotations(self) -> list[VerifyKey]:
+        return keyring_for(self.log_dir, self._known_keys()).keys
+
     def add_listener(self, fn: Listener) -> None:
         """``fn(seq, envelope)`` is called from the writer thread once a record is durable.
         It must be quick and thread-safe (e.g. ``loop.call_soon_threadsafe(event.set)``)."""
@@ -432,6 +541,11 @@ class EvidenceLog:
             "failures": self.failures,
             "recoveries": self.recoveries,
             "heal_attempts": self.heal_attempts,
+            "key_id": self.key_id,
+            "tree_size": self._frontier.size,
+            "checkpoint_size": self._recent[-1].checkpoint.size if self._recent else 0,
+            "checkpoints": self.checkpoints,
+            "key_rotations": self.rotations,
         }
 
     @property
@@ -585,16 +699,96 @@ class EvidenceLog:
                 else:
                     delay = min(delay * 2, HEAL_BACKOFF_S[1])
                 continue
-            batch = self._take()
-            if not batch:
-                return
+            batch = self._take(timeout=self._idle_timeout())
             settled: set[int] = set()
             try:
-                self._commit(batch, settled)
+                if batch:
+                    self._commit(batch, settled)
+                if self._closing and not batch:
+                    self._checkpoint()  # the last records get a signed checkpoint before stopping
+                    return
+                self._housekeeping()
             except BaseException as exc:  # noqa: BLE001 - any failure here fails the log until repaired
                 err = EvidenceWriteError(f"evidence log write failed: {exc}")
                 _settle([(p, err, False) for p in batch if id(p) not in settled])
                 self._fail(exc)
+
+    def _idle_timeout(self) -> float:
+        """How long the writer may sleep without appends: until the next checkpoint is due, and at
+        most until the next look for a next-key file."""
+        wait = ROTATION_POLL_S
+        if self._cp_due and self.cfg.checkpoint_interval_s > 0:
+            wait = min(wait, self._cp_due - time.monotonic())
+        return max(0.0, wait)
+
+    def _housekeeping(self) -> None:
+        """Between commits (writer thread): a due checkpoint, a pending key rotation."""
+        now = time.monotonic()
+        if self._cp_due and self.cfg.checkpoint_interval_s > 0 and now >= self._cp_due:
+            self._checkpoint()
+        if now >= self._rotation_check:
+            self._rotation_check = now + ROTATION_POLL_S
+            if self.next_key_path.exists():
+                self._rotate()
+
+    def _checkpoint(self, keys: list[SigningKey] | None = None) -> StoredCheckpoint | None:
+        """Sign the current tree (writer thread) unless the last checkpoint already has its size
+        (``keys`` given: always, e.g. co-signed at a rotation). Durable before it returns."""
+        size = self._frontier.size
+        last = self._recent[-1].checkpoint.size if self._recent else 0
+        self._cp_due = 0.0
+        if size == 0 or (keys is None and size == last):
+            return None
+        if not self.origin:
+            first = self.record_at(0)
+            if first is None:
+                raise EvidenceLogError("cannot read record 0 to name the checkpoint origin")
+            self.origin = "certus-evaluate/" + first.evidence_id.split(":", 1)[1][:16]
+        cp = sign_checkpoint(self.origin, size, self._frontier.root(), keys or [self._key])
+        sc = StoredCheckpoint(cp, self._frontier.copy())
+        self._store.append(cp, sc.frontier)
+        with self._lock:
+            self._recent.append(sc)
+        self.checkpoints += 1
+        log.info("evidence_checkpoint", tree_size=size, origin=self.origin)
+        return sc
+
+    def _use_key(self, key: SigningKey) -> None:
+        write_public_key(self.log_dir, key.verify_key)
+        self._key = key
+        self.key_id = key.key_id
+        self.public_key = key.verify_key
+
+    def _install_next_key(self) -> None:
+        """Move the next-key file (and its .pub) over the key path: the old private key is gone."""
+        target = Path(self.cfg.key_path)
+        os.replace(self.next_key_path, target)
+        pub = Path(str(self.next_key_path) + ".pub")
+        if pub.exists():
+            os.replace(pub, Path(str(target) + ".pub"))
+        _fsync_dir(target.parent)
+
+    def _rotate(self) -> None:
+        """Start a new key epoch at the next seq (writer thread, nothing in flight)."""
+        try:
+            new = SigningKey.from_file(self.next_key_path)
+        except (OSError, ValueError) as exc:
+            log.error("evidence_next_key_unreadable", path=str(self.next_key_path), error=str(exc))
+            return
+        old = self._key
+        if new.key_id == old.key_id:
+            self._install_next_key()
+            return
+        seq = self._next_seq
+        rot = make_rotation(old, new.verify_key, seq, self._prev_hash if seq > 0 else "", utc_timestamp())
+        write_public_key(self.log_dir, new.verify_key)
+        append_rotation(self.log_dir, rot)  # durable before the new key signs anything
+        if seq > 0:
+            self._checkpoint(keys=[old, new])  # the boundary, signed by both epochs
+        self._use_key(new)
+        self._install_next_key()
+        self.rotations += 1
+        log.warning("evidence_key_rotated", old_key_id=old.key_id, new_key_id=new.key_id, effective_seq=seq)
 
     def _fail(self, exc: BaseException) -> None:
         self._failed = exc
@@ -725,6 +919,9 @@ class EvidenceLog:
         log.info("evidence_segment_rolled", segment=segment_name(number), first_seq=first_seq)
 
     def _publish(self, items: list[tuple[_Pending, int, str, Envelope, bytes]]) -> None:
+        self._frontier.extend(leaf_hash(item[4]) for item in items)
+        if not self._cp_due:
+            self._cp_due = time.monotonic() + self.cfg.checkpoint_interval_s
         with self._lock:
             self._durable_seq = items[-1][1]
             self._durable_evidence_id = items[-1][2]

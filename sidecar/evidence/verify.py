@@ -7,12 +7,22 @@ segments in order) and ``prev_hash`` equal to the digest of the line before it (
 for seq 0). The first record that breaks any rule is named (segment file, line, seq) — an edit,
 deletion, reordering, insertion or a record signed by another key all break one.
 
+Key rotation: the trusted keys are a keyring's roots; each rotation record in ``rotations.jsonl``
+signed by a trusted key extends trust to the next key from its ``effective_seq`` on and retires the
+old key there, so a record signed by a key outside its epoch fails.
+
+Checkpoints: every signed checkpoint in ``checkpoints.jsonl`` must verify with a key of the
+keyring, carry the log's one origin, and its root hash must be the Merkle root (RFC 9162) of the
+first ``size`` verified records. A checkpoint larger than the log proves records were removed from
+the end, which the chain alone cannot show.
+
 Trust: pass the public key(s) you trust (``key=``, ``--key``). Without one the keys recorded in the
 log's own ``keys/`` directory are used, which proves internal consistency only (whoever can rewrite
 the log can rewrite that directory too); the report says which was used.
 
-Not detectable from the log alone: removal of the newest records (the chain is still valid up
-to the cut). Compare the reported last evidence id with one held elsewhere (the integrity service).
+Not detectable from the log alone: removal of the newest records together with the checkpoints
+that cover them. The integrity service holds the checkpoints it was sent and refuses one that is
+not consistent with them; compare the reported last checkpoint with the one it holds.
 """
 
 from __future__ import annotations
@@ -24,7 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from certus.sidecar.evidence.checkpoint import CHECKPOINTS_FILE, CheckpointError, CheckpointStore, open_checkpoint
 from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, DecisionError, IntegrityDecision
+from certus.sidecar.evidence.keyring import ROTATIONS_FILE, Keyring, KeyringError, load_rotations
+from certus.sidecar.evidence.merkle import Frontier, leaf_hash
 from certus.sidecar.evidence.records import RecordError, list_segments, parse_line, read_public_keys
 from certus.sidecar.signing import SignatureError, VerifyKey, pae
 
@@ -57,6 +70,12 @@ class VerifyReport:
     last_evidence_id: str
     first_bad: BadRecord | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    checkpoints: int = 0  # signed checkpoints that verified
+    checkpoint_size: int = 0  # tree size of the newest one
+    checkpoint_root: str = ""  # its root hash (base64), to compare with the integrity service's
+    origin: str = ""
+    tree_root: str = ""  # Merkle root (base64) over all verified records
+    rotations: tuple[str, ...] = ()  # "old -> new at seq N"
 
     def summary(self) -> str:
         lines = [
@@ -70,7 +89,12 @@ class VerifyReport:
             f"trusted keys ({self.key_source}): " + (", ".join(self.trusted_key_ids) or "-"),
             f"last seq: {self.last_seq}",
             f"last evidence id: {self.last_evidence_id or '-'}",
+            f"merkle root: {self.tree_root or '-'} (tree size {self.records})",
+            f"checkpoints verified: {self.checkpoints}"
+            + (f", newest: size {self.checkpoint_size} root {self.checkpoint_root} origin {self.origin}" if self.checkpoints else ""),
+            f"records after the newest checkpoint: {self.records - self.checkpoint_size}",
         ]
+        lines += [f"key rotation: {r}" for r in self.rotations]
         lines += [f"warning: {w}" for w in self.warnings]
         if self.first_bad is not None:
             lines.append(f"FIRST BAD RECORD: {self.first_bad}")
@@ -99,6 +123,12 @@ class VerifyReport:
                 "reason": self.first_bad.reason,
             },
             "warnings": list(self.warnings),
+            "checkpoints": self.checkpoints,
+            "checkpoint_size": self.checkpoint_size,
+            "checkpoint_root": self.checkpoint_root,
+            "origin": self.origin,
+            "tree_root": self.tree_root,
+            "rotations": list(self.rotations),
         }
 
 
@@ -124,6 +154,23 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
         if not keys:
             raise NoTrustedKey("an empty key list trusts nothing")
     trusted = {k.key_id: k for k in keys}
+    ring = Keyring(keys)
+    rotation_error: BadRecord | None = None
+    try:
+        for n, env in enumerate(load_rotations(log_dir), start=1):
+            try:
+                ring.apply(env)
+            except KeyringError as exc:
+                rotation_error = BadRecord(ROTATIONS_FILE, n, None, str(exc))
+                break
+    except KeyringError as exc:
+        rotation_error = BadRecord(ROTATIONS_FILE, 0, None, str(exc))
+    store = CheckpointStore(log_dir)
+    entries = list(store)
+    wanted = {d.get("size") for d, _ in entries}
+    roots: dict[int, bytes] = {}
+    frontier = Frontier()
+    cp_state: dict[str, object] = {"n": 0, "size": 0, "root": "", "origin": ""}
 
     segments = list_segments(log_dir)
     outcomes: Counter[str] = Counter()
@@ -135,6 +182,8 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
     last_evidence_id = ""
 
     def report(first_bad: BadRecord | None) -> VerifyReport:
+        if first_bad is None:
+            first_bad = _check_checkpoints(entries, ring, roots, expect_seq, cp_state)
         return VerifyReport(
             log_dir=str(log_dir),
             ok=first_bad is None,
@@ -150,7 +199,16 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
             last_evidence_id=last_evidence_id,
             first_bad=first_bad,
             warnings=tuple(warnings),
+            checkpoints=int(cp_state["n"]),  # type: ignore[call-overload]
+            checkpoint_size=int(cp_state["size"]),  # type: ignore[call-overload]
+            checkpoint_root=str(cp_state["root"]),
+            origin=str(cp_state["origin"]),
+            tree_root=base64.b64encode(frontier.root()).decode() if expect_seq else "",
+            rotations=tuple(f"{r.old_key_id} -> {r.new_key.key_id} at seq {r.effective_seq}" for r in ring.rotations),
         )
+
+    if rotation_error is not None:
+        return report(rotation_error)
 
     if not segments:
         return report(BadRecord("-", 0, None, "no segment files (segment-NNNNNN.jsonl) in the log directory"))
@@ -170,7 +228,7 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
                     BadRecord(seg.name, line_no, None, "incomplete last line (torn write; the sidecar truncates it on restart)")
                 )
             raw = data[pos:nl]
-            checked = _check_record(raw, seg, pos, line_no, expect_seq, prev_hash, trusted)
+            checked = _check_record(raw, seg, pos, line_no, expect_seq, prev_hash, ring)
             if isinstance(checked, BadRecord):
                 return report(checked)
             dec, evidence_id, signer = checked
@@ -182,6 +240,9 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
             prev_hash = evidence_id
             last_evidence_id = evidence_id
             expect_seq += 1
+            frontier.append(leaf_hash(raw))
+            if expect_seq in wanted:
+                roots[expect_seq] = frontier.root()
             pos = nl + 1
     return report(None)
 
@@ -193,7 +254,7 @@ def _check_record(
     line_no: int,
     expect_seq: int,
     prev_hash: str,
-    trusted: dict[str, VerifyKey],
+    ring: Keyring,
 ) -> BadRecord | tuple[IntegrityDecision, str, str]:
     def bad(reason: str, seq: int | None = None) -> BadRecord:
         return BadRecord(seg.name, line_no, seq, reason)
@@ -209,8 +270,13 @@ def _check_record(
     message = pae(env.payload_type, env.payload)
     signer = ""
     for keyid, sig in env.signatures:
-        k = trusted.get(keyid)
+        k = ring.key_for(keyid, rec.seq)
         if k is None:
+            epoch = ring.epoch(keyid)
+            if epoch is not None:
+                start, end = epoch
+                when = f"retired at seq {end}" if end is not None and rec.seq >= end else f"valid from seq {start}"
+                return bad(f"signed by {keyid} outside its key epoch ({when})", rec.seq)
             continue
         try:
             k.verify(message, sig)
@@ -247,3 +313,41 @@ def _claimed_seq(raw: bytes) -> int | None:
         return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
     except Exception:  # noqa: BLE001 - any damage means "unknown"
         return None
+
+
+def _check_checkpoints(
+    entries: list[tuple[dict[str, Any], int]],
+    ring: Keyring,
+    roots: dict[int, bytes],
+    records: int,
+    state: dict[str, object],
+) -> BadRecord | None:
+    """Each checkpoint: signed by a key of its epoch, one origin, never shrinking, its root the
+    Merkle root of the first ``size`` verified records. Fills ``state`` with the newest."""
+    origin: str | None = None
+    last_size = 0
+    for d, n in entries:
+        def bad(reason: str) -> BadRecord:
+            return BadRecord(CHECKPOINTS_FILE, n, None, reason)
+
+        note, size = d.get("note"), d.get("size")
+        if not isinstance(note, str) or isinstance(size, bool) or not isinstance(size, int):
+            return bad("not a checkpoint entry")
+        try:
+            cp = open_checkpoint(note, ring.keys_for_checkpoint(size), origin=origin)
+        except CheckpointError as exc:
+            return bad(f"checkpoint of size {size}: {exc}")
+        if cp.size != size:
+            return bad(f"size field {size} differs from the signed tree size {cp.size}")
+        if cp.size < last_size:
+            return bad(f"tree size {cp.size} is smaller than an earlier checkpoint's {last_size}")
+        if cp.size > records:
+            return bad(
+                f"checkpoint signs a tree of {cp.size} records but the log holds {records}: "
+                f"records from seq {records} on were removed"
+            )
+        if roots.get(cp.size) != cp.root:
+            return bad(f"root hash of tree size {cp.size} differs from the records' Merkle root (records changed or forked)")
+        origin, last_size = cp.origin, cp.size
+        state.update(n=int(state["n"]) + 1, size=cp.size, root=base64.b64encode(cp.root).decode(), origin=cp.origin)  # type: ignore[call-overload]
+    return None

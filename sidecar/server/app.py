@@ -179,7 +179,7 @@ class App:
             details["pii.worker_pid"] = pii.pid
             details["pii.worker_restarts"] = pii.restarts
         return {
-            "key_id": self.signing_key.key_id,
+            "key_id": self.evidence.key_id,  # the current key: a rotation replaces signing_key's
             "payload_type": signing.DECISION_PAYLOAD_TYPE,
             "model": f"all-MiniLM-L6-v2/{getattr(self.encoder, 'variant', 'custom')}",
             "execution_provider": str(getattr(self.encoder, "provider", "custom")),
@@ -293,7 +293,7 @@ async def serve(cfg: Config) -> None:
         raise SystemExit(f"certus-sidecar: cannot start: {exc}") from exc
     await server.start()
     host = cfg.server.address.rsplit(":", 1)[0]
-    log.info("serving", address=f"{host}:{port}", key_id=app.signing_key.key_id, provider=info_provider(app))
+    log.info("serving", address=f"{host}:{port}", key_id=app.evidence.key_id, provider=info_provider(app))
     print(f"certus-sidecar listening on {host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -245,7 +245,7 @@ class EvaluatorService:
         return pb.GetInfoResponse(
             version=__version__,
             key_id=info["key_id"],
-            public_key=self.app.signing_key.verify_key.public_bytes,
+            public_key=self.app.evidence.public_key.public_bytes,
             signature_algorithm="ed25519",
             payload_type=info["payload_type"],
             model=info["model"],
