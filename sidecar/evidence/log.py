@@ -66,7 +66,7 @@ from certus.sidecar.config import EvidenceConfig
 from certus.sidecar.errors import Fatal
 from certus.sidecar.evidence.checkpoint import CheckpointError, CheckpointStore, StoredCheckpoint, sign_checkpoint
 from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision, utc_timestamp
-from certus.sidecar.evidence.keyring import KeyringError, append_rotation, keyring_for, make_rotation
+from certus.sidecar.evidence.keyring import KeyringError, Rotation, append_rotation, keyring_for, make_rotation
 from certus.sidecar.evidence.merkle import Frontier, leaf_hash
 from certus.sidecar.evidence.records import (
     LogRecord,
@@ -205,6 +205,8 @@ class EvidenceLog:
         self.origin = cfg.checkpoint_origin
         self._cp_due = 0.0  # time.monotonic() when the next checkpoint is due (0: none pending)
         self._rotation_check = 0.0
+        self._cp_waiters: list[concurrent.futures.Future[StoredCheckpoint | None]] = []  # guarded by _cond
+        self._rotations: list[Rotation] = []  # the log's rotation records, in order
         self.checkpoints = 0  # signed by this process
         self.rotations = 0
         self._lock = threading.Lock()  # guards: segments list, durable state, listeners
@@ -364,6 +366,8 @@ class EvidenceLog:
             log.warning("evidence_checkpoints_torn_tail_truncated", bytes_dropped=dropped)
         try:
             ring = keyring_for(self.log_dir, self._known_keys())
+            with self._lock:
+                self._rotations = list(ring.rotations)
             last = self._store.last(ring.keys)
         except (CheckpointError, KeyringError) as exc:
             raise EvidenceLogCorrupt(f"{self.log_dir}: {exc}. Run `certus-sidecar verify` on the log directory.") from exc
@@ -482,6 +486,15 @@ class EvidenceLog:
     def checkpoint_of_size(self, size: int) -> StoredCheckpoint | None:
         sc = self.latest_checkpoint(at_most=size)
         return sc if sc is not None and sc.checkpoint.size == size else None
+
+    def rotation_records(self) -> list[Envelope]:
+        with self._lock:
+            return [r.envelope for r in self._rotations]
+
+    def rotation_seqs(self) -> list[int]:
+        """``effective_seq`` of each key rotation (the forwarder's barriers)."""
+        with self._lock:
+            return [r.effective_seq for r in self._rotations]
 
     def _known_keys_with_rotations(self) -> list[VerifyKey]:
         return keyring_for(self.log_dir, self._known_keys()).keys
@@ -661,7 +674,7 @@ class EvidenceLog:
         """Wait (at most ``timeout`` s, if given) for the next group of pending appends."""
         with self._cond:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while not self._pending and not self._closing:
+            while not self._pending and not self._closing and not self._cp_waiters:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return []
@@ -721,11 +734,32 @@ class EvidenceLog:
             wait = min(wait, self._cp_due - time.monotonic())
         return max(0.0, wait)
 
+    def request_checkpoint(self) -> concurrent.futures.Future[StoredCheckpoint | None]:
+        """Ask the writer to sign a checkpoint of everything written so far (e.g. before the
+        shutdown drain, so the forwarder can deliver it); resolves with the newest checkpoint."""
+        fut: concurrent.futures.Future[StoredCheckpoint | None] = concurrent.futures.Future()
+        with self._cond:
+            if self._closing or self._failed is not None:
+                fut.set_result(None)
+                return fut
+            self._cp_waiters.append(fut)
+            self._cond.notify()
+        return fut
+
     def _housekeeping(self) -> None:
-        """Between commits (writer thread): a due checkpoint, a pending key rotation."""
+        """Between commits (writer thread): a due or requested checkpoint, a pending key rotation."""
         now = time.monotonic()
-        if self._cp_due and self.cfg.checkpoint_interval_s > 0 and now >= self._cp_due:
-            self._checkpoint()
+        with self._cond:
+            waiters, self._cp_waiters = self._cp_waiters, []
+        try:
+            if waiters or (self._cp_due and self.cfg.checkpoint_interval_s > 0 and now >= self._cp_due):
+                self._checkpoint()
+        except BaseException as exc:
+            for w in waiters:
+                w.set_exception(exc)
+            raise
+        for w in waiters:
+            w.set_result(self._recent[-1] if self._recent else None)
         if now >= self._rotation_check:
             self._rotation_check = now + ROTATION_POLL_S
             if self.next_key_path.exists():
@@ -783,6 +817,8 @@ class EvidenceLog:
         rot = make_rotation(old, new.verify_key, seq, self._prev_hash if seq > 0 else "", utc_timestamp())
         write_public_key(self.log_dir, new.verify_key)
         append_rotation(self.log_dir, rot)  # durable before the new key signs anything
+        with self._lock:
+            self._rotations.append(rot)
         if seq > 0:
             self._checkpoint(keys=[old, new])  # the boundary, signed by both epochs
         self._use_key(new)

@@ -10,11 +10,19 @@ circuit breaker; while it is open nothing is sent and the backlog grows (visible
 A batch the receiver refuses as a whole with a non-retryable status is split in halves down to
 single records, and a single record refused (or a per-record ``rejected`` receipt) is written to
 the dead-letter file and skipped: one bad record cannot block the ones after it.
+
+Checkpoints: once the records a signed checkpoint covers are delivered, the checkpoint follows
+with an RFC 9162 consistency proof from the last one the sink acknowledged (its size is kept in the
+cursor) and the log's key rotation records. A rotation is a barrier: records signed by the new key
+go out only after the checkpoint at the rotation's seq (signed by both keys) was acknowledged, so
+the service already trusts the new key. A refused checkpoint (the service holds one this log does
+not extend) is logged as an error and counted; it does not stop the delivery of decisions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import threading
 import time
@@ -26,12 +34,14 @@ from opentelemetry.context import Context
 
 from certus.sidecar import telemetry
 from certus.sidecar.config import ForwarderConfig
+from certus.sidecar.evidence.checkpoint import StoredCheckpoint
 from certus.sidecar.evidence.log import EvidenceLog
+from certus.sidecar.evidence.merkle import Leaves, leaf_hash
 from certus.sidecar.evidence.records import LogRecord
 from certus.sidecar.forwarder.outbox import Cursor, Outbox
 from certus.sidecar.forwarder.policy import CircuitBreaker, RetryPolicy
 from certus.sidecar.forwarder.sinks import DeliveryError, Sink, make_sink
-from certus.sidecar.forwarder.wire import DUPLICATE, REJECTED
+from certus.sidecar.forwarder.wire import ACCEPTED, DUPLICATE, REJECTED, CheckpointSubmission
 from certus.sidecar.signing import Envelope
 
 log = structlog.get_logger(__name__)
@@ -76,6 +86,11 @@ class Forwarder:
         self.batches = 0
         self.last_error = ""
         self.cursor_error = ""  # the last cursor write error, "" once a write succeeds again
+        self.checkpoints_sent = 0  # acknowledged by the sink
+        self.checkpoint_rejections = 0
+        self.checkpoint_error = ""
+        self._checkpoints_unsupported = False  # the service answered UNIMPLEMENTED / 404
+        self._refused_checkpoint_size = 0  # the newest checkpoint the service refused (not sent again)
         self.last_delivery_at: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -169,6 +184,10 @@ class Forwarder:
             "batches": self.batches,
             "last_error": self.last_error,
             "cursor_error": self.cursor_error,
+            "checkpoint_size": self._cursor.checkpoint_size,
+            "checkpoints_sent": self.checkpoints_sent,
+            "checkpoint_rejections": self.checkpoint_rejections,
+            "checkpoint_error": self.checkpoint_error,
         }
 
     # -- wake-ups from the log's writer thread --------------------------------------------------
@@ -201,7 +220,15 @@ class Forwarder:
         assert self._wake is not None
         while True:
             next_seq = self._cursor.delivered_seq + 1
+            barrier = self._rotation_barrier()
+            if barrier is not None and next_seq >= barrier:
+                # every record the old key signed is out: the boundary checkpoint and the rotation
+                # record go before the first record of the new key
+                if not await self._forward_checkpoint():
+                    await asyncio.sleep(self.policy.delay_s(1, self._rng, None))
+                continue
             if next_seq > self._log.last_seq:
+                await self._forward_checkpoint()  # caught up: anchor what was delivered
                 if self._stopping:
                     return
                 self._wake.clear()
@@ -219,8 +246,9 @@ class Forwarder:
                 # a short linger turns a trickle of decisions into batches: one sink call and one
                 # cursor fsync for many records instead of one each
                 await asyncio.sleep(self.cfg.linger_ms / 1000.0)
+            limit = self.cfg.batch_size if barrier is None else min(self.cfg.batch_size, barrier - next_seq)
             try:
-                records = await asyncio.to_thread(self._log.read, next_seq, self.cfg.batch_size)
+                records = await asyncio.to_thread(self._log.read, next_seq, limit)
             except (OSError, ValueError) as exc:  # unreadable record: say so, keep trying (no skipping)
                 self.last_error = f"reading the evidence log at seq {next_seq}: {exc}"
                 log.error("forwarder_read_failed", seq=next_seq, error=str(exc))
@@ -231,6 +259,83 @@ class Forwarder:
                 await asyncio.sleep(IDLE_POLL_S)
                 continue
             await self._deliver(records)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _rotation_barrier(self) -> int | None:
+        """The first rotation seq not yet covered by an acknowledged (or refused) checkpoint."""
+        if self._checkpoints_unsupported:
+            return None
+        done = max(self._cursor.checkpoint_size, self._refused_checkpoint_size)
+        pending = [seq for seq in self._log.rotation_seqs() if seq > done]
+        return min(pending) if pending else None
+
+    async def _forward_checkpoint(self) -> bool:
+        """Send the newest checkpoint whose records are all delivered, if the sink has not seen it.
+        True when there is nothing (more) to do; False after a retryable failure."""
+        if self.sink is None or self._checkpoints_unsupported:
+            return True
+        delivered = self._cursor.delivered_seq + 1
+        sc = await asyncio.to_thread(self._log.latest_checkpoint, delivered)
+        if sc is None or sc.checkpoint.size <= max(self._cursor.checkpoint_size, self._refused_checkpoint_size):
+            return True
+        size = sc.checkpoint.size
+        old = self._cursor.checkpoint_size
+        for attempt in range(2):
+            try:
+                sub = await asyncio.to_thread(self._submission, sc, old)
+                receipt = await asyncio.wait_for(self.sink.send_checkpoint(sub), timeout=self.policy.attempt_timeout_s + 1.0)
+            except DeliveryError as exc:
+                if exc.code == "unimplemented":
+                    self._checkpoints_unsupported = True
+                    log.warning("forwarder_checkpoints_unsupported", sink=self.sink.name, error=str(exc))
+                    return True
+                self.checkpoint_error = str(exc)
+                if not exc.retryable:
+                    self._refused_checkpoint(size, str(exc))
+                    return True
+                return False
+            except (asyncio.TimeoutError, OSError, ValueError) as exc:
+                self.checkpoint_error = f"checkpoint {size}: {exc!r}"
+                return False
+            if receipt.status in (ACCEPTED, DUPLICATE):
+                cursor = dataclasses.replace(self._cursor, checkpoint_size=size)
+                await asyncio.to_thread(self._save_cursor, cursor)
+                self._cursor = cursor
+                self.checkpoints_sent += 1
+                self.checkpoint_error = ""
+                return True
+            held = receipt.held_size
+            if attempt == 0 and held != old and held < size and (held == 0 or self._log.checkpoint_of_size(held) is not None):
+                old = held  # the service holds another checkpoint of this log: prove from that one
+                continue
+            self._refused_checkpoint(size, receipt.error)
+            return True
+        return True
+
+    def _refused_checkpoint(self, size: int, error: str) -> None:
+        self.checkpoint_rejections += 1
+        self._refused_checkpoint_size = size
+        self.checkpoint_error = error
+        log.error("forwarder_checkpoint_rejected", tree_size=size, error=error[:300])
+
+    def _submission(self, sc: StoredCheckpoint, old_size: int) -> CheckpointSubmission:
+        """The checkpoint with a consistency proof from ``old_size`` (worker thread: reads the
+        records in between from the log)."""
+        size = sc.checkpoint.size
+        proof: list[bytes] = []
+        if 0 < old_size < size:
+            base = self._log.checkpoint_of_size(old_size)
+            if base is None:
+                raise ValueError(f"no checkpoint of tree size {old_size} to prove consistency from")
+            leaves: list[bytes] = []
+            while old_size + len(leaves) < size:
+                recs = self._log.read(old_size + len(leaves), min(4096, size - old_size - len(leaves)))
+                if not recs:
+                    raise ValueError(f"cannot read record {old_size + len(leaves)}")
+                leaves.extend(leaf_hash(r.line) for r in recs)
+            proof = Leaves.after(base.frontier, leaves).consistency_proof(old_size, size)
+        return CheckpointSubmission(sc.checkpoint.note, old_size, tuple(proof), tuple(self._log.rotation_records()))
 
     async def _deliver(self, records: Sequence[LogRecord]) -> None:
         """Deliver ``records`` (consecutive seqs) or dead-letter them; returns when the cursor
@@ -372,7 +477,7 @@ class Forwarder:
 
     async def _advance(self, rec: LogRecord) -> None:
         assert self._outbox is not None
-        cursor = Cursor(rec.seq, rec.evidence_id)
+        cursor = Cursor(rec.seq, rec.evidence_id, self._cursor.checkpoint_size)
         save = asyncio.ensure_future(asyncio.to_thread(self._save_cursor, cursor))
         try:
             await asyncio.shield(save)

@@ -2,7 +2,8 @@
 
 The outbox IS the evidence log: nothing is copied. ``cursor.json`` in ``outbox_dir`` records the
 highest seq up to which every record was delivered (or dead-lettered), with that record's
-evidence id so a replaced log is noticed. It is replaced atomically (write, fsync, rename, fsync
+evidence id so a replaced log is noticed, and the tree size of the last checkpoint the sink
+acknowledged (the next checkpoint's consistency proof starts there). It is replaced atomically (write, fsync, rename, fsync
 dir). A crash between delivery and the cursor write re-delivers at most that batch; receivers
 dedup by decision_id. ``dead-letters.jsonl`` lists records a receiver rejected (ids and reason
 only, never content).
@@ -25,6 +26,7 @@ DEAD_LETTER_FILE = "dead-letters.jsonl"
 class Cursor:
     delivered_seq: int = -1  # every record with seq <= this was handled
     evidence_id: str = ""  # evidence id of the record at delivered_seq
+    checkpoint_size: int = 0  # tree size of the newest checkpoint the sink acknowledged
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,13 +52,18 @@ class Outbox:
             seq = d["delivered_seq"]
             if isinstance(seq, bool) or not isinstance(seq, int) or seq < -1:
                 raise ValueError(f"delivered_seq {seq!r}")
-            return Cursor(seq, str(d.get("evidence_id", "")))
+            cp = d.get("checkpoint_size", 0)
+            if isinstance(cp, bool) or not isinstance(cp, int) or cp < 0:
+                raise ValueError(f"checkpoint_size {cp!r}")
+            return Cursor(seq, str(d.get("evidence_id", "")), cp)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{self.cursor_path}: unreadable cursor ({exc}); delete it to re-deliver from 0") from exc
 
     def save_cursor(self, cursor: Cursor) -> None:
         tmp = self.cursor_path.with_name(CURSOR_FILE + ".tmp")
-        data = json.dumps({"delivered_seq": cursor.delivered_seq, "evidence_id": cursor.evidence_id}).encode()
+        data = json.dumps(
+            {"delivered_seq": cursor.delivered_seq, "evidence_id": cursor.evidence_id, "checkpoint_size": cursor.checkpoint_size}
+        ).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, data)

@@ -8,6 +8,14 @@ to a JSONL store that is re-read at start. ``unavailable = True`` makes both end
 UNAVAILABLE / 503 with a retry hint, for failure tests. ``all_or_nothing = True`` makes it refuse
 a whole request that holds any bad record (gRPC INVALID_ARGUMENT / HTTP 422, nothing stored), as a
 strictly transactional service would; the forwarder then narrows the batch down to the bad record.
+
+Checkpoints (``SubmitCheckpoint``, ``POST /v1/checkpoints``): the receiver keeps the newest signed
+checkpoint it accepted (the first one is trusted on first use) and accepts a new one only with an
+RFC 9162 consistency proof from it: a log whose tail was dropped, a forked log and a replayed older
+checkpoint are all refused. Key rotation records sent with a checkpoint extend its keyring (the
+trusted keys are roots), so decisions signed by the new key are accepted, and the old key's are
+refused from the rotation's seq on. Checkpoints and rotations are kept in
+``<store>.checkpoints.jsonl`` and re-read at start.
 """
 
 from __future__ import annotations
@@ -23,16 +31,27 @@ from typing import Any, Sequence
 import grpc
 import structlog
 
+from certus.client.transparency import checkpoint_size
+from certus.sidecar.evidence.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from certus.sidecar.evidence.decision import DecisionError, IntegrityDecision
+from certus.sidecar.evidence.keyring import Keyring, KeyringError
+from certus.sidecar.evidence.merkle import verify_consistency
 from certus.sidecar.evidence.records import line_digest
-from certus.sidecar.forwarder.wire import ACCEPTED, DUPLICATE, REJECTED, Receipt
+from certus.sidecar.forwarder.wire import (
+    ACCEPTED,
+    DUPLICATE,
+    REJECTED,
+    CheckpointReceipt,
+    CheckpointSubmission,
+    Receipt,
+)
 from certus.sidecar.signing import (
     DECISION_PAYLOAD_TYPE,
     Envelope,
     SignatureError,
     VerifyKey,
     canonical_json,
-    verify_envelope,
+    pae,
 )
 
 log = structlog.get_logger(__name__)
@@ -64,8 +83,13 @@ class IntegrityReceiver:
     ) -> None:
         if not trusted_keys:
             raise ValueError("the receiver needs at least one trusted public key")
-        self._keys = {k.key_id: k for k in trusted_keys}
+        self._ring = Keyring(trusted_keys)
         self._store_path = Path(store_path) if store_path else None
+        self._cp_path = self._store_path.with_name(self._store_path.stem + ".checkpoints.jsonl") if self._store_path else None
+        self.checkpoint: Checkpoint | None = None  # the newest accepted
+        self.checkpoints_accepted = 0
+        self.checkpoints_rejected = 0
+        self.checkpoint_errors: list[str] = []  # reasons, newest last (for tests and operators)
         self._api_key = api_key
         self.retry_after_s = retry_after_s
         self.unavailable = False
@@ -82,6 +106,8 @@ class IntegrityReceiver:
         self._http_thread: threading.Thread | None = None
         if self._store_path is not None and self._store_path.exists():
             self._load()
+        if self._cp_path is not None and self._cp_path.exists():
+            self._load_checkpoints()
 
     # -- store ------------------------------------------------------------------------------------
 
@@ -98,6 +124,46 @@ class IntegrityReceiver:
                     continue
                 self._store[item.decision_id] = item
 
+    def _load_checkpoints(self) -> None:
+        assert self._cp_path is not None
+        for raw in self._cp_path.read_bytes().split(b"\n")[:-1]:
+            d = json.loads(raw)
+            for env in d.get("key_rotations", []):
+                self._ring.apply(Envelope.from_json_dict(env))
+            self.checkpoint = open_checkpoint(d["checkpoint"], self._ring.keys)
+
+    def submit_checkpoint(self, sub: CheckpointSubmission) -> CheckpointReceipt:
+        """Accept ``sub`` only if it extends the checkpoint held (or is the first one)."""
+        with self._lock:
+            held = self.checkpoint
+            held_size = held.size if held else 0
+            try:
+                for env in sub.rotations:
+                    self._ring.apply(env)
+                keys = self._ring.keys_for_checkpoint(checkpoint_size(sub.note))
+                cp = open_checkpoint(sub.note, keys, origin=held.origin if held else None)
+                if held is not None:
+                    if cp.size < held.size:
+                        raise CheckpointError(f"tree size {cp.size} is older than the held checkpoint's {held.size} (a replay or a rollback)")
+                    if sub.old_size != held.size:
+                        raise CheckpointError(f"the proof starts at tree size {sub.old_size}; the service holds {held.size}")
+                    verify_consistency(held.size, cp.size, held.root, cp.root, sub.proof)
+                    if cp.size == held.size:
+                        return CheckpointReceipt(DUPLICATE, held.size)
+            except (CheckpointError, KeyringError, ValueError) as exc:
+                self.checkpoints_rejected += 1
+                self.checkpoint_errors.append(str(exc))
+                log.warning("integrity_receiver_checkpoint_rejected", error=str(exc), held_size=held_size)
+                return CheckpointReceipt(REJECTED, held_size, str(exc))
+            self.checkpoint = cp
+            self.checkpoints_accepted += 1
+            if self._cp_path is not None:
+                self._cp_path.parent.mkdir(parents=True, exist_ok=True)
+                with self._cp_path.open("ab") as f:
+                    line = {"checkpoint": cp.note, "key_rotations": [e.to_json_dict() for e in sub.rotations]}
+                    f.write(json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+            return CheckpointReceipt(ACCEPTED, cp.size)
+
     def decisions(self) -> dict[str, StoredDecision]:
         with self._lock:
             return dict(self._store)
@@ -111,6 +177,9 @@ class IntegrityReceiver:
                 "rejected": self.rejected,
                 "requests": self.requests,
                 "refused_requests": self.refused_requests,
+                "checkpoint_size": self.checkpoint.size if self.checkpoint else 0,
+                "checkpoints_accepted": self.checkpoints_accepted,
+                "checkpoints_rejected": self.checkpoints_rejected,
             }
 
     def submit(self, envelopes: Sequence[Envelope], decisions: Sequence[Any] | None = None) -> list[Receipt]:
@@ -162,12 +231,11 @@ class IntegrityReceiver:
                 decision_id = str(payload.get("decision_id", ""))
         except ValueError:
             payload = None
-        try:
-            verify_envelope(env, self._keys, DECISION_PAYLOAD_TYPE)
-        except SignatureError as exc:
-            return Receipt(decision_id, REJECTED, "", f"signature: {exc}"), None
         if not isinstance(payload, dict):
             return Receipt(decision_id, REJECTED, "", "payload is not a JSON object"), None
+        error = self._signature_error(env, payload.get("seq"))
+        if error:
+            return Receipt(decision_id, REJECTED, "", f"signature: {error}"), None
         try:
             dec = IntegrityDecision.from_payload(payload)
         except DecisionError as exc:
@@ -177,6 +245,23 @@ class IntegrityReceiver:
         env_dict = env.to_json_dict()
         evidence_id = line_digest(env.to_json())
         return Receipt(dec.decision_id, ACCEPTED, evidence_id), StoredDecision(dec.decision_id, evidence_id, dec.seq, env_dict)
+
+    def _signature_error(self, env: Envelope, seq: Any) -> str:
+        """"" when a key of the keyring, in its epoch for ``seq``, signed ``env``."""
+        if env.payload_type != DECISION_PAYLOAD_TYPE:
+            return f"payloadType {env.payload_type!r}, expected {DECISION_PAYLOAD_TYPE!r}"
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            return "payload has no integer seq"
+        for keyid, sig in env.signatures:
+            key = self._ring.key_for(keyid, seq)
+            if key is None:
+                continue
+            try:
+                key.verify(pae(env.payload_type, env.payload), sig)
+            except SignatureError as exc:
+                return str(exc)
+            return ""
+        return "not signed by a trusted key for seq " + str(seq) + " (keyids: " + ", ".join(k for k, _ in env.signatures) + ")"
 
     def _authorized(self, header: str | None) -> bool:
         return not self._api_key or header == f"Bearer {self._api_key}"
@@ -215,6 +300,22 @@ class IntegrityReceiver:
                         for r in receipts
                     ]
                 )
+
+            def SubmitCheckpoint(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+                if not receiver._authorized(dict(context.invocation_metadata()).get("authorization")):
+                    context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing bearer key")
+                if receiver.unavailable:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "integrity service unavailable (test switch)")
+                try:
+                    rotations = tuple(
+                        Envelope(e.payload_type, bytes(e.payload), tuple((s.keyid, bytes(s.sig)) for s in e.signatures))
+                        for e in request.key_rotations
+                    )
+                    sub = CheckpointSubmission(request.checkpoint, request.old_size, tuple(bytes(h) for h in request.consistency_proof), rotations)
+                except ValueError as exc:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed checkpoint: {exc}")
+                r = receiver.submit_checkpoint(sub)
+                return ipb.SubmitCheckpointResponse(status=status_of[r.status], held_size=r.held_size, error=r.error)
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.max_receive_message_length", MAX_HTTP_BODY)])
         ipb_grpc.add_IntegrityServiceServicer_to_server(Servicer(), server)
@@ -255,7 +356,8 @@ class IntegrityReceiver:
                     self._reply(404, {"error": "not found"})
 
             def do_POST(self) -> None:  # noqa: N802
-                if self.path.rstrip("/") != "/v1/decisions":
+                path = self.path.rstrip("/")
+                if path not in ("/v1/decisions", "/v1/checkpoints"):
                     self._reply(404, {"error": "not found"})
                     return
                 length = int(self.headers.get("Content-Length") or 0)
@@ -272,6 +374,15 @@ class IntegrityReceiver:
                     with receiver._lock:
                         receiver.refused_requests += 1
                     self._reply(503, {"error": "unavailable (test switch)"}, {"Retry-After": f"{receiver.retry_after_s:g}"})
+                    return
+                if path == "/v1/checkpoints":
+                    try:
+                        sub = CheckpointSubmission.from_dict(json.loads(raw))
+                    except (ValueError, SignatureError) as exc:
+                        self._reply(400, {"error": f"malformed checkpoint: {exc}"})
+                        return
+                    r = receiver.submit_checkpoint(sub)
+                    self._reply(409 if r.status == REJECTED else 200, r.to_dict())
                     return
                 try:
                     body = json.loads(raw)

@@ -5,6 +5,12 @@ handled, or raises :class:`DeliveryError` (``retryable`` decides between backoff
 ``retry_after_s`` carries the server's hint). Sinks: ``file`` (JSONL of envelopes, the embedded
 default), ``grpc`` (IntegrityService.SubmitDecisions), ``http`` (POST /v1/decisions, stdlib
 ``http.client`` in a worker thread).
+
+``send_checkpoint(submission)`` delivers a signed checkpoint with its consistency proof
+(:class:`~sidecar.forwarder.wire.CheckpointSubmission`) and returns the service's
+:class:`~sidecar.forwarder.wire.CheckpointReceipt`; the file sink archives it beside the decisions.
+A service that does not know checkpoints (gRPC UNIMPLEMENTED, HTTP 404/405) raises a non-retryable
+:class:`DeliveryError` with code ``unimplemented``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import http.client
+import json
 import os
 import ssl
 import time
@@ -22,10 +29,20 @@ from typing import Any, Protocol, Sequence
 import grpc
 import structlog
 
+from certus.client.transparency import checkpoint_size
 from certus.sidecar.config import ForwarderConfig
 from certus.sidecar.evidence.records import LogRecord, parse_line
 from certus.sidecar.forwarder.policy import RetryPolicy
-from certus.sidecar.forwarder.wire import ACCEPTED, DUPLICATE, REJECTED, Receipt, http_batch_body, parse_receipts
+from certus.sidecar.forwarder.wire import (
+    ACCEPTED,
+    DUPLICATE,
+    REJECTED,
+    CheckpointReceipt,
+    CheckpointSubmission,
+    Receipt,
+    http_batch_body,
+    parse_receipts,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +59,8 @@ class Sink(Protocol):
     name: str
 
     async def send(self, records: Sequence[LogRecord]) -> list[Receipt]: ...
+
+    async def send_checkpoint(self, sub: CheckpointSubmission) -> CheckpointReceipt: ...
 
     async def close(self) -> None: ...
 
@@ -141,6 +160,27 @@ class FileSink:
             return await asyncio.to_thread(self._write, records)
         except OSError as exc:
             raise DeliveryError(f"file sink {self.path}: {exc}", retryable=True, code="io") from exc
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".checkpoints.jsonl")
+
+    def _write_checkpoint(self, sub: CheckpointSubmission) -> None:
+        line = json.dumps(sub.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        fd = os.open(self.checkpoint_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def send_checkpoint(self, sub: CheckpointSubmission) -> CheckpointReceipt:
+        """Archive the checkpoint beside the decisions (``<file>.checkpoints.jsonl``)."""
+        try:
+            await asyncio.to_thread(self._write_checkpoint, sub)
+        except OSError as exc:
+            raise DeliveryError(f"file sink {self.checkpoint_path}: {exc}", retryable=True, code="io") from exc
+        return CheckpointReceipt(ACCEPTED, checkpoint_size(sub.note))
 
     async def close(self) -> None:
         if self._fd >= 0:
@@ -246,6 +286,39 @@ class GrpcSink:
             out.append(Receipt(r.decision_id, status, r.evidence_id, r.error))
         return out
 
+    async def send_checkpoint(self, sub: CheckpointSubmission) -> CheckpointReceipt:
+        from certus.sidecar.protos import ipb
+
+        stub = self._ensure()
+        req = ipb.SubmitCheckpointRequest(
+            checkpoint=sub.note,
+            old_size=sub.old_size,
+            consistency_proof=list(sub.proof),
+            key_rotations=[
+                ipb.DsseEnvelope(
+                    payload_type=e.payload_type,
+                    payload=e.payload,
+                    signatures=[ipb.DsseSignature(keyid=k, sig=s) for k, s in e.signatures],
+                )
+                for e in sub.rotations
+            ],
+        )
+        metadata = (("authorization", f"Bearer {self._api_key}"),) if self._api_key else None
+        try:
+            resp = await stub.SubmitCheckpoint(req, timeout=self._policy.attempt_timeout_s, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+            raise DeliveryError(
+                f"grpc {code}: {exc.details()}",
+                retryable=code in self._policy.retryable_grpc,
+                retry_after_s=_grpc_retry_after_s(exc.trailing_metadata()),
+                code="unimplemented" if code == "UNIMPLEMENTED" else code,
+            ) from exc
+        names = {ipb.RECEIPT_STATUS_ACCEPTED: ACCEPTED, ipb.RECEIPT_STATUS_DUPLICATE: DUPLICATE, ipb.RECEIPT_STATUS_REJECTED: REJECTED}
+        if resp.status not in names:
+            raise DeliveryError(f"checkpoint receipt has status {resp.status}", retryable=True, code="protocol")
+        return CheckpointReceipt(names[resp.status], int(resp.held_size), resp.error)
+
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
@@ -283,11 +356,12 @@ class HttpSink:
         self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
         path = parsed.path.rstrip("/")
         self._path = path if path.endswith("/v1/decisions") else path + "/v1/decisions"
+        self._checkpoint_path = self._path[: -len("/v1/decisions")] + "/v1/checkpoints"
         self._policy = policy
         self._api_key = api_key
         self.url = url
 
-    def _post(self, body: bytes) -> tuple[int, bytes, str | None]:
+    def _post(self, body: bytes, path: str = "") -> tuple[int, bytes, str | None]:
         timeout = self._policy.attempt_timeout_s
         conn: http.client.HTTPConnection
         if self._scheme == "https":
@@ -298,7 +372,7 @@ class HttpSink:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         try:
-            conn.request("POST", self._path, body=body, headers=headers)
+            conn.request("POST", path or self._path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
             return resp.status, data, resp.getheader("Retry-After")
@@ -321,6 +395,24 @@ class HttpSink:
             retryable=status in self._policy.retryable_http,
             retry_after_s=_http_retry_after_s(retry_after),
             code=str(status),
+        )
+
+    async def send_checkpoint(self, sub: CheckpointSubmission) -> CheckpointReceipt:
+        body = json.dumps(sub.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            status, data, retry_after = await asyncio.to_thread(self._post, body, self._checkpoint_path)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DeliveryError(f"http {self._host}:{self._port}: {exc!r}", retryable=True, code="connect") from exc
+        if status in (200, 409):
+            try:
+                return CheckpointReceipt.from_dict(json.loads(data))
+            except ValueError as exc:
+                raise DeliveryError(f"http {status}: bad checkpoint receipt: {exc}", retryable=True, code="protocol") from exc
+        raise DeliveryError(
+            f"http {status}: {data[:200].decode('utf-8', 'replace')}",
+            retryable=status in self._policy.retryable_http,
+            retry_after_s=_http_retry_after_s(retry_after),
+            code="unimplemented" if status in (404, 405) else str(status),
         )
 
     async def close(self) -> None:

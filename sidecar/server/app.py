@@ -193,8 +193,13 @@ class App:
         await self.pipeline.close()
         await asyncio.get_running_loop().run_in_executor(None, self.guardrails.close)
         await self.batcher.stop()
-        # deliver what is still in the outbox for up to the grace period, then stop (the cursor
-        # is durable: whatever is left goes out after the next start)
+        # anchor everything written in a signed checkpoint, then deliver what is still in the
+        # outbox (and that checkpoint) for up to the grace period, then stop (the cursor is
+        # durable: whatever is left goes out after the next start)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.evidence.request_checkpoint()), timeout=5.0)
+        except Exception as exc:  # noqa: BLE001 - a failed log still shuts down; the log says why
+            log.warning("shutdown_checkpoint_failed", error=repr(exc))
         await self.forwarder.stop(drain_s=self.cfg.server.grace_s)
         await self.evidence.close()
         self.manifests.stop()

@@ -363,7 +363,8 @@ def test_kill9_under_load_twice_then_receiver_gets_everything_once(sink: str, tm
             receiver = start_receiver(sink, port, info, store)
             assert sc.terminate() == 0
             cursor = json.loads((home.root / "outbox" / "cursor.json").read_text())
-            assert cursor == {"delivered_seq": records[-1].seq, "evidence_id": records[-1].evidence_id}
+            assert (cursor["delivered_seq"], cursor["evidence_id"]) == (records[-1].seq, records[-1].evidence_id)
+            assert cursor["checkpoint_size"] == records[-1].seq + 1  # the shutdown checkpoint was delivered too
             assert receiver.stats()["duplicates"] == 0
         assert_delivered_exactly_once(receiver, records)
         dups = receiver.stats()["duplicates"]

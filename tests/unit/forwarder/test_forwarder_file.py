@@ -48,7 +48,7 @@ def test_file_sink_receives_the_log_in_order_and_the_cursor_is_persisted(tmp_pat
     stats = asyncio.run(run())
     assert sink_lines(tmp_path) == log_lines(tmp_path)
     last = log_lines(tmp_path)[-1]
-    assert cursor(tmp_path) == {"delivered_seq": 39, "evidence_id": "sha256:" + hashlib.sha256(last).hexdigest()}
+    assert cursor(tmp_path) == {"delivered_seq": 39, "evidence_id": "sha256:" + hashlib.sha256(last).hexdigest(), "checkpoint_size": 0}
     assert stats["sink"] == "file" and stats["backlog"] == 0 and stats["delivered"] == 40
     assert stats["duplicates"] == 0 and stats["dead_letters"] == 0 and stats["breaker_state"] == "closed"
     assert stats["delivered_seq"] == 39 and stats["last_seq"] == 39

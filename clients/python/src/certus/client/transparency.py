@@ -416,7 +416,7 @@ def verify_inclusion_bundle(bundle: dict[str, Any], public_keys: Sequence[bytes]
     }
 
 
-def _note_size(note: str) -> int:
+def checkpoint_size(note: str) -> int:
     """The tree size line of a checkpoint note (to pick the keys of its epoch before verifying)."""
     parts = note.split("\n", 2)
     if len(parts) < 3 or not parts[1].isdigit():
@@ -431,7 +431,7 @@ def verify_consistency_bundle(bundle: dict[str, Any], public_keys: Sequence[byte
     old_note, new_note = bundle.get("old_checkpoint"), bundle.get("new_checkpoint")
     if not isinstance(old_note, str) or not isinstance(new_note, str):
         raise ProofError("old_checkpoint and new_checkpoint: signed notes are required")
-    sizes = [_note_size(old_note), _note_size(new_note)]
+    sizes = [checkpoint_size(old_note), checkpoint_size(new_note)]
     old = open_checkpoint(old_note, ring.keys_for_checkpoint(sizes[0]))
     new = open_checkpoint(new_note, ring.keys_for_checkpoint(sizes[1]), origin=old.origin)
     verify_consistency(old.size, new.size, old.root, new.root, _hashes(bundle.get("consistency_path"), "consistency_path"))
