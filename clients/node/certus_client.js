@@ -9,6 +9,9 @@
 //       -> fetches the public key with GetInfo, rebuilds DSSE's PAE, verifies the Ed25519 signature;
 //          exit 0 and {"verified": true, ...} on success, exit 1 and {"verified": false, "error": ...} on failure
 //   node certus_client.js measure --target 127.0.0.1:50051 --text1 ... --text2 ...
+//   node certus_client.js verify-proof --bundle proof.json --key signing.key.pub [--key ...]
+//       -> offline, no sidecar: checks a `certus-sidecar prove inclusion|consistency` bundle
+//          (transparency.js: record signature, RFC 9162 proof, C2SP signed checkpoint, key rotations)
 //
 // Options: --proto-root DIR (default ../../proto beside this file), --timeout-ms N (default 60000).
 // The envelope file holds one evidence log line: the canonical DSSE JSON, exactly as the sidecar wrote it.
@@ -17,13 +20,15 @@
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
-const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
+// gRPC modules load on first use: `verify-proof` works offline without `npm ci`
+const grpcModules = () => ({ grpc: require('@grpc/grpc-js'), protoLoader: require('@grpc/proto-loader') });
+const transparency = require('./transparency');
 
 const PROTO_FILE = 'certus/evaluate/v1/evaluate.proto';
 const DEFAULT_PROTO_ROOT = path.resolve(__dirname, '..', '..', 'proto');
 
 function loadEvaluator(protoRoot) {
+  const { grpc, protoLoader } = grpcModules();
   const definition = protoLoader.loadSync(PROTO_FILE, {
     includeDirs: [protoRoot],
     keepCase: true, // field names exactly as in the .proto (evidence_id, not evidenceId)
@@ -38,6 +43,7 @@ function loadEvaluator(protoRoot) {
 }
 
 function connect(target, protoRoot) {
+  const { grpc } = grpcModules();
   const Evaluator = loadEvaluator(protoRoot);
   // Pod-local loopback: plaintext. For a remote sidecar use grpc.credentials.createSsl(...) and
   // a bearer token in the call metadata (see docs/clients.md).
@@ -129,14 +135,25 @@ function verifyEnvelope(line, publicKey, expectedPayloadType) {
 
 function parseArgs(argv) {
   const [command, ...rest] = argv;
-  const opts = {};
+  const opts = { key: [] };
   for (let i = 0; i < rest.length; i += 1) {
     const a = rest[i];
     if (!a.startsWith('--') || i + 1 >= rest.length) throw new Error(`bad argument ${a}`);
-    opts[a.slice(2)] = rest[i + 1];
+    if (a === '--key') opts.key.push(rest[i + 1]);
+    else opts[a.slice(2)] = rest[i + 1];
     i += 1;
   }
   return { command, opts };
+}
+
+function cmdVerifyProof(opts) {
+  if (!opts.bundle || !opts.key.length) throw new Error('--bundle FILE and --key PUB (repeatable) are required');
+  const keys = opts.key.map((f) => {
+    const raw = Buffer.from(fs.readFileSync(f, 'utf8').trim(), 'base64');
+    if (raw.length !== 32) throw new Error(`${f}: an Ed25519 public key is 32 bytes`);
+    return raw;
+  });
+  return transparency.verifyBundle(JSON.parse(fs.readFileSync(opts.bundle, 'utf8')), keys);
 }
 
 function infoJson(info) {
@@ -175,6 +192,7 @@ async function cmdMeasure(client, opts, timeoutMs) {
 
 async function main(argv) {
   const { command, opts } = parseArgs(argv);
+  if (command === 'verify-proof') return cmdVerifyProof(opts);
   const commands = { evaluate: cmdEvaluate, verify: cmdVerify, measure: cmdMeasure };
   if (!commands[command]) throw new Error(`usage: certus_client.js ${Object.keys(commands).join('|')} --target HOST:PORT ...`);
   if (!opts.target) throw new Error('--target HOST:PORT is required');

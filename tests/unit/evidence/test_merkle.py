@@ -6,6 +6,8 @@ every single-bit change of a proof, a root, a leaf or an index is refused."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,48 @@ def test_frontier_sizes_and_bad_requests() -> None:
         Leaves([b"x" * 32]).consistency_proof(2, 1)
     with pytest.raises(ProofError, match="below the first held leaf"):
         Leaves([b"y" * 32], base=1).subtree(0, 2)  # [0, 2) needs leaf 0, which it does not hold
+
+
+NODE = shutil.which("node")
+NODE_MODULE = Path(__file__).resolve().parents[3] / "clients" / "node" / "transparency.js"
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not on PATH (the Node verifier is checked where it is)")
+def test_the_node_verifier_agrees_on_every_proof_and_refuses_altered_ones(tmp_path: Path) -> None:
+    leaves, roots = _tree("seeded70")
+    tree = Leaves(leaves)
+    cases: list[dict[str, object]] = []
+    for case in VECTORS["seeded70"]["inclusion"]:
+        i, n = case["index"], case["size"]
+        path = [h.hex() for h in tree.inclusion_proof(i, n)]
+        cases.append({"kind": "inclusion", "index": i, "size": n, "leaf": leaves[i].hex(), "path": path, "root": roots[n].hex(), "ok": True})
+        if path:
+            bad = [_flip(bytes.fromhex(path[0]), 3).hex()] + path[1:]
+            cases.append({"kind": "inclusion", "index": i, "size": n, "leaf": leaves[i].hex(), "path": bad, "root": roots[n].hex(), "ok": False})
+    for old in range(0, 71, 3):
+        for new in range(old, 71, 5):
+            path = [h.hex() for h in tree.consistency_proof(old, new)]
+            cases.append({"kind": "consistency", "old": old, "new": new, "path": path, "old_root": roots[old].hex(), "new_root": roots[new].hex(), "ok": True})
+            if path:
+                bad = path[:-1] + [_flip(bytes.fromhex(path[-1]), 200).hex()]
+                cases.append({"kind": "consistency", "old": old, "new": new, "path": bad, "old_root": roots[old].hex(), "new_root": roots[new].hex(), "ok": False})
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    script = """
+const t = require(process.argv[1]);
+const cases = require(process.argv[2]);
+const h = (x) => Buffer.from(x, 'hex');
+let wrong = [];
+for (const c of cases) {
+  let ok = true;
+  try {
+    if (c.kind === 'inclusion') t.verifyInclusion(c.index, c.size, h(c.leaf), c.path.map(h), h(c.root));
+    else t.verifyConsistency(c.old, c.new, h(c.old_root), h(c.new_root), c.path.map(h));
+  } catch (e) { ok = false; }
+  if (ok !== c.ok) wrong.push(c);
+}
+console.log(JSON.stringify({n: cases.length, wrong: wrong.length, first: wrong[0] || null}));
+"""
+    r = subprocess.run([NODE, "-e", script, str(NODE_MODULE), str(tmp_path / "cases.json")], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n"] == len(cases) > 400 and out["wrong"] == 0, out["first"]
