@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     k.set_defaults(func=_keygen)
 
-    v = sub.add_parser("verify", help="verify an evidence log: signatures, seq continuity, hash chain")
+    v = sub.add_parser(
+        "verify", help="verify an evidence log: signatures, key epochs, seq continuity, hash chain, signed Merkle checkpoints"
+    )
     v.add_argument("log_dir", help="evidence log directory (holds segment-NNNNNN.jsonl)")
     v.add_argument(
         "--key",
