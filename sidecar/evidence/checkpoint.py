@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -39,6 +38,7 @@ from certus.client.transparency import (
 )
 from certus.client.transparency import open_checkpoint as _open_checkpoint
 from certus.sidecar.evidence.merkle import Frontier
+from certus.sidecar.evidence.records import append_line, cut_torn_line
 from certus.sidecar.signing import SigningKey, VerifyKey
 
 CHECKPOINTS_FILE = "checkpoints.jsonl"
@@ -152,35 +152,9 @@ class CheckpointStore:
 
     def append(self, cp: Checkpoint, frontier: Frontier) -> None:
         """Append and fsync (a checkpoint that was forwarded must survive a crash)."""
-        line = json.dumps(
-            {
-                "note": cp.note,
-                "size": cp.size,
-                "frontier": [base64.b64encode(h).decode() for h in frontier.nodes],
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode() + b"\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        entry = {"note": cp.note, "size": cp.size, "frontier": [base64.b64encode(h).decode() for h in frontier.nodes]}
+        append_line(self.path, json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
     def repair(self) -> int:
         """Cut a torn last line (crash mid-append); returns the bytes dropped."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return 0
-        end = data.rfind(b"\n") + 1
-        if end == len(data):
-            return 0
-        with self.path.open("r+b") as f:
-            f.truncate(end)
-            os.fsync(f.fileno())
-        return len(data) - end
+        return cut_torn_line(self.path)

@@ -16,14 +16,14 @@ The epoch rules live in :class:`certus.client.transparency.Keyring` (the standal
 from __future__ import annotations
 
 import base64
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from certus.client import transparency
 from certus.client.transparency import ROTATION_PAYLOAD_TYPE, ProofError
-from certus.sidecar.signing import Envelope, SignatureError, SigningKey, VerifyKey, canonical_json, sign_envelope
+from certus.sidecar.evidence.records import append_line, cut_torn_line
+from certus.sidecar.signing import Envelope, SignatureError, SigningKey, VerifyKey, canonical_json, pae, sign_envelope
 
 __all__ = ["ROTATION_PAYLOAD_TYPE", "ROTATIONS_FILE", "Keyring", "KeyringError", "Rotation", "make_rotation"]
 
@@ -89,6 +89,29 @@ class Keyring:
     def epoch(self, key_id: str) -> tuple[int, int | None] | None:
         return self._ring.epoch(key_id)
 
+    def signer(self, env: Envelope, seq: int) -> tuple[str, str]:
+        """``(key id, "")`` of the key that may sign record ``seq`` and signed ``env``, or
+        ``("", why not)``: no signature, a key outside its epoch, a signature that does not
+        verify, no trusted key at all."""
+        if not env.signatures:
+            return "", "envelope has no signature"
+        message = pae(env.payload_type, env.payload)
+        for keyid, sig in env.signatures:
+            key = self.key_for(keyid, seq)
+            if key is None:
+                epoch = self.epoch(keyid)
+                if epoch is not None:
+                    start, end = epoch
+                    when = f"retired at seq {end}" if end is not None and seq >= end else f"valid from seq {start}"
+                    return "", f"signed by {keyid} outside its key epoch ({when})"
+                continue
+            try:
+                key.verify(message, sig)
+            except SignatureError:
+                return "", f"bad signature: the signature by {keyid} does not verify (record was altered)"
+            return keyid, ""
+        return "", "not signed by a trusted key (signed by " + ", ".join(k for k, _ in env.signatures) + ")"
+
     def keys_for_checkpoint(self, size: int) -> list[VerifyKey]:
         return [self._keys[transparency.key_id_for(b)] for b in self._ring.keys_for_checkpoint(size)]
 
@@ -120,19 +143,8 @@ def load_rotations(log_dir: Path) -> list[Envelope]:
 def append_rotation(log_dir: Path, rot: Rotation) -> None:
     """Append and fsync (before the new key signs anything)."""
     path = Path(log_dir) / ROTATIONS_FILE
-    try:
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):  # a torn line from a crash mid-append
-            with path.open("r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-    except FileNotFoundError:
-        pass
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, rot.line + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    cut_torn_line(path)  # a torn line from a crash mid-append
+    append_line(path, rot.line)
 
 
 def keyring_for(log_dir: Path, roots: Sequence[VerifyKey]) -> Keyring:

@@ -76,6 +76,34 @@ def write_public_key(log_dir: Path, key: VerifyKey) -> Path:
     return path
 
 
+def append_line(path: Path, line: bytes) -> None:
+    """Append one line (``line`` + newline) to ``path`` and fsync it: the side files of the log
+    (checkpoints, rotation records) and of the forwarder are durable before they are used."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(line + b"\n")
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def cut_torn_line(path: Path) -> int:
+    """Truncate bytes after the last newline of ``path`` (a crash mid-append); the bytes dropped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    end = data.rfind(b"\n") + 1
+    if end == len(data):
+        return 0
+    with path.open("r+b") as f:
+        f.truncate(end)
+        os.fsync(f.fileno())
+    return len(data) - end
+
+
 def read_public_keys(log_dir: Path) -> list[VerifyKey]:
     kdir = log_dir / KEYS_DIR
     if not kdir.is_dir():

@@ -39,7 +39,7 @@ from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, DecisionError, I
 from certus.sidecar.evidence.keyring import ROTATIONS_FILE, Keyring, KeyringError, load_rotations
 from certus.sidecar.evidence.merkle import Frontier, leaf_hash
 from certus.sidecar.evidence.records import RecordError, list_segments, parse_line, read_public_keys
-from certus.sidecar.signing import SignatureError, VerifyKey, pae
+from certus.sidecar.signing import VerifyKey
 
 
 @dataclass(frozen=True)
@@ -264,29 +264,9 @@ def _check_record(
     except RecordError as exc:
         seq = _claimed_seq(raw)
         return bad(f"malformed record: {exc}", seq)
-    env = rec.envelope
-    if not env.signatures:
-        return bad("envelope has no signature", rec.seq)
-    message = pae(env.payload_type, env.payload)
-    signer = ""
-    for keyid, sig in env.signatures:
-        k = ring.key_for(keyid, rec.seq)
-        if k is None:
-            epoch = ring.epoch(keyid)
-            if epoch is not None:
-                start, end = epoch
-                when = f"retired at seq {end}" if end is not None and rec.seq >= end else f"valid from seq {start}"
-                return bad(f"signed by {keyid} outside its key epoch ({when})", rec.seq)
-            continue
-        try:
-            k.verify(message, sig)
-        except SignatureError:
-            return bad(f"signature by {keyid} does not verify (record was altered)", rec.seq)
-        signer = keyid
-        break
-    if not signer:
-        ids = ", ".join(k for k, _ in env.signatures)
-        return bad(f"not signed by a trusted key (signed by {ids})", rec.seq)
+    signer, error = ring.signer(rec.envelope, rec.seq)
+    if error:
+        return bad(error, rec.seq)
     try:
         dec = IntegrityDecision.from_payload(rec.payload)
     except DecisionError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certus.sidecar.evidence.decision import utc_timestamp
+from certus.sidecar.evidence.records import append_line
 
 CURSOR_FILE = "cursor.json"
 DEAD_LETTER_FILE = "dead-letters.jsonl"
@@ -78,12 +79,7 @@ class Outbox:
             {"seq": seq, "decision_id": decision_id, "evidence_id": evidence_id, "reason": reason[:500], "at": utc_timestamp()},
             sort_keys=True,
         )
-        fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.dead_letter_path, line.encode())
 
     def dead_letter_count(self) -> int:
         if not self.dead_letter_path.exists():

@@ -51,7 +51,6 @@ from certus.sidecar.signing import (
     SignatureError,
     VerifyKey,
     canonical_json,
-    pae,
 )
 
 log = structlog.get_logger(__name__)
@@ -252,16 +251,7 @@ class IntegrityReceiver:
             return f"payloadType {env.payload_type!r}, expected {DECISION_PAYLOAD_TYPE!r}"
         if isinstance(seq, bool) or not isinstance(seq, int):
             return "payload has no integer seq"
-        for keyid, sig in env.signatures:
-            key = self._ring.key_for(keyid, seq)
-            if key is None:
-                continue
-            try:
-                key.verify(pae(env.payload_type, env.payload), sig)
-            except SignatureError as exc:
-                return str(exc)
-            return ""
-        return "not signed by a trusted key for seq " + str(seq) + " (keyids: " + ", ".join(k for k, _ in env.signatures) + ")"
+        return self._ring.signer(env, seq)[1]
 
     def _authorized(self, header: str | None) -> bool:
         return not self._api_key or header == f"Bearer {self._api_key}"

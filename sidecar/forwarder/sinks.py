@@ -31,7 +31,7 @@ import structlog
 
 from certus.client.transparency import checkpoint_size
 from certus.sidecar.config import ForwarderConfig
-from certus.sidecar.evidence.records import LogRecord, parse_line
+from certus.sidecar.evidence.records import LogRecord, append_line, parse_line
 from certus.sidecar.forwarder.policy import RetryPolicy
 from certus.sidecar.forwarder.wire import (
     ACCEPTED,
@@ -166,13 +166,7 @@ class FileSink:
         return self.path.with_name(self.path.stem + ".checkpoints.jsonl")
 
     def _write_checkpoint(self, sub: CheckpointSubmission) -> None:
-        line = json.dumps(sub.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-        fd = os.open(self.checkpoint_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_line(self.checkpoint_path, json.dumps(sub.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
     async def send_checkpoint(self, sub: CheckpointSubmission) -> CheckpointReceipt:
         """Archive the checkpoint beside the decisions (``<file>.checkpoints.jsonl``)."""
