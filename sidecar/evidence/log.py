@@ -371,7 +371,6 @@ class EvidenceLog:
             last = self._store.last(ring.keys)
         except (CheckpointError, KeyringError) as exc:
             raise EvidenceLogCorrupt(f"{self.log_dir}: {exc}. Run `certus-sidecar verify` on the log directory.") from exc
-        self._adopt_key(ring.retired)
         if last is not None and last.checkpoint.size > n:
             raise EvidenceLogCorrupt(
                 f"{self.log_dir}: checkpoint of tree size {last.checkpoint.size} was signed, but the log holds "
@@ -391,6 +390,7 @@ class EvidenceLog:
                 log.warning("evidence_checkpoint_origin_kept", configured=self.origin, origin=last.checkpoint.origin)
             self.origin = last.checkpoint.origin
         self._cp_due = 0.0 if last is not None and last.checkpoint.size == n else time.monotonic()
+        self._adopt_key(ring.retired)
 
     def _adopt_key(self, retired: dict[str, int]) -> None:
         """Refuse a signing key a rotation retired, unless the next-key file holds its successor
@@ -401,11 +401,15 @@ class EvidenceLog:
             nxt = SigningKey.from_file(self.next_key_path)
         except (OSError, ValueError):
             nxt = None
+        seq = retired[self.key_id]
         if nxt is None or nxt.key_id in retired:
             raise EvidenceLogError(
-                f"signing key {self.key_id} was retired by a key rotation at seq {retired[self.key_id]}; "
+                f"signing key {self.key_id} was retired by a key rotation at seq {seq}; "
                 f"start with the key it rotated to ({self.cfg.key_path} or {self.next_key_path})"
             )
+        boundary = self._store.last([self.public_key, nxt.verify_key], at_most=seq) if seq > 0 else None
+        if seq > 0 and (boundary is None or boundary.checkpoint.size != seq or nxt.key_id not in boundary.checkpoint.signers):
+            self._checkpoint(keys=[self._key, nxt])  # the stop came before the boundary checkpoint
         self._use_key(nxt)
         self._install_next_key()
 

@@ -91,6 +91,7 @@ class Forwarder:
         self.checkpoint_error = ""
         self._checkpoints_unsupported = False  # the service answered UNIMPLEMENTED / 404
         self._refused_checkpoint_size = 0  # the newest checkpoint the service refused (not sent again)
+        self._lifted_barrier = 0  # a rotation seq passed without a checkpoint at it (none existed)
         self.last_delivery_at: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -226,6 +227,9 @@ class Forwarder:
                 # record go before the first record of the new key
                 if not await self._forward_checkpoint():
                     await asyncio.sleep(self.policy.delay_s(1, self._rng, None))
+                elif self._rotation_barrier() == barrier:  # no checkpoint at that seq to carry it
+                    log.warning("forwarder_rotation_without_boundary_checkpoint", effective_seq=barrier)
+                    self._lifted_barrier = barrier
                 continue
             if next_seq > self._log.last_seq:
                 await self._forward_checkpoint()  # caught up: anchor what was delivered
@@ -266,7 +270,7 @@ class Forwarder:
         """The first rotation seq not yet covered by an acknowledged (or refused) checkpoint."""
         if self._checkpoints_unsupported:
             return None
-        done = max(self._cursor.checkpoint_size, self._refused_checkpoint_size)
+        done = max(self._cursor.checkpoint_size, self._refused_checkpoint_size, self._lifted_barrier)
         pending = [seq for seq in self._log.rotation_seqs() if seq > done]
         return min(pending) if pending else None
 

@@ -294,11 +294,15 @@ def test_crash_between_rotation_record_and_key_move_adopts_the_next_key(
     key.write(tmp_path / "signing.key")
     cfg = log_cfg(key_path=tmp_path / "signing.key", checkpoint_interval_s=0)
     _rotating_run(cfg, key, other_key, 4, 0)
-    # put the files back as they were before the move: old key in place, new key still "next"
+    # put the files back as they were before the move: old key in place, new key still "next",
+    # and the stop came before the boundary checkpoint was written too
     (tmp_path / "signing.key").rename(tmp_path / "signing.key.next")
     key.write(tmp_path / "signing.key", overwrite=True)
+    (cfg.log_dir / "checkpoints.jsonl").unlink()
     log = _run(cfg, key, 3, start=4)
     assert log.key_id == other_key.key_id and not (tmp_path / "signing.key.next").exists()
+    boundary = open_checkpoint(json.loads((cfg.log_dir / "checkpoints.jsonl").read_text().splitlines()[0])["note"], [key.verify_key])
+    assert boundary.size == 4 and len(boundary.note.split("\n\n")[1].splitlines()) == 2  # signed by both keys again
     assert verify_log(cfg.log_dir, key.verify_key).ok
 
 
