@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from certus.sidecar.evidence.checkpoint import CHECKPOINTS_FILE, CheckpointError, CheckpointStore, open_checkpoint
+from certus.sidecar.evidence.checkpoint import (
+    CHECKPOINTS_FILE,
+    Checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    open_checkpoint,
+)
 from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, DecisionError, IntegrityDecision
 from certus.sidecar.evidence.keyring import ROTATIONS_FILE, Keyring, KeyringError, load_rotations
 from certus.sidecar.evidence.merkle import Frontier, leaf_hash
@@ -170,7 +176,6 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
     wanted = {d.get("size") for d, _ in entries}
     roots: dict[int, bytes] = {}
     frontier = Frontier()
-    cp_state: dict[str, object] = {"n": 0, "size": 0, "root": "", "origin": ""}
 
     segments = list_segments(log_dir)
     outcomes: Counter[str] = Counter()
@@ -182,8 +187,10 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
     last_evidence_id = ""
 
     def report(first_bad: BadRecord | None) -> VerifyReport:
+        verified: list[Checkpoint] = []
         if first_bad is None:
-            first_bad = _check_checkpoints(entries, ring, roots, expect_seq, cp_state)
+            first_bad = _check_checkpoints(entries, ring, roots, expect_seq, verified)
+        newest = verified[-1] if verified else None
         return VerifyReport(
             log_dir=str(log_dir),
             ok=first_bad is None,
@@ -199,10 +206,10 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
             last_evidence_id=last_evidence_id,
             first_bad=first_bad,
             warnings=tuple(warnings),
-            checkpoints=int(cp_state["n"]),  # type: ignore[call-overload]
-            checkpoint_size=int(cp_state["size"]),  # type: ignore[call-overload]
-            checkpoint_root=str(cp_state["root"]),
-            origin=str(cp_state["origin"]),
+            checkpoints=len(verified),
+            checkpoint_size=newest.size if newest else 0,
+            checkpoint_root=base64.b64encode(newest.root).decode() if newest else "",
+            origin=newest.origin if newest else "",
             tree_root=base64.b64encode(frontier.root()).decode() if expect_seq else "",
             rotations=tuple(f"{r.old_key_id} -> {r.new_key.key_id} at seq {r.effective_seq}" for r in ring.rotations),
         )
@@ -300,10 +307,10 @@ def _check_checkpoints(
     ring: Keyring,
     roots: dict[int, bytes],
     records: int,
-    state: dict[str, object],
+    verified: list[Checkpoint],
 ) -> BadRecord | None:
     """Each checkpoint: signed by a key of its epoch, one origin, never shrinking, its root the
-    Merkle root of the first ``size`` verified records. Fills ``state`` with the newest."""
+    Merkle root of the first ``size`` verified records. Those that pass go in ``verified``."""
     origin: str | None = None
     last_size = 0
     for d, n in entries:
@@ -329,5 +336,5 @@ def _check_checkpoints(
         if roots.get(cp.size) != cp.root:
             return bad(f"root hash of tree size {cp.size} differs from the records' Merkle root (records changed or forked)")
         origin, last_size = cp.origin, cp.size
-        state.update(n=int(state["n"]) + 1, size=cp.size, root=base64.b64encode(cp.root).decode(), origin=cp.origin)  # type: ignore[call-overload]
+        verified.append(cp)
     return None

@@ -36,7 +36,7 @@ from certus.sidecar.evidence.checkpoint import Checkpoint, CheckpointError, open
 from certus.sidecar.evidence.decision import DecisionError, IntegrityDecision
 from certus.sidecar.evidence.keyring import Keyring, KeyringError
 from certus.sidecar.evidence.merkle import verify_consistency
-from certus.sidecar.evidence.records import line_digest
+from certus.sidecar.evidence.records import append_line, line_digest
 from certus.sidecar.forwarder.wire import (
     ACCEPTED,
     DUPLICATE,
@@ -158,9 +158,8 @@ class IntegrityReceiver:
             self.checkpoints_accepted += 1
             if self._cp_path is not None:
                 self._cp_path.parent.mkdir(parents=True, exist_ok=True)
-                with self._cp_path.open("ab") as f:
-                    line = {"checkpoint": cp.note, "key_rotations": [e.to_json_dict() for e in sub.rotations]}
-                    f.write(json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+                line = {"checkpoint": cp.note, "key_rotations": [e.to_json_dict() for e in sub.rotations]}
+                append_line(self._cp_path, json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
             return CheckpointReceipt(ACCEPTED, cp.size)
 
     def decisions(self) -> dict[str, StoredDecision]:
