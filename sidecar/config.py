@@ -40,6 +40,13 @@ class ServerConfig:
     # since the last reclaim and stopped rising, run gc + malloc_trim (sidecar/memory.py); 0 = off
     memory_reclaim_interval_s: float = 2.0
     memory_reclaim_growth_mib: float = 64.0  # CERTUS_MEMORY_RECLAIM_GROWTH_MIB
+    # CERTUS_ADMISSION_TARGET_MS: admit synchronous evaluations while (measured service rate x this)
+    # exceeds the number in flight; beyond it answer at once with a signed overloaded skip
+    # (sidecar/admission.py). 0 = off: calls queue up to their timeout. The defaults let a burst of
+    # 8 through untouched and bound sustained overload near 250 ms; for a hard latency budget set
+    # e.g. 100 and 2 (docs: bench_overload.py measures both).
+    admission_target_ms: float = 250.0
+    admission_min_in_flight: int = 8  # CERTUS_ADMISSION_MIN_IN_FLIGHT: never refuse below this many
 
 
 @dataclass(frozen=True)
@@ -214,6 +221,8 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_UVLOOP": ("server", "use_uvloop"),
     "CERTUS_MEMORY_RECLAIM_S": ("server", "memory_reclaim_interval_s"),
     "CERTUS_MEMORY_RECLAIM_GROWTH_MIB": ("server", "memory_reclaim_growth_mib"),
+    "CERTUS_ADMISSION_TARGET_MS": ("server", "admission_target_ms"),
+    "CERTUS_ADMISSION_MIN_IN_FLIGHT": ("server", "admission_min_in_flight"),
     "CERTUS_MODEL_DIR": ("model", "model_dir"),
     "CERTUS_MODEL_VARIANT": ("model", "variant"),
     "CERTUS_PROVIDER": ("model", "provider"),

@@ -81,6 +81,7 @@ class RunResult:
     duration_s: float
     latencies_ms: list[float]
     errors: Counter[str]
+    skipped_ms: list[float] = field(default_factory=list)  # latency of the answers that were skips
 
     @property
     def rps(self) -> float:
@@ -99,6 +100,8 @@ class RunResult:
             "p99_ms": round(self.pct(99), 2),
             "max_ms": round(max(self.latencies_ms), 2) if self.latencies_ms else None,
             "errors": dict(self.errors),
+            "skipped": len(self.skipped_ms),
+            "skipped_p99_ms": round(float(np.percentile(self.skipped_ms, 99)), 2) if self.skipped_ms else None,
         }
 
     def line(self) -> str:
@@ -110,10 +113,12 @@ class RunResult:
         )
 
 
-def _count(resp: Any, ms: float, latencies: list[float], errors: Counter[str]) -> None:
+def _count(resp: Any, ms: float, latencies: list[float], errors: Counter[str], skipped: list[float] | None = None) -> None:
     """A scored answer counts as served; a skipped one (timeout, overload) is reported apart."""
     if resp.skipped:
         errors[f"skipped:{resp.skip_reason}"] += 1
+        if skipped is not None:
+            skipped.append(ms)
     else:
         latencies.append(ms)
 
@@ -156,6 +161,7 @@ async def _closed_loop(stub: Any, mix: Mix, concurrency: int, duration_s: float,
 
 async def _open_loop(stub: Any, mix: Mix, rate: float, duration_s: float) -> RunResult:
     latencies: list[float] = []
+    skipped: list[float] = []
     errors: Counter[str] = Counter()
     n = int(rate * duration_s)
     start = time.perf_counter()
@@ -163,7 +169,7 @@ async def _open_loop(stub: Any, mix: Mix, rate: float, duration_s: float) -> Run
     async def one(scheduled: float) -> None:
         try:
             resp = await stub.Evaluate(mix.request(), timeout=30)
-            _count(resp, (time.perf_counter() - scheduled) * 1000, latencies, errors)
+            _count(resp, (time.perf_counter() - scheduled) * 1000, latencies, errors, skipped)
         except grpc.aio.AioRpcError as exc:
             errors[exc.code().name] += 1
 
@@ -175,7 +181,7 @@ async def _open_loop(stub: Any, mix: Mix, rate: float, duration_s: float) -> Run
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(scheduled)))
     await asyncio.gather(*tasks)
-    return RunResult(f"unary rate={rate:g}/s", time.perf_counter() - start, latencies, errors)
+    return RunResult(f"unary rate={rate:g}/s", time.perf_counter() - start, latencies, errors, skipped)
 
 
 async def run_bench(

@@ -19,7 +19,8 @@ What is read from the components when Prometheus scrapes (:class:`AppCollector`;
 pays nothing): batcher queue depth and counters, embedding cache hits/misses/ratio/entries, outbox
 backlog and forwarder counters, ``certus_evaluate_circuit_breaker_state{sink}`` (0 closed, 1 open,
 2 half-open), evidence log head and health (``certus_evaluate_evidence_log_healthy``, failures,
-recoveries), Merkle tree and checkpoint sizes, key rotations, async job count.
+recoveries), Merkle tree and checkpoint sizes, key rotations, admission limit / in flight / measured
+service rate / refusals, async job count.
 
 Label cardinality is bounded: ``workspace_id`` is a workspace that has a manifest, or one of the
 first ``max_workspaces`` others seen; any later one is counted as ``"other"``. Metric names,
@@ -223,7 +224,7 @@ class AppCollector(Collector):
         return []  # dynamic: do not collect at registration
 
     def collect(self) -> Iterator[Metric]:
-        for part in (self._batcher, self._forwarder, self._evidence, self._jobs, self._limits):
+        for part in (self._batcher, self._forwarder, self._evidence, self._jobs, self._limits, self._admission):
             try:
                 yield from part()
             except Exception as exc:  # noqa: BLE001 - a scrape must not fail because one part did
@@ -303,6 +304,22 @@ class AppCollector(Collector):
         )
         yield CounterMetricFamily(
             "certus_evaluate_evidence_key_rotations", "Signing key rotations by this process", value=st["key_rotations"]
+        )
+
+    def _admission(self) -> Iterator[Metric]:
+        pipeline = getattr(self._app, "pipeline", None)
+        if pipeline is None:
+            return
+        st = pipeline.admission.stats()
+        yield GaugeMetricFamily(
+            "certus_evaluate_admission_limit", "Synchronous evaluations admitted in flight at most (service rate x target)", value=st["limit"]
+        )
+        yield GaugeMetricFamily("certus_evaluate_admission_in_flight", "Synchronous evaluations in flight", value=st["in_flight"])
+        yield GaugeMetricFamily(
+            "certus_evaluate_admission_service_rate", "Measured evaluations/s (decayed maximum over 1 s windows)", value=st["service_rate"]
+        )
+        yield CounterMetricFamily(
+            "certus_evaluate_admission_refused", "Evaluations answered at once with an overloaded skip by admission", value=st["refused"]
         )
 
     def _jobs(self) -> Iterator[Metric]:

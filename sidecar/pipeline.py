@@ -21,6 +21,7 @@ import structlog
 from opentelemetry import trace
 
 from certus.sidecar import policy, telemetry
+from certus.sidecar.admission import Admission
 from certus.sidecar.batcher import Batcher
 from certus.sidecar.domain import (
     EvaluateInput,
@@ -105,8 +106,10 @@ class Pipeline:
         kernel_threads: int = 2,
         guardrail_threads: int = 2,
         metrics: Metrics | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
+        self.admission = admission if admission is not None else Admission(0.0)  # off unless given
         self.batcher = batcher
         self.scorer = scorer
         self.guardrails = guardrails
@@ -153,7 +156,14 @@ class Pipeline:
                 evaluation_id, inp.workspace_id, lambda: self._run(inp, manifest, base, job_timeout, t0)
             )
             return dataclasses.replace(base, outcome=Outcome.SKIPPED, pending=True, processing_time_us=_us(t0))
-        return await self._run(inp, manifest, base, timeout_ms, t0)
+        if not self.admission.try_enter():
+            # over the measured service rate: answered now, signed, instead of queued
+            log.warning("overloaded", evaluation_id=base.evaluation_id, limit=self.admission.limit)
+            return await self._record(inp, _skipped(base, SkipReason.OVERLOADED, t0))
+        try:
+            return await self._run(inp, manifest, base, timeout_ms, t0)
+        finally:
+            self.admission.leave()
 
     async def _run(
         self, inp: EvaluateInput, manifest: Manifest, base: EvaluationResult, timeout_ms: int, t0: int

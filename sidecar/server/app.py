@@ -20,6 +20,7 @@ from grpc_health.v1._async import HealthServicer
 
 from certus.models.artifacts import ExportError
 from certus.sidecar import __version__, signing
+from certus.sidecar.admission import Admission
 from certus.sidecar.batcher import Batcher
 from certus.sidecar.config import Config
 from certus.sidecar.domain import EvaluateInput
@@ -102,7 +103,8 @@ class App:
         )
         jobs = JobTable(cfg.async_jobs)
         scorer = Scorer(cfg.scoring)
-        pipeline = Pipeline(batcher, scorer, guardrails, manifests, evidence, jobs, metrics=metrics)
+        admission = Admission(cfg.server.admission_target_ms, min_in_flight=cfg.server.admission_min_in_flight)
+        pipeline = Pipeline(batcher, scorer, guardrails, manifests, evidence, jobs, metrics=metrics, admission=admission)
         app = cls(cfg, encoder, batcher, scorer, manifests, key, evidence, forwarder, guardrails, jobs, pipeline)
         app.metrics = metrics
         attach_app(metrics, app, __version__)
@@ -171,6 +173,7 @@ class App:
             if hasattr(self.encoder, name):
                 details[f"encoder.{name}"] = getattr(self.encoder, name)
         details["cache.hit_ratio"] = round(self.batcher.cache.hit_ratio, 4)
+        details.update({f"admission.{k}": v for k, v in self.pipeline.admission.stats().items()})
         details.update({f"manifests.{k}": v for k, v in self.manifests.health_details().items()})
         details.update({f"ratelimit.{k}": v for k, v in self.access.limiter.stats().as_dict().items()})
         details["auth.enabled"] = self.access.auth_enabled

@@ -1,6 +1,6 @@
 """Serving overhead and latency vs load of the full sidecar, against the raw encoder in the same run.
 
-    python tests/benchmarks/bench_sidecar.py [--duration 10] [--variant fp32|int8] [--png docs/latency_vs_load.png]
+    python tests/benchmarks/bench_sidecar.py [--duration 10] [--variant fp32|int8] [--json out.json]
 
 1. Raw encoder: ONNX Runtime (same model, variant and thread count as the sidecar) on the texts a
    request of the mix makes the sidecar encode (query + response sentences + the guardrail's query
@@ -10,7 +10,8 @@
    loop at fixed rates; requests/s and p50/p90/p99. The sidecar's own encoder counters (GetInfo)
    give the tokens it encoded per request, so the "encoder bound" for the same work is
    raw tokens/s ÷ tokens per request, and the sidecar's throughput is reported as a share of it.
-3. A PNG of latency percentiles vs offered load.
+(Latency against offered load beyond capacity, with admission on and off, and its plot:
+``tests/benchmarks/bench_overload.py``.)
 
 Bounded: each level runs ``--duration`` seconds. Loopback only. Prints a Markdown table.
 """
@@ -30,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
-import numpy as np  # noqa: E402
 
 from certus.sidecar.loadgen import Mix, run_bench, start_local_sidecar  # noqa: E402
 from certus.sidecar.protos import pb, pb_grpc  # noqa: E402
@@ -80,38 +80,12 @@ def raw_encoder(variant: str, threads: int, seconds: float) -> dict[str, float]:
     return best
 
 
-def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rated = [r for r in results if r["label"].startswith("unary rate=")]
-    if not rated:
-        return
-    offered = [float(r["label"].split("=")[1].rstrip("/s")) for r in rated]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for key, style in (("p50_ms", "o-"), ("p90_ms", "s--"), ("p99_ms", "^-")):
-        ax.plot(offered, [r[key] for r in rated], style, label=key.replace("_ms", ""))
-    ax.set_xlabel("offered load (Evaluate requests/s, open loop)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title("Certus sidecar latency vs offered load (2 CPU cores, warm context cache)")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--variant", default=os.environ.get("CERTUS_MODEL_VARIANT", "fp32"))
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--rates", default="10,25,50,100")
-    ap.add_argument("--png", default="")
     ap.add_argument("--json", default="")
     ap.add_argument(
         "--no-guardrails",
@@ -173,8 +147,6 @@ def main() -> None:
             f"| {d['label']} | {d['rps']:.1f} | {d['p50_ms']:.1f} | {d['p90_ms']:.1f} | {d['p99_ms']:.1f} | "
             f"{tpr} | {bound} | {share} | {d['errors'] or 'none'} |"
         )
-    if args.png:
-        plot(rows, Path(args.png))
     if args.json:
         Path(args.json).write_text(json.dumps({"raw": raw, "rows": rows}, indent=2))
 
