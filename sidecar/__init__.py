@@ -20,7 +20,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 _LAZY = {
     "measure": ("certus.sidecar.toolkit.measure", "measure"),
     "MeasureResult": ("certus.sidecar.scoring", "MeasureResult"),
-    "trace": ("certus.sidecar.tracing_decorator", "trace"),
+    "trace": ("certus.client.tracing", "trace"),
     "evaluate_traces": ("certus.sidecar.toolkit.evaluate", "evaluate_traces"),
 }
 

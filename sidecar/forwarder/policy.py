@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from certus.sidecar.breaker import CircuitBreaker as _SharedBreaker
+from certus.client.breaker import CircuitBreaker as _SharedBreaker
 from certus.sidecar.config import ForwarderConfig
 
 RETRYABLE_HTTP = frozenset({401, 403, 408, 425, 429, 500, 502, 503, 504})

@@ -31,8 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from certus.sidecar import tracing_decorator as td  # noqa: E402
-from certus.sidecar.tracing_decorator import trace  # noqa: E402
+from certus.client import tracing as td  # noqa: E402
+from certus.client.tracing import trace  # noqa: E402
 
 CONTEXT = [
     "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in France.",

@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 import pytest
 
-from certus.sidecar.aio_client import AsyncSidecarClient
-from certus.sidecar.client import SidecarClient
+from certus.client.aio import AsyncSidecarClient
+from certus.client.sync import SidecarClient
 from certus.sidecar.protos import pb
 from tests.conftest import free_port, make_config, start_sidecar
 
@@ -265,8 +265,8 @@ def test_async_client_server_down_and_breaker() -> None:
 
 
 def test_trace_forwards_calls_to_the_sidecar(sidecar: Any, tmp_path: Path) -> None:
-    from certus.sidecar import tracing_decorator as td
-    from certus.sidecar.tracing_decorator import trace
+    from certus.client import tracing as td
+    from certus.client.tracing import trace
 
     log = tmp_path / "traces.jsonl"
     got: dict[str, Any] = {}
@@ -297,8 +297,8 @@ def test_trace_forwards_calls_to_the_sidecar(sidecar: Any, tmp_path: Path) -> No
 
 
 def test_trace_forwarding_to_a_dead_sidecar_costs_the_caller_nothing(tmp_path: Path) -> None:
-    from certus.sidecar import tracing_decorator as td
-    from certus.sidecar.tracing_decorator import trace
+    from certus.client import tracing as td
+    from certus.client.tracing import trace
 
     log = tmp_path / "dead.jsonl"
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from certus.sidecar.client import SidecarClient
+from certus.client.sync import SidecarClient
 from tests.conftest import make_config, run_cli, shared_data, start_sidecar
 
 
@@ -25,8 +25,8 @@ def halueval(n: int) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def traced_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trace file written by the real decorator."""
-    from certus.sidecar import tracing_decorator as td
-    from certus.sidecar.tracing_decorator import trace
+    from certus.client import tracing as td
+    from certus.client.tracing import trace
 
     log = tmp_path_factory.mktemp("traces") / "production_traces.jsonl"
     rows = halueval(10)

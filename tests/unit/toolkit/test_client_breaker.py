@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from certus.sidecar.client import CircuitBreaker, ClientOptions, SidecarClient, classify
+from certus.client.sync import CircuitBreaker, ClientOptions, SidecarClient, classify
 
 
 class Clock:

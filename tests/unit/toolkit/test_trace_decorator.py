@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from certus.sidecar import tracing_decorator as td
-from certus.sidecar.tracing_decorator import TraceWriter, trace
+from certus.client import tracing as td
+from certus.client.tracing import TraceWriter, trace
 from tests.conftest import OUTSIDE
 
 

@@ -1,6 +1,6 @@
 """``@trace(log_path=...)``: log every call of an LLM/RAG function to JSONL, off the caller's thread.
 
-    from certus.sidecar import trace
+    from certus.client import trace
 
     @trace(log_path="production_traces.jsonl")
     def rag_pipeline(query: str) -> dict:
@@ -24,7 +24,7 @@ full queue drops the record and counts it — tracing never blocks or fails the 
 Exceptions of the traced function are recorded and re-raised unchanged. Pending records are
 written at interpreter exit (``atexit``) or by :func:`flush`.
 
-``forward=`` (an address like ``"127.0.0.1:50051"``, a :class:`sidecar.client.SidecarClient` or a
+``forward=`` (an address like ``"127.0.0.1:50051"``, a :class:`certus.client.sync.SidecarClient` or a
 dict of client options) also sends each call to the sidecar for live evaluation — from the writer
 thread, through the non-blocking client (deadline, circuit breaker, skipped on failure), so the
 caller pays nothing for it. ``on_evaluation(trace_id, evaluation)`` receives the results.
@@ -87,7 +87,7 @@ class _Forward:
 
     def get_client(self) -> Any:
         if self.client is None:
-            from certus.sidecar.client import client_from
+            from certus.client.sync import client_from
 
             self.client = client_from(self.target)
         return self.client
@@ -253,9 +253,9 @@ class TraceWriter:
         if self._error_reported:
             return
         self._error_reported = True
-        import structlog
+        import logging
 
-        structlog.get_logger(__name__).error("trace_write_failed", path=str(self.path), error_type=type(exc).__name__)
+        logging.getLogger(__name__).error("trace_write_failed path=%s error_type=%s", self.path, type(exc).__name__)
 
     def _forward(self, record: dict[str, Any], fwd: _Forward) -> None:
         query, answer = record.get("query"), record.get("answer")

@@ -1,4 +1,4 @@
-"""The asyncio client (``grpc.aio``): the same non-blocking contract as :class:`sidecar.client.SidecarClient`.
+"""The asyncio client (``grpc.aio``): the same non-blocking contract as :class:`certus.client.sync.SidecarClient`.
 
 Every coroutine returns a result and never raises into the application (cancellation of the
 caller's own task still propagates, as asyncio requires). Besides gRPC's deadline, the whole call
@@ -18,7 +18,8 @@ from typing import Any, Callable, Sequence
 
 import grpc
 
-from certus.sidecar.client import (
+from certus.client.protos import pb_grpc
+from certus.client.sync import (
     SKIP_CLIENT_TIMEOUT,
     ClientOptions,
     Evaluation,
@@ -26,7 +27,6 @@ from certus.sidecar.client import (
     _Base,
     measurement_from_pb,
 )
-from certus.sidecar.protos import pb_grpc
 
 
 class _ClientTimeout(Exception):

@@ -17,25 +17,25 @@ The application's answer must never depend on the evaluator, so every call here:
   server's own reason (``evaluator_timeout``, ``evaluator_error``, ``overloaded``, ``mode_disabled``).
 
 :class:`SidecarClient` is the synchronous client (a ``grpc`` channel; ``submit`` returns a future
-without blocking); :class:`sidecar.aio_client.AsyncSidecarClient` is the asyncio one. Both share the
+without blocking); :class:`certus.client.aio.AsyncSidecarClient` is the asyncio one. Both share the
 breaker and the result types below. Log events carry codes, reasons and ids — never content.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import grpc
-import structlog
 
-from certus.sidecar.breaker import CircuitBreaker as _SharedBreaker
-from certus.sidecar.protos import pb, pb_grpc
+from certus.client.breaker import CircuitBreaker as _SharedBreaker
+from certus.client.protos import pb, pb_grpc
 
-log = structlog.get_logger(__name__)
+log = logging.getLogger(__name__)  # stdlib logging: the light client depends on grpcio and protobuf only
 
 # skip reasons produced by the client (the server's own reasons pass through unchanged)
 SKIP_TIMEOUT = "timeout"
@@ -83,12 +83,12 @@ MODES = {
 
 
 class CircuitBreaker(_SharedBreaker):
-    """Thread-safe breaker (:mod:`sidecar.breaker`): closed -> open after N consecutive failures ->
+    """Thread-safe breaker (:mod:`certus.client.breaker`): closed -> open after N consecutive failures ->
     one half-open probe; transitions are logged as ``client_breaker_*`` events."""
 
     def _changed(self, state: str) -> None:
         if state == self.OPEN:
-            log.warning("client_breaker_open", consecutive_failures=self._failures)
+            log.warning("client_breaker_open consecutive_failures=%d", self._failures)
         elif state == self.CLOSED:
             log.info("client_breaker_closed")
         else:
@@ -393,7 +393,7 @@ class _Base:
     def _failed(self, exc: BaseException, t0: float, *, probe: bool, trace_id: str = "", request_id: str = "") -> Evaluation:
         f = classify(exc)
         self._settle(f, probe)
-        log.warning("evaluation_skipped", reason=f.reason, code=f.code, trace_id=trace_id)
+        log.warning("evaluation_skipped reason=%s code=%s trace_id=%s", f.reason, f.code, trace_id)
         self._count(f.reason)
         return Evaluation(
             skipped=True,
@@ -408,7 +408,7 @@ class _Base:
     def _measure_failed(self, exc: BaseException, t0: float, *, probe: bool) -> Measurement:
         f = classify(exc)
         self._settle(f, probe)
-        log.warning("measure_skipped", reason=f.reason, code=f.code)
+        log.warning("measure_skipped reason=%s code=%s", f.reason, f.code)
         self._count(f.reason)
         return Measurement(
             skipped=True, skip_reason=f.reason, status_code=f.code, error=f.message, latency_ms=(time.perf_counter() - t0) * 1000.0
@@ -580,6 +580,23 @@ class SidecarClient(_Base):
         self.close()
 
 
+_SHARED: dict[str, SidecarClient] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def measure(
+    text1: str, text2: str, threshold: float | None = None, *, target: str = ClientOptions.target, timeout_ms: int | None = None
+) -> Measurement:
+    """CERT's ``measure(text1, text2)``, computed by the sidecar's ``Measure`` RPC (its encoder and
+    CERT's formula), so the application loads no model. One shared client per target; never raises
+    (a failure is a :class:`Measurement` with ``skipped=True`` and a reason)."""
+    with _SHARED_LOCK:
+        client = _SHARED.get(target)
+        if client is None:
+            client = _SHARED[target] = SidecarClient(target)
+    return client.measure(text1, text2, threshold, timeout_ms=timeout_ms)
+
+
 def client_from(target_or_client: "str | SidecarClient | Mapping[str, Any]") -> SidecarClient:
     """A client from an address, an options mapping, or an existing client (returned as is)."""
     if isinstance(target_or_client, SidecarClient):
@@ -596,6 +613,7 @@ __all__ = [
     "Measurement",
     "SidecarClient",
     "client_from",
+    "measure",
     "SKIP_BREAKER_OPEN",
     "SKIP_CLIENT_TIMEOUT",
     "SKIP_INVALID",
