@@ -177,6 +177,13 @@ class AuthConfig:
     # CERTUS_AUTH_TOKENS_FILE: JSON/TOML list of {name, token_sha256, workspaces, scopes}; unset = no
     # auth (allowed on loopback only, see docs/security.md)
     tokens_file: Path | None = None
+    # CERTUS_JWT_KEYS: PEM public key(s) or a JWKS file; JWT bearer tokens (spec §6.1) are accepted
+    # beside the static tokens when set (sidecar/security/jwt_auth.py). Issuer and audience required.
+    jwt_keys_file: Path | None = None
+    jwt_issuer: str = ""  # CERTUS_JWT_ISSUER: required iss
+    jwt_audience: str = ""  # CERTUS_JWT_AUDIENCE: required aud
+    jwt_algorithms: str = "RS256,ES256,EdDSA"  # CERTUS_JWT_ALGORITHMS: asymmetric only
+    jwt_leeway_s: float = 30.0  # CERTUS_JWT_LEEWAY_S: clock skew allowed on exp/nbf/iat
     tls_cert: Path | None = None  # CERTUS_TLS_CERT
     tls_key: Path | None = None  # CERTUS_TLS_KEY
     tls_client_ca: Path | None = None  # CERTUS_TLS_CLIENT_CA: set to require client certs (mTLS)
@@ -280,6 +287,11 @@ ENV: dict[str, tuple[str, str]] = {
     "OTEL_SDK_DISABLED": ("telemetry", "sdk_disabled"),
     "CERTUS_METRICS_MAX_WORKSPACES": ("telemetry", "metrics_max_workspaces"),
     "CERTUS_AUTH_TOKENS_FILE": ("auth", "tokens_file"),
+    "CERTUS_JWT_KEYS": ("auth", "jwt_keys_file"),
+    "CERTUS_JWT_ISSUER": ("auth", "jwt_issuer"),
+    "CERTUS_JWT_AUDIENCE": ("auth", "jwt_audience"),
+    "CERTUS_JWT_ALGORITHMS": ("auth", "jwt_algorithms"),
+    "CERTUS_JWT_LEEWAY_S": ("auth", "jwt_leeway_s"),
     "CERTUS_TLS_CERT": ("auth", "tls_cert"),
     "CERTUS_TLS_KEY": ("auth", "tls_key"),
     "CERTUS_TLS_CLIENT_CA": ("auth", "tls_client_ca"),

@@ -23,6 +23,7 @@ from certus.sidecar.config import Config
 from certus.sidecar.domain import EvaluateInput
 from certus.sidecar.errors import PermissionDenied, Unauthenticated
 from certus.sidecar.ratelimit import RateLimiter
+from certus.sidecar.security.jwt_auth import JwtRejected, JwtVerifier, looks_like_jwt
 from certus.sidecar.security.tokens import SCOPE_ADMIN, SCOPE_READ, Identity, TokenStore
 
 MEASURE_BUCKET = "#measure"  # not a valid workspace id, so it never shares a workspace's bucket
@@ -40,17 +41,44 @@ def bind_identity(identity: Identity | None) -> None:
     _IDENTITY.set(identity)
 
 
-class AccessControl:
-    def __init__(self, tokens: TokenStore | None, limiter: RateLimiter) -> None:
+class Authenticator:
+    """A bearer token -> its identity: a JWT (when JWT keys are configured) or a static token."""
+
+    def __init__(self, tokens: TokenStore | None, jwt: JwtVerifier | None = None) -> None:
+        if tokens is None and jwt is None:
+            raise ValueError("an authenticator needs static tokens or JWT keys")
         self.tokens = tokens
+        self.jwt = jwt
+
+    def authenticate(self, token: str) -> Identity:
+        """The identity, or :class:`Unauthenticated` naming why (never the token)."""
+        if self.jwt is not None and looks_like_jwt(token):
+            try:
+                return self.jwt.authenticate(token)
+            except JwtRejected as exc:
+                raise Unauthenticated(str(exc)) from None
+        identity = self.tokens.authenticate(token) if self.tokens is not None else None
+        if identity is None:
+            raise Unauthenticated("unknown token")
+        return identity
+
+
+class AccessControl:
+    def __init__(self, authenticator: Authenticator | None, limiter: RateLimiter) -> None:
+        self.authenticator = authenticator
         self.limiter = limiter
 
     @classmethod
     def from_config(cls, cfg: Config) -> "AccessControl":
         a = cfg.auth
         tokens = TokenStore.load(a.tokens_file) if a.tokens_file is not None else None
+        jwt = (
+            JwtVerifier(a.jwt_keys_file, issuer=a.jwt_issuer, audience=a.jwt_audience, algorithms=a.jwt_algorithms, leeway_s=a.jwt_leeway_s)
+            if a.jwt_keys_file is not None
+            else None
+        )
         limiter = RateLimiter(a.rate_limit_rps, a.rate_limit_burst, max_keys=a.rate_limit_max_buckets)
-        return cls(tokens, limiter)
+        return cls(Authenticator(tokens, jwt) if tokens is not None or jwt is not None else None, limiter)
 
     @classmethod
     def disabled(cls) -> "AccessControl":
@@ -59,10 +87,10 @@ class AccessControl:
 
     @property
     def auth_enabled(self) -> bool:
-        return self.tokens is not None
+        return self.authenticator is not None
 
     def _identity(self) -> Identity | None:
-        if self.tokens is None:
+        if self.authenticator is None:
             return None
         identity = current_identity()
         if identity is None:  # fail closed: the interceptor did not run for this call

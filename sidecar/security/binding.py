@@ -61,7 +61,7 @@ def check_binding(cfg: Config) -> None:
     address = cfg.server.address
     if is_loopback(address):
         return
-    tokens = cfg.auth.tokens_file is not None
+    tokens = cfg.auth.tokens_file is not None or cfg.auth.jwt_keys_file is not None
     mtls = cfg.auth.tls_client_ca is not None and cfg.auth.tls_cert is not None
     tls = cfg.auth.tls_cert is not None
     if tokens or mtls:
@@ -77,7 +77,7 @@ def check_binding(cfg: Config) -> None:
         return
     raise BindingRefused(
         f"refusing to listen on {address}: it is not a loopback address and no authentication is "
-        "configured. Set auth.tokens_file (CERTUS_AUTH_TOKENS_FILE), preferably with TLS "
+        "configured. Set auth.tokens_file (CERTUS_AUTH_TOKENS_FILE) or auth.jwt_keys_file (CERTUS_JWT_KEYS), preferably with TLS "
         "(CERTUS_TLS_CERT, CERTUS_TLS_KEY) or mTLS (CERTUS_TLS_CLIENT_CA); or set "
         "server.allow_insecure_remote (CERTUS_ALLOW_INSECURE_REMOTE=1) to accept an open server."
     )

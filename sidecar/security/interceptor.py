@@ -15,8 +15,8 @@ import grpc
 import structlog
 
 from certus.sidecar.errors import Unauthenticated
-from certus.sidecar.security.access import bind_identity
-from certus.sidecar.security.tokens import Identity, TokenStore, parse_bearer
+from certus.sidecar.security.access import Authenticator, bind_identity
+from certus.sidecar.security.tokens import Identity, parse_bearer
 from certus.sidecar.server import errormap
 
 log = structlog.get_logger(__name__)
@@ -31,8 +31,8 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandl
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: TokenStore) -> None:
-        self.tokens = tokens
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
         self.refused = 0  # calls answered UNAUTHENTICATED
 
     async def intercept_service(
@@ -51,9 +51,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             token = parse_bearer(values)
         except ValueError as exc:
             return self._refuse(handler, method, str(exc))
-        identity = self.tokens.authenticate(token)
-        if identity is None:
-            return self._refuse(handler, method, "unknown token")
+        try:
+            identity = self.authenticator.authenticate(token)
+        except Unauthenticated as exc:
+            return self._refuse(handler, method, str(exc))
         return with_identity(handler, identity)
 
     def _refuse(self, handler: grpc.RpcMethodHandler, method: str, reason: str) -> grpc.RpcMethodHandler:

@@ -231,8 +231,8 @@ async def build_server(cfg: Config, app: App | None = None) -> tuple[grpc.aio.Se
 
 async def _listen(cfg: Config, app: App, credentials: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if app.access.tokens is not None:
-        interceptors.append(AuthInterceptor(app.access.tokens))
+    if app.access.authenticator is not None:
+        interceptors.append(AuthInterceptor(app.access.authenticator))
     options = [
         ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
         ("grpc.max_send_message_length", cfg.server.max_message_bytes),

@@ -385,3 +385,55 @@ def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "CERTUS_AUTH_TOKENS_FILE" in out.stderr and "CERTUS_ALLOW_INSECURE_REMOTE" in out.stderr
     assert not (tmp_path / "evidence").exists()  # refused before anything was created
+
+
+# -- JWT bearer tokens beside the static ones ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jwt_secured(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Iterator[tuple[RunningSidecar, Any]]:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    tmp = tmp_path_factory.mktemp("jwt")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    keys_file = tmp / "idp.pem"
+    keys_file.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    tokens_file = tmp / "tokens.json"
+    tokens_file.write_text(json.dumps(TOKENS))
+    auth = {"tokens_file": tokens_file, "jwt_keys_file": keys_file, "jwt_issuer": "https://idp.example", "jwt_audience": "certus"}
+    running = start_sidecar(make_config(tmp, auth=auth), encoder=encoder)
+    yield running, key
+    running.stop()
+
+
+def _jwt(key: Any, **kw: Any) -> str:
+    import time
+
+    import jwt
+
+    now = int(time.time())
+    body = {"iss": "https://idp.example", "aud": "certus", "sub": "svc-rag", "iat": now, "exp": now + 120, "workspaces": ["acme"], "scopes": ["workspace:read"]}
+    body.update(kw)
+    return jwt.encode(body, key, algorithm="RS256")
+
+
+def test_jwt_bearer_on_grpc_maps_to_the_same_statuses(jwt_secured: tuple[RunningSidecar, Any]) -> None:
+    sc, key = jwt_secured
+    resp = sc.stub.Evaluate(request(), metadata=bearer(_jwt(key)), timeout=60)
+    assert resp.evidence_id.startswith("sha256:") and not resp.skipped
+    # a workspace the token does not list: authenticated, not allowed
+    assert code_of(sc.stub.Evaluate, request(workspace_id="beta"), metadata=bearer(_jwt(key)), timeout=30) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    # a mode override needs workspace:admin in the token's scopes
+    override = request(mode=pb.EVALUATION_MODE_ENFORCE, timeout_ms=5000)
+    assert code_of(sc.stub.Evaluate, override, metadata=bearer(_jwt(key)), timeout=30) == grpc.StatusCode.PERMISSION_DENIED
+    admin = sc.stub.Evaluate(override, metadata=bearer(_jwt(key, scopes="workspace:admin")), timeout=60)
+    assert admin.mode == pb.EVALUATION_MODE_ENFORCE
+    # expired / wrong audience: unauthenticated, with the reason in the status message
+    with pytest.raises(grpc.RpcError) as exc:
+        sc.stub.Evaluate(request(), metadata=bearer(_jwt(key, exp=1)), timeout=30)
+    assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED and "expired" in (exc.value.details() or "")
+    assert code_of(sc.stub.Evaluate, request(), metadata=bearer(_jwt(key, aud="other")), timeout=30) == grpc.StatusCode.UNAUTHENTICATED
+    # the static tokens keep working beside JWTs
+    assert sc.stub.Evaluate(request(), metadata=bearer(READER), timeout=60).evidence_id.startswith("sha256:")

@@ -10,7 +10,7 @@ import pytest
 from certus.sidecar.domain import EvaluateInput, Mode
 from certus.sidecar.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 from certus.sidecar.ratelimit import RateLimiter
-from certus.sidecar.security.access import MEASURE_BUCKET, AccessControl, bind_identity, current_identity
+from certus.sidecar.security.access import MEASURE_BUCKET, AccessControl, Authenticator, bind_identity, current_identity
 from certus.sidecar.security.tokens import Identity, TokenStore, hash_token
 
 STORE = TokenStore.from_data(
@@ -46,7 +46,7 @@ def test_auth_off_everyone_is_admin() -> None:
 
 
 def test_reader_reads_its_workspace_only() -> None:
-    ac = AccessControl(STORE, RateLimiter(0))
+    ac = AccessControl(Authenticator(STORE), RateLimiter(0))
     assert as_(READER, lambda: ac.authorize_evaluate(inp())) is False
     with pytest.raises(PermissionDenied, match="'reader' has no access to workspace beta"):
         as_(READER, lambda: ac.authorize_evaluate(inp("beta")))
@@ -57,20 +57,20 @@ def test_reader_reads_its_workspace_only() -> None:
 
 
 def test_admin_is_admin_on_its_workspace() -> None:
-    ac = AccessControl(STORE, RateLimiter(0))
+    ac = AccessControl(Authenticator(STORE), RateLimiter(0))
     assert as_(ADMIN, lambda: ac.authorize_evaluate(inp(mode=Mode.ENFORCE, timeout_ms=500))) is True
     with pytest.raises(PermissionDenied):
         as_(ADMIN, lambda: ac.authorize_evaluate(inp("beta")))
 
 
 def test_timeout_override_needs_admin() -> None:
-    ac = AccessControl(STORE, RateLimiter(0))
+    ac = AccessControl(Authenticator(STORE), RateLimiter(0))
     with pytest.raises(PermissionDenied, match="timeout_ms: .*workspace:admin"):
         as_(READER, lambda: ac.authorize_evaluate(inp(timeout_ms=500)))
 
 
 def test_no_identity_with_auth_on_fails_closed() -> None:
-    ac = AccessControl(STORE, RateLimiter(0))
+    ac = AccessControl(Authenticator(STORE), RateLimiter(0))
     for fn in (lambda: ac.authorize_evaluate(inp()), lambda: ac.authorize_workspace("acme"), ac.authorize_measure):
         with pytest.raises(Unauthenticated):
             as_(None, fn)
@@ -84,7 +84,7 @@ def test_identity_is_per_context() -> None:
 
 def test_refused_calls_take_no_rate_limit_token() -> None:
     rl = RateLimiter(1.0, 1, clock=lambda: 0.0)
-    ac = AccessControl(STORE, rl)
+    ac = AccessControl(Authenticator(STORE), rl)
     with pytest.raises(PermissionDenied):
         as_(READER, lambda: ac.authorize_evaluate(inp("beta")))
     with pytest.raises(PermissionDenied):
@@ -108,5 +108,5 @@ def test_from_config_loads_tokens_and_limits(tmp_path: Any) -> None:
              "CERTUS_RATE_LIMIT_MAX_BUCKETS": "11"}
     )
     ac = AccessControl.from_config(cfg)
-    assert ac.auth_enabled and ac.tokens is not None and ac.tokens.authenticate("x") is not None
+    assert ac.auth_enabled and ac.authenticator is not None and ac.authenticator.authenticate("x").name == "x"
     assert (ac.limiter.rate_per_s, ac.limiter.burst, ac.limiter.max_keys) == (3.0, 7.0, 11)

@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator
 
 import grpc
 
-from certus.sidecar.security.access import current_identity
+from certus.sidecar.security.access import Authenticator, current_identity
 from certus.sidecar.security.interceptor import AuthInterceptor
 from certus.sidecar.security.tokens import TokenStore, hash_token
 
@@ -39,7 +39,7 @@ def intercept(method: str, handler: Any, metadata: tuple[tuple[str, Any], ...] =
     async def cont(_: Any) -> Any:
         return handler
 
-    return asyncio.run(AuthInterceptor(STORE).intercept_service(cont, Details(method, metadata)))
+    return asyncio.run(AuthInterceptor(Authenticator(STORE)).intercept_service(cont, Details(method, metadata)))
 
 
 def test_health_and_reflection_pass_untouched() -> None:
@@ -70,7 +70,7 @@ def test_valid_token_binds_the_identity_for_unary_and_stream_calls() -> None:
 
 
 def test_refusals_keep_the_handler_shape_and_count() -> None:
-    ic = AuthInterceptor(STORE)
+    ic = AuthInterceptor(Authenticator(STORE))
 
     async def cont(_: Any) -> Any:
         return STREAM
