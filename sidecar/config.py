@@ -32,6 +32,9 @@ class ServerConfig:
     max_concurrent_streams: int = 0
     allow_insecure_remote: bool = False  # CERTUS_ALLOW_INSECURE_REMOTE: bind non-loopback without auth
     metrics_address: str = ""  # CERTUS_METRICS_ADDRESS: e.g. 127.0.0.1:9464 for Prometheus text; "" off
+    # CERTUS_REST_ADDRESS: the spec's REST API (POST /v1/evaluate, ...) on this address, e.g.
+    # 127.0.0.1:8080; "" = off. Same auth, limits, pipeline and evidence as gRPC (sidecar/server/rest.py)
+    rest_address: str = ""
     # CERTUS_HEALTH_ADDRESS: an extra listener serving only grpc.health.v1 (e.g. 0.0.0.0:50052 in a
     # pod, for kubelet's native gRPC probes, which cannot reach the sidecar's loopback); "" = off
     health_address: str = ""
@@ -224,6 +227,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_MAX_CONCURRENT_STREAMS": ("server", "max_concurrent_streams"),
     "CERTUS_ALLOW_INSECURE_REMOTE": ("server", "allow_insecure_remote"),
     "CERTUS_METRICS_ADDRESS": ("server", "metrics_address"),
+    "CERTUS_REST_ADDRESS": ("server", "rest_address"),
     "CERTUS_HEALTH_ADDRESS": ("server", "health_address"),
     "CERTUS_UVLOOP": ("server", "use_uvloop"),
     "CERTUS_MEMORY_RECLAIM_S": ("server", "memory_reclaim_interval_s"),

@@ -57,12 +57,18 @@ def is_loopback(address: str) -> bool:
 
 
 def check_binding(cfg: Config) -> None:
-    """Raise :class:`BindingRefused` when ``cfg`` would expose an unauthenticated server."""
-    address = cfg.server.address
+    """Raise :class:`BindingRefused` when ``cfg`` would expose an unauthenticated server: the gRPC
+    address, and the REST address when set (where mTLS is not offered, so it needs tokens)."""
+    _check_address(cfg, cfg.server.address, "server.address", mtls_applies=True)
+    if cfg.server.rest_address:
+        _check_address(cfg, cfg.server.rest_address, "server.rest_address", mtls_applies=False)
+
+
+def _check_address(cfg: Config, address: str, setting: str, *, mtls_applies: bool) -> None:
     if is_loopback(address):
         return
     tokens = cfg.auth.tokens_file is not None or cfg.auth.jwt_keys_file is not None
-    mtls = cfg.auth.tls_client_ca is not None and cfg.auth.tls_cert is not None
+    mtls = mtls_applies and cfg.auth.tls_client_ca is not None and cfg.auth.tls_cert is not None
     tls = cfg.auth.tls_cert is not None
     if tokens or mtls:
         if not tls:
@@ -76,7 +82,7 @@ def check_binding(cfg: Config) -> None:
         log.warning("insecure_remote_binding", address=address, setting="server.allow_insecure_remote")
         return
     raise BindingRefused(
-        f"refusing to listen on {address}: it is not a loopback address and no authentication is "
+        f"refusing to listen on {address} ({setting}): it is not a loopback address and no authentication is "
         "configured. Set auth.tokens_file (CERTUS_AUTH_TOKENS_FILE) or auth.jwt_keys_file (CERTUS_JWT_KEYS), preferably with TLS "
         "(CERTUS_TLS_CERT, CERTUS_TLS_KEY) or mTLS (CERTUS_TLS_CLIENT_CA); or set "
         "server.allow_insecure_remote (CERTUS_ALLOW_INSECURE_REMOTE=1) to accept an open server."

@@ -46,6 +46,7 @@ from certus.sidecar.security import (
     server_credentials,
 )
 from certus.sidecar.server import reflection
+from certus.sidecar.server.rest import RestApi
 from certus.sidecar.server.servicer import EvaluatorService, method_handlers
 
 log = structlog.get_logger(__name__)
@@ -75,6 +76,7 @@ class App:
     metrics: Metrics = field(default_factory=Metrics)  # own registry (sidecar.metrics)
     metrics_server: MetricsServer | None = None  # Prometheus endpoint, when server.metrics_address is set
     health_server: grpc.aio.Server | None = None  # health-only listener, when server.health_address is set
+    rest: Any = None  # the REST API (sidecar/server/rest.py), when server.rest_address is set
     _serving: bool | None = None  # the last health status set_health gave
 
     @classmethod
@@ -252,6 +254,15 @@ async def _listen(cfg: Config, app: App, credentials: grpc.ServerCredentials | N
         app.metrics_server = MetricsServer.start(cfg.server.metrics_address, app.metrics.registry)
     if cfg.server.health_address and app.health_server is None:
         app.health_server = await start_health_listener(cfg.server.health_address, app.health)
+    if cfg.server.rest_address and app.rest is None:
+        rest = RestApi(app)
+        tls = cfg.auth
+        await rest.start(
+            cfg.server.rest_address,
+            ssl_certfile=str(tls.tls_cert) if tls.tls_cert else None,
+            ssl_keyfile=str(tls.tls_key) if tls.tls_key else None,
+        )
+        app.rest = rest
     await app.set_health(app.evidence.healthy, app.evidence.failure_reason)
     return server, port
 
@@ -283,6 +294,9 @@ async def start_health_listener(address: str, health: HealthServicer) -> grpc.ai
 
 async def shutdown(server: grpc.aio.Server, app: App) -> None:
     await app.health.enter_graceful_shutdown()
+    if app.rest is not None:  # stops accepting, finishes the requests in flight
+        await app.rest.stop()
+        app.rest = None
     await server.stop(app.cfg.server.grace_s)
     if app.health_server is not None:  # last: probes see NOT_SERVING while the main server drains
         await app.health_server.stop(0)
@@ -303,6 +317,8 @@ async def serve(cfg: Config) -> None:
     host = cfg.server.address.rsplit(":", 1)[0]
     log.info("serving", address=f"{host}:{port}", key_id=app.evidence.key_id, provider=info_provider(app))
     print(f"certus-sidecar listening on {host}:{port}", flush=True)
+    if app.rest is not None:
+        print(f"certus-sidecar REST API on {cfg.server.rest_address.rsplit(':', 1)[0]}:{app.rest.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
