@@ -138,6 +138,9 @@ class ForwarderConfig:
     recovery_timeout_s: float = 30.0  # CIRCUIT_BREAKER_TIMEOUT_SECONDS
     backoff_initial_s: float = 0.2  # CERTUS_FORWARD_BACKOFF_INITIAL_S
     backoff_max_s: float = 30.0  # CERTUS_FORWARD_BACKOFF_MAX_S
+    # CERTUS_MLFLOW_TRACKING_URI: also log each decision as an MLflow run (e.g. sqlite:///path/mlflow.db
+    # or an http(s) tracking server), by a second forwarder with its own cursor; "" = off
+    mlflow_tracking_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CIRCUIT_BREAKER_TIMEOUT_SECONDS": ("forwarder", "recovery_timeout_s"),
     "CERTUS_FORWARD_BACKOFF_INITIAL_S": ("forwarder", "backoff_initial_s"),
     "CERTUS_FORWARD_BACKOFF_MAX_S": ("forwarder", "backoff_max_s"),
+    "CERTUS_MLFLOW_TRACKING_URI": ("forwarder", "mlflow_tracking_uri"),
     "CERTUS_MANIFEST_DIR": ("manifests", "manifest_dir"),
     "CERTUS_MANIFEST_TRUSTED_KEYS": ("manifests", "trusted_keys"),
     "CERTUS_MANIFEST_RELOAD_S": ("manifests", "reload_interval_s"),

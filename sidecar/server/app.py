@@ -9,8 +9,10 @@ work without ``--proto``). Shutdown: health NOT_SERVING, stop accepting, finish 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -77,6 +79,7 @@ class App:
     metrics_server: MetricsServer | None = None  # Prometheus endpoint, when server.metrics_address is set
     health_server: grpc.aio.Server | None = None  # health-only listener, when server.health_address is set
     rest: Any = None  # the REST API (sidecar/server/rest.py), when server.rest_address is set
+    mlflow: Forwarder | None = None  # MLflow run logging, when forwarder.mlflow_tracking_uri is set
     _serving: bool | None = None  # the last health status set_health gave
 
     @classmethod
@@ -100,6 +103,7 @@ class App:
         await forwarder.start()
         manifests = ManifestStore(cfg.manifests)
         manifests.start()
+        mlflow = await _start_mlflow(cfg, evidence, manifests) if cfg.forwarder.mlflow_tracking_uri else None
         guardrails = GuardrailSuite(
             embed=batcher.embed_sync, pii_ner=cfg.guardrails.pii_ner, pii_process=cfg.guardrails.pii_process
         )
@@ -109,6 +113,7 @@ class App:
         pipeline = Pipeline(batcher, scorer, guardrails, manifests, evidence, jobs, metrics=metrics, admission=admission)
         app = cls(cfg, encoder, batcher, scorer, manifests, key, evidence, forwarder, guardrails, jobs, pipeline)
         app.metrics = metrics
+        app.mlflow = mlflow
         attach_app(metrics, app, __version__)
         app.access = access
         app.reclaimer = MemoryReclaimer(cfg.server.memory_reclaim_interval_s, cfg.server.memory_reclaim_growth_mib)
@@ -169,6 +174,8 @@ class App:
         details: dict[str, Any] = {}
         details.update({f"evidence.{k}": v for k, v in self.evidence.stats().items()})
         details.update({f"forwarder.{k}": v for k, v in self.forwarder.stats().items()})
+        if self.mlflow is not None:
+            details.update({f"mlflow.{k}": v for k, v in self.mlflow.stats().items()})
         details.update({f"batcher.{k}": v for k, v in self.batcher.stats.as_dict().items()})
         details["batcher.queue_depth"] = self.batcher.queue_depth
         for name in ("texts_encoded", "tokens_encoded"):
@@ -206,11 +213,31 @@ class App:
         except Exception as exc:  # noqa: BLE001 - a failed log still shuts down; the log says why
             log.warning("shutdown_checkpoint_failed", error=repr(exc))
         await self.forwarder.stop(drain_s=self.cfg.server.grace_s)
+        if self.mlflow is not None:
+            await self.mlflow.stop(drain_s=self.cfg.server.grace_s)
         await self.evidence.close()
         self.manifests.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
             self.metrics_server = None
+
+
+async def _start_mlflow(cfg: Config, evidence: EvidenceLog, manifests: ManifestStore) -> Forwarder:
+    """A second forwarder over the evidence log that logs each decision as an MLflow run."""
+    from certus.sidecar.forwarder.mlflow_sink import MlflowSink, default_experiment
+
+    def experiment_for(workspace_id: str, manifest_uri: str) -> str:
+        try:
+            name = manifests.resolve(workspace_id, manifest_uri).mlflow_experiment_name
+        except Exception:  # noqa: BLE001 - a manifest gone since: the default name
+            name = None
+        return name or default_experiment(workspace_id, manifest_uri)
+
+    fcfg = dataclasses.replace(cfg.forwarder, outbox_dir=Path(cfg.forwarder.outbox_dir) / "mlflow")
+    sink = MlflowSink(cfg.forwarder.mlflow_tracking_uri, experiment_for, timeout_s=cfg.forwarder.timeout_s)
+    fwd = Forwarder(fcfg, evidence, sink=sink)
+    await fwd.start()
+    return fwd
 
 
 class BindFailed(Fatal):
