@@ -64,7 +64,10 @@ lock:
 	rm -rf $(LOCK_TMP)
 	$(PYTHON) -m venv $(LOCK_TMP)/venv
 	$(LOCK_TMP)/venv/bin/python -m pip install $(PIP_QUIET) pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION)
-	$(LOCK_TMP)/venv/bin/python -m pip wheel $(PIP_QUIET) --no-deps -w $(LOCK_TMP)/wheels ./clients/python
+	# built from a copy: the build hook regenerates the stubs beside the sources, with whatever
+	# grpcio-tools the isolated build picks, and must not touch the checkout's generated stubs
+	mkdir -p $(LOCK_TMP)/src/clients && cp -r proto $(LOCK_TMP)/src/proto && cp -r clients/python $(LOCK_TMP)/src/clients/python
+	$(LOCK_TMP)/venv/bin/python -m pip wheel $(PIP_QUIET) --no-deps -w $(LOCK_TMP)/wheels ./$(LOCK_TMP)/src/clients/python
 	# certus-client is ours (installed from clients/python): resolved from the wheel just built, not pinned
 	$(COMPILE) --find-links $(LOCK_TMP)/wheels --unsafe-package certus-client --extra report --extra test \
 		-o requirements/dev.lock pyproject.toml requirements/build.in
