@@ -23,6 +23,7 @@ re-hashing the whole log; the frontier is trusted only when its root is the sign
 from __future__ import annotations
 
 import base64
+import collections
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,14 +126,20 @@ class CheckpointStore:
             origin = out[-1].checkpoint.origin
         return out
 
-    def last(self, keys: Iterable[VerifyKey], *, at_most: int | None = None) -> StoredCheckpoint | None:
-        """The newest checkpoint (of at most ``at_most`` records), verified; None if there is none."""
-        found: tuple[dict[str, object], int] | None = None
+    def tail(self, keys: Iterable[VerifyKey], count: int, *, at_most: int | None = None) -> list[StoredCheckpoint]:
+        """The newest ``count`` checkpoints (of at most ``at_most`` records each), verified, oldest first."""
+        picked: collections.deque[tuple[dict[str, object], int]] = collections.deque(maxlen=count)
         for d, n in self:
             size = d.get("size")
             if at_most is None or (isinstance(size, int) and size <= at_most):
-                found = (d, n)
-        return None if found is None else self._entry(found[0], found[1], list(keys), None)
+                picked.append((d, n))
+        keys = list(keys)
+        return [self._entry(d, n, keys, None) for d, n in picked]
+
+    def last(self, keys: Iterable[VerifyKey], *, at_most: int | None = None) -> StoredCheckpoint | None:
+        """The newest checkpoint (of at most ``at_most`` records), verified; None if there is none."""
+        found = self.tail(keys, 1, at_most=at_most)
+        return found[-1] if found else None
 
     def _entry(self, d: dict[str, object], n: int, keys: list[VerifyKey], origin: str | None) -> StoredCheckpoint:
         where = f"{self.path.name} line {n}"

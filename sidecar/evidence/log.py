@@ -368,7 +368,8 @@ class EvidenceLog:
             ring = keyring_for(self.log_dir, self._known_keys())
             with self._lock:
                 self._rotations = list(ring.rotations)
-            last = self._store.last(ring.keys)
+            recent = self._store.tail(ring.keys, RECENT_CHECKPOINTS)
+            last = recent[-1] if recent else None
         except (CheckpointError, KeyringError) as exc:
             raise EvidenceLogCorrupt(f"{self.log_dir}: {exc}. Run `certus-sidecar verify` on the log directory.") from exc
         if last is not None and last.checkpoint.size > n:
@@ -383,9 +384,10 @@ class EvidenceLog:
                 raise EvidenceLogCorrupt(f"{self.log_dir}: cannot read record {frontier.size} to rebuild the Merkle tree")
             frontier.extend(leaf_hash(r.line) for r in recs)
         self._frontier = frontier
-        self._recent.clear()
+        with self._lock:
+            self._recent.clear()
+            self._recent.extend(recent)
         if last is not None:
-            self._recent.append(last)
             if self.origin and self.origin != last.checkpoint.origin:
                 log.warning("evidence_checkpoint_origin_kept", configured=self.origin, origin=last.checkpoint.origin)
             self.origin = last.checkpoint.origin
@@ -483,8 +485,8 @@ class EvidenceLog:
         for sc in reversed(recent):
             if at_most is None or sc.checkpoint.size <= at_most:
                 return sc
-        if at_most is None:
-            return None
+        if at_most is None or len(recent) < RECENT_CHECKPOINTS:
+            return None  # memory holds every checkpoint there is: no older one in the file
         return self._store.last(self._known_keys_with_rotations(), at_most=at_most)
 
     def checkpoint_of_size(self, size: int) -> StoredCheckpoint | None:

@@ -24,7 +24,7 @@ from certus.sidecar.domain import EvaluateInput
 from certus.sidecar.errors import PermissionDenied, Unauthenticated
 from certus.sidecar.ratelimit import RateLimiter
 from certus.sidecar.security.jwt_auth import JwtRejected, JwtVerifier, looks_like_jwt
-from certus.sidecar.security.tokens import SCOPE_ADMIN, SCOPE_READ, Identity, TokenStore
+from certus.sidecar.security.tokens import SCOPE_ADMIN, SCOPE_READ, Identity, TokenStore, parse_bearer
 
 MEASURE_BUCKET = "#measure"  # not a valid workspace id, so it never shares a workspace's bucket
 
@@ -61,6 +61,15 @@ class Authenticator:
         if identity is None:
             raise Unauthenticated("unknown token")
         return identity
+
+    def from_header(self, values: list[str]) -> Identity:
+        """The identity of the call's ``authorization`` values (gRPC metadata or HTTP headers):
+        exactly one ``Bearer <token>``; :class:`Unauthenticated` naming why not."""
+        try:
+            token = parse_bearer(values)
+        except ValueError as exc:
+            raise Unauthenticated(str(exc)) from None
+        return self.authenticate(token)
 
 
 class AccessControl:

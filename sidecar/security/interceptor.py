@@ -16,7 +16,7 @@ import structlog
 
 from certus.sidecar.errors import Unauthenticated
 from certus.sidecar.security.access import Authenticator, bind_identity
-from certus.sidecar.security.tokens import Identity, parse_bearer
+from certus.sidecar.security.tokens import Identity
 from certus.sidecar.server import errormap
 
 log = structlog.get_logger(__name__)
@@ -48,11 +48,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if k.lower() == "authorization"
         ]
         try:
-            token = parse_bearer(values)
-        except ValueError as exc:
-            return self._refuse(handler, method, str(exc))
-        try:
-            identity = self.authenticator.authenticate(token)
+            identity = self.authenticator.from_header(values)
         except Unauthenticated as exc:
             return self._refuse(handler, method, str(exc))
         return with_identity(handler, identity)

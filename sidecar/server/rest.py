@@ -48,7 +48,6 @@ from certus.sidecar.domain import EvaluationResult
 from certus.sidecar.errors import InvalidArgument, Unauthenticated
 from certus.sidecar.protos import pb
 from certus.sidecar.security.access import bind_identity
-from certus.sidecar.security.tokens import parse_bearer
 from certus.sidecar.server import convert, errormap
 
 log = structlog.get_logger(__name__)
@@ -122,12 +121,8 @@ class RestApi:
         if authenticator is None:
             return
         try:
-            token = parse_bearer(request.headers.getlist("authorization"))
-        except ValueError as exc:
-            raise Unauthenticated(f"unauthenticated: {exc}") from None
-        try:
-            bind_identity(authenticator.authenticate(token))
-        except Unauthenticated as exc:
+            bind_identity(authenticator.from_header(request.headers.getlist("authorization")))
+        except Unauthenticated as exc:  # worded as the gRPC interceptor words it
             raise Unauthenticated(f"unauthenticated: {exc}") from None
 
     async def _body(self, request: Request) -> pb.EvaluateRequest:
