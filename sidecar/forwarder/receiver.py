@@ -44,6 +44,8 @@ from certus.sidecar.forwarder.wire import (
     CheckpointReceipt,
     CheckpointSubmission,
     Receipt,
+    envelope_from_pb,
+    status_to_pb,
 )
 from certus.sidecar.signing import (
     DECISION_PAYLOAD_TYPE,
@@ -261,50 +263,43 @@ class IntegrityReceiver:
         from certus.sidecar.protos import ipb, ipb_grpc
 
         receiver = self
-        status_of = {ACCEPTED: ipb.RECEIPT_STATUS_ACCEPTED, DUPLICATE: ipb.RECEIPT_STATUS_DUPLICATE, REJECTED: ipb.RECEIPT_STATUS_REJECTED}
+
+        def gate(context: grpc.ServicerContext) -> None:
+            """Bearer key and the unavailable switch, for every RPC alike."""
+            if not receiver._authorized(dict(context.invocation_metadata()).get("authorization")):
+                with receiver._lock:
+                    receiver.refused_requests += 1
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing bearer key")
+            if receiver.unavailable:
+                with receiver._lock:
+                    receiver.refused_requests += 1
+                context.set_trailing_metadata((("retry-after", f"{receiver.retry_after_s:g}"),))
+                context.abort(grpc.StatusCode.UNAVAILABLE, "integrity service unavailable (test switch)")
 
         class Servicer(ipb_grpc.IntegrityServiceServicer):  # type: ignore[misc]
             def SubmitDecisions(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-                md = dict(context.invocation_metadata())
-                if not receiver._authorized(md.get("authorization")):
-                    with receiver._lock:
-                        receiver.refused_requests += 1
-                    context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing bearer key")
-                if receiver.unavailable:
-                    with receiver._lock:
-                        receiver.refused_requests += 1
-                    context.set_trailing_metadata((("retry-after", f"{receiver.retry_after_s:g}"),))
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "integrity service unavailable (test switch)")
-                envs = [
-                    Envelope(e.payload_type, bytes(e.payload), tuple((s.keyid, bytes(s.sig)) for s in e.signatures))
-                    for e in request.envelopes
-                ]
+                gate(context)
+                envs = [envelope_from_pb(e) for e in request.envelopes]
                 try:
                     receipts = receiver.submit(envs)
                 except BatchRefused as exc:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch refused: {exc}"[:1000])
                 return ipb.SubmitDecisionsResponse(
                     receipts=[
-                        ipb.Receipt(decision_id=r.decision_id, status=status_of[r.status], evidence_id=r.evidence_id, error=r.error)
+                        ipb.Receipt(decision_id=r.decision_id, status=status_to_pb(r.status), evidence_id=r.evidence_id, error=r.error)
                         for r in receipts
                     ]
                 )
 
             def SubmitCheckpoint(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-                if not receiver._authorized(dict(context.invocation_metadata()).get("authorization")):
-                    context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing bearer key")
-                if receiver.unavailable:
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "integrity service unavailable (test switch)")
+                gate(context)
                 try:
-                    rotations = tuple(
-                        Envelope(e.payload_type, bytes(e.payload), tuple((s.keyid, bytes(s.sig)) for s in e.signatures))
-                        for e in request.key_rotations
-                    )
+                    rotations = tuple(envelope_from_pb(e) for e in request.key_rotations)
                     sub = CheckpointSubmission(request.checkpoint, request.old_size, tuple(bytes(h) for h in request.consistency_proof), rotations)
                 except ValueError as exc:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed checkpoint: {exc}")
                 r = receiver.submit_checkpoint(sub)
-                return ipb.SubmitCheckpointResponse(status=status_of[r.status], held_size=r.held_size, error=r.error)
+                return ipb.SubmitCheckpointResponse(status=status_to_pb(r.status), held_size=r.held_size, error=r.error)
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.max_receive_message_length", MAX_HTTP_BODY)])
         ipb_grpc.add_IntegrityServiceServicer_to_server(Servicer(), server)

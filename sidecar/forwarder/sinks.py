@@ -36,12 +36,13 @@ from certus.sidecar.forwarder.policy import RetryPolicy
 from certus.sidecar.forwarder.wire import (
     ACCEPTED,
     DUPLICATE,
-    REJECTED,
     CheckpointReceipt,
     CheckpointSubmission,
     Receipt,
+    envelope_to_pb,
     http_batch_body,
     parse_receipts,
+    status_from_pb,
 )
 
 log = structlog.get_logger(__name__)
@@ -242,64 +243,11 @@ class GrpcSink:
             self._stub = ipb_grpc.IntegrityServiceStub(self._channel)
         return self._stub
 
-    async def send(self, records: Sequence[LogRecord]) -> list[Receipt]:
-        from certus.sidecar.protos import ipb
-
-        stub = self._ensure()
-        req = ipb.SubmitDecisionsRequest(
-            envelopes=[
-                ipb.DsseEnvelope(
-                    payload_type=r.envelope.payload_type,
-                    payload=r.envelope.payload,
-                    signatures=[ipb.DsseSignature(keyid=k, sig=s) for k, s in r.envelope.signatures],
-                )
-                for r in records
-            ]
-        )
+    async def _call(self, method: str, req: Any) -> Any:
+        """One RPC with the bearer key and the attempt timeout; a failure is a DeliveryError."""
         metadata = (("authorization", f"Bearer {self._api_key}"),) if self._api_key else None
         try:
-            resp = await stub.SubmitDecisions(req, timeout=self._policy.attempt_timeout_s, metadata=metadata)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code().name
-            raise DeliveryError(
-                f"grpc {code}: {exc.details()}",
-                retryable=code in self._policy.retryable_grpc,
-                retry_after_s=_grpc_retry_after_s(exc.trailing_metadata()),
-                code=code,
-            ) from exc
-        status_names = {
-            ipb.RECEIPT_STATUS_ACCEPTED: ACCEPTED,
-            ipb.RECEIPT_STATUS_DUPLICATE: DUPLICATE,
-            ipb.RECEIPT_STATUS_REJECTED: REJECTED,
-        }
-        out = []
-        for r in resp.receipts:
-            status = status_names.get(r.status)
-            if status is None:
-                raise DeliveryError(f"receipt for {r.decision_id} has status {r.status}", retryable=True, code="protocol")
-            out.append(Receipt(r.decision_id, status, r.evidence_id, r.error))
-        return out
-
-    async def send_checkpoint(self, sub: CheckpointSubmission) -> CheckpointReceipt:
-        from certus.sidecar.protos import ipb
-
-        stub = self._ensure()
-        req = ipb.SubmitCheckpointRequest(
-            checkpoint=sub.note,
-            old_size=sub.old_size,
-            consistency_proof=list(sub.proof),
-            key_rotations=[
-                ipb.DsseEnvelope(
-                    payload_type=e.payload_type,
-                    payload=e.payload,
-                    signatures=[ipb.DsseSignature(keyid=k, sig=s) for k, s in e.signatures],
-                )
-                for e in sub.rotations
-            ],
-        )
-        metadata = (("authorization", f"Bearer {self._api_key}"),) if self._api_key else None
-        try:
-            resp = await stub.SubmitCheckpoint(req, timeout=self._policy.attempt_timeout_s, metadata=metadata)
+            return await getattr(self._ensure(), method)(req, timeout=self._policy.attempt_timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
             raise DeliveryError(
@@ -308,10 +256,34 @@ class GrpcSink:
                 retry_after_s=_grpc_retry_after_s(exc.trailing_metadata()),
                 code="unimplemented" if code == "UNIMPLEMENTED" else code,
             ) from exc
-        names = {ipb.RECEIPT_STATUS_ACCEPTED: ACCEPTED, ipb.RECEIPT_STATUS_DUPLICATE: DUPLICATE, ipb.RECEIPT_STATUS_REJECTED: REJECTED}
-        if resp.status not in names:
+
+    async def send(self, records: Sequence[LogRecord]) -> list[Receipt]:
+        from certus.sidecar.protos import ipb
+
+        req = ipb.SubmitDecisionsRequest(envelopes=[envelope_to_pb(r.envelope) for r in records])
+        resp = await self._call("SubmitDecisions", req)
+        out = []
+        for r in resp.receipts:
+            status = status_from_pb(r.status)
+            if status is None:
+                raise DeliveryError(f"receipt for {r.decision_id} has status {r.status}", retryable=True, code="protocol")
+            out.append(Receipt(r.decision_id, status, r.evidence_id, r.error))
+        return out
+
+    async def send_checkpoint(self, sub: CheckpointSubmission) -> CheckpointReceipt:
+        from certus.sidecar.protos import ipb
+
+        req = ipb.SubmitCheckpointRequest(
+            checkpoint=sub.note,
+            old_size=sub.old_size,
+            consistency_proof=list(sub.proof),
+            key_rotations=[envelope_to_pb(e) for e in sub.rotations],
+        )
+        resp = await self._call("SubmitCheckpoint", req)
+        status = status_from_pb(resp.status)
+        if status is None:
             raise DeliveryError(f"checkpoint receipt has status {resp.status}", retryable=True, code="protocol")
-        return CheckpointReceipt(names[resp.status], int(resp.held_size), resp.error)
+        return CheckpointReceipt(status, int(resp.held_size), resp.error)
 
     async def close(self) -> None:
         if self._channel is not None:

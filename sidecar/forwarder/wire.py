@@ -111,6 +111,34 @@ class CheckpointSubmission:
         )
 
 
+def envelope_to_pb(env: Envelope) -> Any:
+    """A DSSE envelope as the proto's ``DsseEnvelope``."""
+    from certus.sidecar.protos import ipb
+
+    return ipb.DsseEnvelope(
+        payload_type=env.payload_type,
+        payload=env.payload,
+        signatures=[ipb.DsseSignature(keyid=k, sig=s) for k, s in env.signatures],
+    )
+
+
+def envelope_from_pb(e: Any) -> Envelope:
+    return Envelope(e.payload_type, bytes(e.payload), tuple((s.keyid, bytes(s.sig)) for s in e.signatures))
+
+
+def status_to_pb(status: str) -> int:
+    from certus.sidecar.protos import ipb
+
+    return {ACCEPTED: ipb.RECEIPT_STATUS_ACCEPTED, DUPLICATE: ipb.RECEIPT_STATUS_DUPLICATE, REJECTED: ipb.RECEIPT_STATUS_REJECTED}[status]
+
+
+def status_from_pb(value: int) -> str | None:
+    """The receipt status of a proto ``ReceiptStatus`` (None for an unknown value)."""
+    from certus.sidecar.protos import ipb
+
+    return {ipb.RECEIPT_STATUS_ACCEPTED: ACCEPTED, ipb.RECEIPT_STATUS_DUPLICATE: DUPLICATE, ipb.RECEIPT_STATUS_REJECTED: REJECTED}.get(value)
+
+
 def http_batch_body(records: Sequence[LogRecord]) -> bytes:
     body = {"decisions": [{"decision": r.payload, "envelope": r.envelope_dict} for r in records]}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
