@@ -68,12 +68,7 @@ class Admission:
         done.append(now)
         while done and done[0] <= now - WINDOW_S:
             done.popleft()
-        rate = len(done) / WINDOW_S
-        current = self.service_rate()
-        if rate >= current:
-            self._rate, self._rate_at = rate, now
-        else:
-            self._rate, self._rate_at = current, now
+        self._rate, self._rate_at = max(len(done) / WINDOW_S, self.service_rate()), now
 
     def stats(self) -> dict[str, float | int]:
         return {
