@@ -43,7 +43,8 @@ def test_each_decision_is_an_mlflow_run(tmp_path: Path, encoder: Any) -> None:
     try:
         a = sc.stub.Evaluate(_request("acme"), timeout=60)
         b = sc.stub.Evaluate(_request("named"), timeout=60)
-        _wait(lambda: sc.app.mlflow.stats()["delivered"] >= 2, "two runs logged")
+        # both runs logged and the cursor past them (delivered is counted before the cursor moves)
+        _wait(lambda: sc.app.mlflow.stats()["delivered"] >= 2 and sc.app.mlflow.stats()["backlog"] == 0, "two runs logged")
         details = dict(sc.stub.GetInfo(pb.GetInfoRequest(), timeout=10).details)
     finally:
         sc.stop()
