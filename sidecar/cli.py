@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "certus.sidecar.forwarder.cli",  # integrity-serve
     "certus.sidecar.toolkit.cli",  # evaluate, calibrate, validate, report
     "certus.sidecar.security.cli",  # token new|hash
+    "certus.sidecar.dashboard.cli",  # dashboard
 ]
 
 

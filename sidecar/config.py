@@ -200,6 +200,21 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    # CERTUS_DASHBOARD_ADDRESS: the web dashboard (sidecar/dashboard) on this address, e.g.
+    # 127.0.0.1:8090; "" = off. A non-loopback address needs auth (tokens or JWT) and TLS.
+    address: str = ""
+    # CERTUS_DASHBOARD_DIR: its own state (the evidence index, generated reports, calibration runs);
+    # empty = <CERTUS_HOME>/dashboard
+    state_dir: Path | None = None
+    # CERTUS_DASHBOARD_CALIBRATION_DIR: labelled JSONL files the calibration page offers to choose
+    # (uploads work without it)
+    calibration_dir: Path | None = None
+    max_claims: int = 100_000  # CERTUS_DASHBOARD_MAX_CLAIMS: evaluations whose claim spans are kept
+    index_interval_s: float = 1.0  # CERTUS_DASHBOARD_INDEX_S: how often the index follows the log
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -212,6 +227,7 @@ class Config:
     async_jobs: AsyncConfig = field(default_factory=AsyncConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     def replace(self, **sections: Any) -> "Config":
         """``cfg.replace(server={"address": "..."})``: a copy with some fields changed."""
@@ -306,6 +322,11 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_RATE_LIMIT_RPS": ("auth", "rate_limit_rps"),
     "CERTUS_RATE_LIMIT_BURST": ("auth", "rate_limit_burst"),
     "CERTUS_RATE_LIMIT_MAX_BUCKETS": ("auth", "rate_limit_max_buckets"),
+    "CERTUS_DASHBOARD_ADDRESS": ("dashboard", "address"),
+    "CERTUS_DASHBOARD_DIR": ("dashboard", "state_dir"),
+    "CERTUS_DASHBOARD_CALIBRATION_DIR": ("dashboard", "calibration_dir"),
+    "CERTUS_DASHBOARD_MAX_CLAIMS": ("dashboard", "max_claims"),
+    "CERTUS_DASHBOARD_INDEX_S": ("dashboard", "index_interval_s"),
 }
 
 

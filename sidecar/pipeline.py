@@ -116,6 +116,9 @@ class Pipeline:
         self.manifests = manifests
         self.evidence = evidence
         self.jobs = jobs
+        # called with each recorded result (its evidence_id set), on the event loop; must not block
+        # (the dashboard queues claim spans here)
+        self.observers: list[Callable[[EvaluationResult], None]] = []
         self._kernel_pool = concurrent.futures.ThreadPoolExecutor(kernel_threads, thread_name_prefix="kernels")
         self._guard_pool = concurrent.futures.ThreadPoolExecutor(guardrail_threads, thread_name_prefix="guardrails")
 
@@ -239,7 +242,10 @@ class Pipeline:
             evidence_id, _ = await self.evidence.append(IntegrityDecision.from_result(inp, result))
             self.metrics.observe_evidence_append(time.perf_counter() - t0)
             span.set_attribute(telemetry.ATTR_EVIDENCE_ID, evidence_id)
-        return dataclasses.replace(result, evidence_id=evidence_id)
+        recorded = dataclasses.replace(result, evidence_id=evidence_id)
+        for observe in self.observers:
+            observe(recorded)
+        return recorded
 
     # -- Measure ----------------------------------------------------------------------------------
     async def measure(self, text1: str, text2: str, threshold: float | None) -> MeasureResult:

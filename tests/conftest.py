@@ -104,6 +104,7 @@ def make_config(tmp: Path, **sections: dict[str, Any]) -> config_mod.Config:
         # process, the shipped default, is exercised by the tests that run `certus-sidecar serve`
         # (lifecycle, fuzz, crash recovery, flood) and by tests/unit/guardrails/test_pii_process.py
         "guardrails": {"pii_process": False},
+        "dashboard": {"state_dir": tmp / "dashboard", "index_interval_s": 0.2},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)

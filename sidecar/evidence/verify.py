@@ -235,7 +235,7 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
                     BadRecord(seg.name, line_no, None, "incomplete last line (torn write; the sidecar truncates it on restart)")
                 )
             raw = data[pos:nl]
-            checked = _check_record(raw, seg, pos, line_no, expect_seq, prev_hash, ring)
+            checked = check_record(raw, seg, pos, line_no, expect_seq, prev_hash, ring)
             if isinstance(checked, BadRecord):
                 return report(checked)
             dec, evidence_id, signer = checked
@@ -254,7 +254,7 @@ def verify_log(path: str | Path, key: VerifyKey | Sequence[VerifyKey] | None = N
     return report(None)
 
 
-def _check_record(
+def check_record(
     raw: bytes,
     seg: Path,
     offset: int,

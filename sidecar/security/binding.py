@@ -62,6 +62,23 @@ def check_binding(cfg: Config) -> None:
     _check_address(cfg, cfg.server.address, "server.address", mtls_applies=True)
     if cfg.server.rest_address:
         _check_address(cfg, cfg.server.rest_address, "server.rest_address", mtls_applies=False)
+    check_dashboard_binding(cfg)
+
+
+def check_dashboard_binding(cfg: Config) -> None:
+    """The dashboard shows every workspace's decisions: off loopback it needs both bearer auth and
+    TLS (a browser sends its token in a cookie), and allow_insecure_remote does not waive that."""
+    address = cfg.dashboard.address
+    if not address or is_loopback(address):
+        return
+    tokens = cfg.auth.tokens_file is not None or cfg.auth.jwt_keys_file is not None
+    if tokens and cfg.auth.tls_cert is not None and cfg.auth.tls_key is not None:
+        return
+    raise BindingRefused(
+        f"refusing to serve the dashboard on {address} (dashboard.address): it is not a loopback address, and off "
+        "loopback the dashboard needs authentication (CERTUS_AUTH_TOKENS_FILE or CERTUS_JWT_KEYS) and TLS "
+        "(CERTUS_TLS_CERT and CERTUS_TLS_KEY)."
+    )
 
 
 def _check_address(cfg: Config, address: str, setting: str, *, mtls_applies: bool) -> None:

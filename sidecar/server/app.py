@@ -79,6 +79,7 @@ class App:
     metrics_server: MetricsServer | None = None  # Prometheus endpoint, when server.metrics_address is set
     health_server: grpc.aio.Server | None = None  # health-only listener, when server.health_address is set
     rest: Any = None  # the REST API (sidecar/server/rest.py), when server.rest_address is set
+    dashboard: Any = None  # the web dashboard (sidecar/dashboard), when dashboard.address is set
     mlflow: Forwarder | None = None  # MLflow run logging, when forwarder.mlflow_tracking_uri is set
     _serving: bool | None = None  # the last health status set_health gave
 
@@ -290,6 +291,10 @@ async def _listen(cfg: Config, app: App, credentials: grpc.ServerCredentials | N
             ssl_keyfile=str(tls.tls_key) if tls.tls_key else None,
         )
         app.rest = rest
+    if cfg.dashboard.address and app.dashboard is None:
+        from certus.sidecar.dashboard.web import start_in_sidecar
+
+        app.dashboard = await start_in_sidecar(cfg, app)
     await app.set_health(app.evidence.healthy, app.evidence.failure_reason)
     return server, port
 
@@ -324,6 +329,9 @@ async def shutdown(server: grpc.aio.Server, app: App) -> None:
     if app.rest is not None:  # stops accepting, finishes the requests in flight
         await app.rest.stop()
         app.rest = None
+    if app.dashboard is not None:
+        await app.dashboard.aclose()
+        app.dashboard = None
     await server.stop(app.cfg.server.grace_s)
     if app.health_server is not None:  # last: probes see NOT_SERVING while the main server drains
         await app.health_server.stop(0)
@@ -346,6 +354,9 @@ async def serve(cfg: Config) -> None:
     print(f"certus-sidecar listening on {host}:{port}", flush=True)
     if app.rest is not None:
         print(f"certus-sidecar REST API on {cfg.server.rest_address.rsplit(':', 1)[0]}:{app.rest.port}", flush=True)
+    if app.dashboard is not None:
+        scheme = "https" if cfg.auth.tls_cert else "http"
+        print(f"certus-sidecar dashboard on {scheme}://{cfg.dashboard.address.rsplit(':', 1)[0]}:{app.dashboard.port}/", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

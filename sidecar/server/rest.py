@@ -24,31 +24,30 @@ Every error body carries the spec's ``fallback`` guidance. A skipped evaluation 
 overload) is 200 with ``skipped: true``, as on gRPC; async mode is 202 with a ``status_uri``.
 
 Built with Starlette (routing, requests, responses; ASGI) served by uvicorn on the sidecar's own
-event loop: the handlers await the same pipeline coroutines as the gRPC servicer. Both are small,
+event loop (``server/http.py``): the handlers await the same pipeline coroutines as the gRPC servicer. Both are small,
 well-kept and pinned in the locks.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import grpc
 import structlog
-import uvicorn
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from certus.sidecar import __version__, errors
+from certus.sidecar import __version__
 from certus.sidecar.domain import EvaluationResult
 from certus.sidecar.errors import InvalidArgument, Unauthenticated
 from certus.sidecar.protos import pb
 from certus.sidecar.security.access import bind_identity
 from certus.sidecar.server import convert, errormap
+from certus.sidecar.server.http import UvicornListener
 
 log = structlog.get_logger(__name__)
 
@@ -109,8 +108,7 @@ class RestApi:
                 Route("/v1/health", self.health, methods=["GET"]),
             ]
         )
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._listener = UvicornListener(self.asgi, "server.rest_address")
         self.port = 0
 
     # -- handlers -----------------------------------------------------------------------------
@@ -204,32 +202,8 @@ class RestApi:
     # -- serving ------------------------------------------------------------------------------
 
     async def start(self, address: str, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> int:
-        host, _, port = address.rpartition(":")
-        config = uvicorn.Config(
-            self.asgi,
-            host=host.strip("[]") or "127.0.0.1",
-            port=int(port),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-        )
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the sidecar owns signals
-        self._server = server
-        self._task = asyncio.create_task(server.serve(), name="rest-api")
-        while not server.started:
-            if self._task.done():
-                exc = self._task.exception() or OSError(f"cannot listen on {address}")
-                raise errors.Fatal(f"server.rest_address {address}: {exc}")
-            await asyncio.sleep(0.01)
-        self.port = int(server.servers[0].sockets[0].getsockname()[1])
-        log.info("rest_listening", address=f"{config.host}:{self.port}")
+        self.port = await self._listener.start(address, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
         return self.port
 
     async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-            self._server = self._task = None
+        await self._listener.stop()

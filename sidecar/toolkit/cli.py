@@ -78,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--validation", help="validation JSON (certus-sidecar validate --output)")
     r.add_argument("--output", "-o", default="compliance_report", help="output path without extension")
     r.add_argument("--format", default="md,html,pdf", help="comma separated: md, html, pdf (default all)")
+    r.add_argument("--since", metavar="YYYY-MM-DD", help="report on decisions from this UTC day on (default: the first)")
+    r.add_argument("--until", metavar="YYYY-MM-DD", help="... up to and including this UTC day (default: the last)")
     r.add_argument("--allow-unverified", action="store_true", help="still write the report when verification fails")
     r.add_argument("--write-metadata-template", metavar="PATH", help="write the metadata template to PATH and exit")
     r.add_argument("-v", "--verbose", action="store_true")
@@ -200,7 +202,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from certus.sidecar.evidence.verify import NoTrustedKey
     from certus.sidecar.signing import VerifyKey
-    from certus.sidecar.toolkit.report import UnverifiedEvidence, generate_report
+    from certus.sidecar.toolkit.report import UnverifiedEvidence, generate_report, parse_day
     from certus.sidecar.toolkit.report.gather import metadata_template
 
     if args.write_metadata_template:
@@ -219,6 +221,11 @@ def _report(args: argparse.Namespace) -> int:
         return _fail(f"--key: {exc}")
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     try:
+        since = parse_day(args.since, "--since") if args.since else None
+        until = parse_day(args.until, "--until", end=True) if args.until else None
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
         out = generate_report(
             evidence_dir,
             args.output,
@@ -229,6 +236,8 @@ def _report(args: argparse.Namespace) -> int:
             validation=args.validation,
             formats=formats,
             allow_unverified=args.allow_unverified,
+            since=since,
+            until=until,
         )
     except UnverifiedEvidence as exc:
         print(exc.summary, file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +36,15 @@ class ReportOutput:
     placeholders: tuple[str, ...]
 
 
+def parse_day(value: str, field: str, *, end: bool = False) -> datetime:
+    """``YYYY-MM-DD`` as UTC midnight (``end``: the midnight after it, so the day is included)."""
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise ValueError(f"{field}: expected a date like 2026-11-30, got {value!r}") from None
+    return day + timedelta(days=1) if end else day
+
+
 def _load_json(path: str | Path, what: str, fmt: str | None = None) -> dict[str, Any]:
     p = Path(path)
     try:
@@ -57,7 +67,11 @@ def generate_report(
     validation: str | Path | None = None,
     formats: Sequence[str] = FORMATS,
     allow_unverified: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> ReportOutput:
+    """Write the report for the decisions in ``[since, until)`` (the whole log when both are None);
+    the whole log is verified either way."""
     from certus.sidecar.toolkit.calibrate import CALIBRATION_FORMAT
     from certus.sidecar.toolkit.evaluate import load_results
     from certus.sidecar.toolkit.report.annex_iv import ReportInputs, build_document, make_charts
@@ -72,7 +86,7 @@ def generate_report(
     res = [load_results(p) for p in results]
     cal = _load_json(calibration, "calibration", CALIBRATION_FORMAT) if calibration else None
     val = _load_json(validation, "validation", VALIDATION_FORMAT) if validation else None
-    evidence = summarize_evidence(evidence_dir, keys)
+    evidence = summarize_evidence(evidence_dir, keys, since=since, until=until)
     if not evidence.verify.ok and not allow_unverified:
         raise UnverifiedEvidence(evidence.verify.summary())
     out = Path(output)

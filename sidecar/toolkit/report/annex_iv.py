@@ -175,7 +175,7 @@ def build_document(inp: ReportInputs, figures: dict[str, Path]) -> Document:
     m, ev, vr = inp.metadata, inp.evidence, inp.evidence.verify
     name, version = _v(m, "system", "name"), _v(m, "system", "version")
     provider = _v(m, "system", "provider_name")
-    period = f"{vr.first_timestamp or '—'} to {vr.last_timestamp or '—'}"
+    period = ev.period or f"{vr.first_timestamp or '—'} to {vr.last_timestamp or '—'}"
     doc = Document(
         title=f"Technical documentation (EU AI Act, Annex IV): {name} {version}",
         subtitle=f"Provider: {provider} · Evidence period: {period} · Generated {inp.generated_at} by certus-sidecar {__version__}",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,6 +62,8 @@ class EvidenceSummary:
     buckets: list[Bucket] = field(default_factory=list)
     bucket_unit: str = "day"
     examples: list[dict[str, Any]] = field(default_factory=list)
+    # the reporting period asked for ("" = the whole log); records outside it are not summarised
+    period: str = ""
 
     @property
     def scored(self) -> int:
@@ -74,6 +76,10 @@ class EvidenceSummary:
 
 def _parse_ts(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _bucket_key(when: datetime, unit: str) -> str:
@@ -98,16 +104,29 @@ def _metric_map(payload: dict[str, Any]) -> dict[str, float]:
     return {m["name"]: float(m["value"]) for m in payload.get("metrics", []) if not m.get("error")}
 
 
-def summarize_evidence(log_dir: str | Path, keys: Sequence[VerifyKey] | None = None) -> EvidenceSummary:
-    """Verify the log, then summarise its verified records (hashes, ids, scores only)."""
+def summarize_evidence(
+    log_dir: str | Path,
+    keys: Sequence[VerifyKey] | None = None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> EvidenceSummary:
+    """Verify the whole log, then summarise its verified records (hashes, ids, scores only) whose
+    timestamp falls in ``[since, until)`` (either open when None)."""
     report = verify_log(log_dir, list(keys) if keys else None)
     s = EvidenceSummary(verify=report)
+    if since is not None or until is not None:
+        s.period = f"{_iso(since) if since else '—'} to {_iso(until) if until else '—'} (end exclusive)"
     rows: list[tuple[datetime, str, float | None, float | None]] = []
     picks: dict[str, tuple[float, dict[str, Any]]] = {}
     for n, rec in enumerate(iter_log(Path(log_dir))):
         if n >= report.records:
             break
         d = rec.payload
+        if since is not None or until is not None:
+            when = _parse_ts(d["timestamp"])
+            if (since is not None and when < since) or (until is not None and when >= until):
+                continue
         s.decisions += 1
         outcome = str(d.get("outcome"))
         s.outcomes[outcome] += 1
