@@ -195,7 +195,7 @@ class EvidenceIndex:
 
     # -- trust ------------------------------------------------------------------------------------
 
-    def _keyring(self) -> Keyring | None:
+    def keyring(self) -> Keyring | None:
         """The roots (given keys, else the log's keys/ directory) along the rotation records; rebuilt
         when rotations.jsonl changes (a rotation while the sidecar runs)."""
         rot = self.log_dir / ROTATIONS_FILE
@@ -272,7 +272,7 @@ class EvidenceIndex:
             log.warning("dashboard_index_rebuilt", reason="the log was replaced or rotated away under the index")
             self._reset()
             return self._pass(budget)
-        ring = self._keyring()
+        ring = self.keyring()
         if ring is None:
             if not st.broken:
                 st.broken = "no trusted key: pass --key, or the log's keys/ directory is empty"

@@ -54,8 +54,8 @@ from certus.sidecar.dashboard import charts
 from certus.sidecar.dashboard.index import EvidenceIndex, now_day, read_line
 from certus.sidecar.errors import Unauthenticated
 from certus.sidecar.evidence.checkpoint import CHECKPOINTS_FILE
-from certus.sidecar.evidence.decision import IntegrityDecision
-from certus.sidecar.evidence.records import parse_line, read_last_line, segment_name
+from certus.sidecar.evidence.decision import DecisionError, IntegrityDecision
+from certus.sidecar.evidence.records import RecordError, parse_line, read_last_line, segment_name
 from certus.sidecar.security.access import Authenticator
 from certus.sidecar.security.tokens import ALL_WORKSPACES, SCOPE_ADMIN, Identity
 from certus.sidecar.signing import VerifyKey
@@ -65,6 +65,7 @@ log = structlog.get_logger(__name__)
 COOKIE = "certus_dashboard"
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 RANGES = {"7": 7, "30": 30, "90": 90, "365": 365, "all": None}
+CHART_TTL_S = 15.0  # a busy log bumps the index every second: charts are redrawn at most this often
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'none'; form-action 'self'; frame-ancestors 'none'"
 
 
@@ -302,14 +303,13 @@ class Dashboard:
             workspace = "\x00"  # nothing: not this identity's workspace
         days = RANGES[rng]
         since = None if days is None else now_day() - days + 1
-        key = ("overview", self.index.version, unit, since, workspace, manifest, allowed)
-        cached = self._cached(key, lambda: self._overview_view(unit, since, workspace, manifest, allowed))
-        ov, svgs, dims = cached
+        key = ("overview", unit, since, workspace, manifest, allowed)
+        ov, svgs, dims, as_of = self._cached(key, lambda: self._overview_view(unit, since, workspace, manifest, allowed))
         return self._page(
             request,
             "overview.html",
             {"ov": ov, "charts": svgs, "workspaces": dims[0], "manifests": dims[1], "unit": unit, "range": rng, "ranges": list(RANGES),
-             "workspace": workspace if workspace != "\x00" else "", "manifest": manifest},
+             "workspace": workspace if workspace != "\x00" else "", "manifest": manifest, "as_of": as_of},
             who=who,
         )
 
@@ -323,16 +323,20 @@ class Dashboard:
                 svgs["violations"] = charts.violations_chart(ov)
             for i, s in enumerate(ov.metrics):
                 svgs[f"metric:{s.name}"] = charts.metric_chart(ov, i)
-        return ov, svgs, self.index.dimensions(allowed)
+        return ov, svgs, self.index.dimensions(allowed), time.time()
 
     def _cached(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """``build()``'s value for ``key``, reused while the index has not changed or for
+        CHART_TTL_S (drawing charts costs CPU the sidecar's scoring needs)."""
+        version = self.index.version
         with self._cache_lock:
-            if key in self._cache:
+            hit = self._cache.get(key)
+            if hit is not None and (hit[0] == version or time.monotonic() - hit[1] < CHART_TTL_S):
                 self._cache.move_to_end(key)
-                return self._cache[key]
+                return hit[2]
         value = build()
         with self._cache_lock:
-            self._cache[key] = value
+            self._cache[key] = (version, time.monotonic(), value)
             while len(self._cache) > 32:
                 self._cache.popitem(last=False)
         return value
@@ -392,11 +396,15 @@ class Dashboard:
         allowed = self._workspaces(who)
         if row is None or (allowed is not None and row["workspace"] not in allowed):
             return self._page(request, "message.html", {"title": "Not found", "message": f"No verified decision with evaluation_id or evidence_id {ident!r} in the index ({self.index.status()['records']} records)."}, status=404, who=who)
-        raw = read_line(self.log_dir, row["segment"], row["offset"], row["length"])
-        rec = parse_line(raw, self.log_dir / segment_name(row["segment"]), row["offset"], row["line_no"])
-        ring = self.index._keyring()
+        where = f"{segment_name(row['segment'])} line {row['line_no']}"
+        try:
+            raw = read_line(self.log_dir, row["segment"], row["offset"], row["length"])
+            rec = parse_line(raw, self.log_dir / segment_name(row["segment"]), row["offset"], row["line_no"])
+            dec = IntegrityDecision.from_payload(rec.payload)
+        except (OSError, RecordError, DecisionError) as exc:
+            return self._page(request, "message.html", {"title": "Record changed", "message": f"The record of seq {row['seq']} ({where}) verified when it was indexed but cannot be read now: {exc}. Run verify on the Evidence page."}, status=409, who=who)
+        ring = self.index.keyring()
         signer, error = ring.signer(rec.envelope, rec.seq) if ring is not None else ("", "no trusted key")
-        dec = IntegrityDecision.from_payload(rec.payload)
         checkpoint = _newest_checkpoint_size(self.log_dir)
         ctx = {
             "row": row,

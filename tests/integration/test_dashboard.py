@@ -9,6 +9,7 @@ Also over plain HTTP: bearer-token login and workspace scoping, admin-only pages
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import pytest
 from certus.sidecar.evidence.records import iter_log
 from certus.sidecar.protos import pb
 from certus.sidecar.security.tokens import hash_token
+from certus.sidecar.signing import Envelope, canonical_json
 from certus.sidecar.toolkit.calibrate import calibrate_file
 from tests.conftest import OUTSIDE, RunningSidecar, cli_argv, cli_env, free_port, make_config, start_sidecar, wait_until
 
@@ -360,7 +362,8 @@ def test_installed_dashboard_command_on_an_existing_log(site: Site, tmp_path: Pa
     """`certus-sidecar dashboard` as a user runs it: installed script, outside the checkout, its own
     state under an empty CERTUS_HOME; it serves the same verified records."""
     port = free_port()
-    log_dir = site.sc.cfg.evidence.log_dir
+    log_dir = tmp_path / "evidence"  # an auditor's copy of the log
+    shutil.copytree(site.sc.cfg.evidence.log_dir, log_dir, ignore=shutil.ignore_patterns(".lock"))
     key = next((log_dir / "keys").glob("*.pub"))
     env = cli_env({"CERTUS_HOME": str(tmp_path / "home"), "HOME": str(tmp_path / "home")})
     proc = subprocess.Popen(
@@ -380,6 +383,23 @@ def test_installed_dashboard_command_on_an_existing_log(site: Site, tmp_path: Pa
         page = httpx.get(f"{url}/decisions/{site.answers['bad'].evaluation_id}", timeout=30).text
         assert "verified now" in page and "not part of the signed record" in page  # no claims outside the sidecar
         assert "sc-standalone" in httpx.get(url + "/evidence", timeout=30).text
+        # someone turns the failed verdict into a pass in the copy: the drill-down's signature check
+        # and a verify run from the page both say so
+        bad = site.answers["bad"]
+        seg = next(log_dir.glob("segment-*.jsonl"))
+        lines = seg.read_bytes().split(b"\n")
+        i = next(n for n, line in enumerate(lines) if line and json.loads(Envelope.from_json(line).payload)["decision_id"] == bad.evaluation_id)
+        env = Envelope.from_json(lines[i])
+        payload = json.loads(env.payload)
+        payload["outcome"] = "pass"
+        lines[i] = dataclasses.replace(env, payload=canonical_json(payload)).to_json()
+        seg.write_bytes(b"\n".join(lines))
+        page = httpx.get(f"{url}/decisions/{bad.evaluation_id}", timeout=30).text
+        assert "NOT verified" in page and "verified now" not in page
+        assert httpx.post(url + "/evidence/verify", timeout=30).status_code == 303
+        wait_until(lambda: "verify-verdict" in httpx.get(url + "/evidence", timeout=30).text, "the verify run", timeout_s=60)
+        verdict = httpx.get(url + "/evidence", timeout=30).text
+        assert "FAILED: " in verdict and f"line {i + 1} (seq {i})" in verdict
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

@@ -203,3 +203,19 @@ def test_unknown_format_is_named(signed_log: tuple[Path, SigningKey], tmp_path: 
     log_dir, _ = signed_log
     with pytest.raises(ValueError, match="unknown format 'docx'"):
         generate_report(log_dir, tmp_path / "r", formats=["md", "docx"])
+
+
+def test_a_period_summarises_only_its_days_and_still_verifies_the_whole_log(signed_log: tuple[Path, SigningKey], tmp_path: Path) -> None:
+    from certus.sidecar.toolkit.report import parse_day
+
+    log_dir, key = signed_log
+    since, until = parse_day("2025-03-02", "since"), parse_day("2025-03-03", "until", end=True)
+    s = summarize_evidence(log_dir, [key.verify_key], since=since, until=until)
+    assert s.verify.ok and s.verify.records == 24 and s.decisions == 12  # two of the four days
+    assert {b.label[:10] for b in s.buckets} == {"2025-03-02", "2025-03-03"} and sum(b.decisions for b in s.buckets) == 12
+    out = generate_report(log_dir, tmp_path / "r", keys=[key.verify_key], formats=["md"], since=since, until=until)
+    md = out.files["md"].read_text()
+    assert "| Evidence period | 2025-03-02T00:00:00Z to 2025-03-04T00:00:00Z (end exclusive) |" in md
+    assert "| Decisions recorded (verified) | 12 |" in md
+    with pytest.raises(ValueError, match="since: expected a date like 2026-11-30, got '2025-3-2x'"):
+        parse_day("2025-3-2x", "since")
