@@ -728,9 +728,10 @@ class EvidenceLog:
                     return
                 self._housekeeping()
             except BaseException as exc:  # noqa: BLE001 - any failure here fails the log until repaired
+                # failed first, then the callers told: one woken by the error sees the failed state
+                self._fail(exc)
                 err = EvidenceWriteError(f"evidence log write failed: {exc}")
                 _settle([(p, err, False) for p in batch if id(p) not in settled])
-                self._fail(exc)
 
     def _idle_timeout(self) -> float:
         """How long the writer may sleep without appends: until the next checkpoint is due, and at
