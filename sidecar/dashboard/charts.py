@@ -1,4 +1,4 @@
-"""The dashboard's charts: inline SVG drawn by matplotlib on the server (Agg-free SVG backend).
+"""The dashboard's charts: inline SVG drawn by matplotlib on the server.
 
 matplotlib is already the report's charting library (``toolkit/charts.py``); drawing on the server
 means no JavaScript charting bundle, nothing fetched from a CDN, and charts whose text (titles,
@@ -12,20 +12,15 @@ import io
 from typing import Any, Sequence
 
 from certus.sidecar.dashboard.index import Overview
-from certus.sidecar.toolkit.charts import BLUE, GREEN, GREY, ORANGE, RED
+from certus.sidecar.toolkit.charts import BLUE, GREEN, GREY, ORANGE, RED, figure
 
 OUTCOME_COLOURS = {"pass": GREEN, "warning": ORANGE, "fail": RED, "skipped": GREY}
 PALETTE = (BLUE, ORANGE, GREEN, RED, GREY, "#8e44ad", "#16a085")
 
 
-def _figure(w: float = 7.0, h: float = 2.8) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_svg import FigureCanvasSVG
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=96)
-    FigureCanvasSVG(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.grid(True, alpha=0.3)
+def _axes(w: float = 7.0, h: float = 2.8) -> tuple[Any, Any]:
+    """The report's figure (same colours and grid), without the top and right spines."""
+    fig, ax = figure(w, h)
     ax.spines[["top", "right"]].set_visible(False)
     return fig, ax
 
@@ -51,7 +46,7 @@ def _x(labels: Sequence[str], ax: Any) -> list[int]:
 
 
 def outcomes_chart(ov: Overview) -> str:
-    fig, ax = _figure()
+    fig, ax = _axes()
     xs = _x(ov.labels, ax)
     bottom = [0] * len(xs)
     for outcome in ("pass", "warning", "fail", "skipped"):
@@ -68,7 +63,7 @@ def outcomes_chart(ov: Overview) -> str:
 
 
 def pass_rate_chart(ov: Overview) -> str:
-    fig, ax = _figure()
+    fig, ax = _axes()
     xs = _x(ov.labels, ax)
     ys = [None if v is None else 100 * v for v in ov.pass_rate]
     ax.plot(xs, [float("nan") if y is None else y for y in ys], color=BLUE, marker="o", ms=3, label="pass rate")
@@ -80,7 +75,7 @@ def pass_rate_chart(ov: Overview) -> str:
 
 def metric_chart(ov: Overview, index: int) -> str:
     s = ov.metrics[index]
-    fig, ax = _figure(7.0, 2.4)
+    fig, ax = _axes(7.0, 2.4)
     xs = _x(ov.labels, ax)
 
     def arr(v: Sequence[float | None]) -> list[float]:
@@ -96,7 +91,7 @@ def metric_chart(ov: Overview, index: int) -> str:
 
 
 def violations_chart(ov: Overview) -> str:
-    fig, ax = _figure(7.0, 2.4)
+    fig, ax = _axes(7.0, 2.4)
     xs = _x(ov.labels, ax)
     for i, (gtype, counts) in enumerate(sorted(ov.violation_series.items())):
         ax.plot(xs, counts, color=PALETTE[i % len(PALETTE)], marker="o", ms=3, label=gtype)

@@ -385,7 +385,7 @@ class EvidenceIndex:
 
     def find(self, ident: str) -> dict[str, Any] | None:
         """The indexed decision whose evaluation_id or evidence_id is ``ident`` (the newest one)."""
-        cols = [d[0] for d in _DECISION_COLS]
+        cols = _DECISION_COLS
         with self.reader() as db:
             row = db.execute(
                 f"SELECT {', '.join(cols)} FROM decisions WHERE evidence_id = ? OR evaluation_id = ? "  # noqa: S608
@@ -397,12 +397,12 @@ class EvidenceIndex:
             out = dict(zip(cols, row))
             c = db.execute("SELECT data FROM claims WHERE evaluation_id = ?", (out["evaluation_id"],)).fetchone()
             out["claims"] = None if c is None else json.loads(c[0])
-            prev = db.execute("SELECT evidence_id FROM decisions WHERE seq = ?", (out["seq"] + 1,)).fetchone()
-            out["next_evidence_id"] = prev[0] if prev else ""
+            nxt = db.execute("SELECT evidence_id FROM decisions WHERE seq = ?", (out["seq"] + 1,)).fetchone()
+            out["next_evidence_id"] = nxt[0] if nxt else ""
         return out
 
     def recent(self, limit: int = 50, outcome: str = "", workspaces: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        cols = ["seq", "evaluation_id", "evidence_id", "ts", "workspace", "manifest", "outcome", "skip_reason", "overall", "violations"]
+        cols = _DECISION_COLS[:10]
         where, args = _filters(workspaces=workspaces)
         if outcome:
             where.append("outcome = ?")
@@ -452,8 +452,8 @@ class EvidenceIndex:
 
 
 _DECISION_COLS = (
-    ("seq",), ("evaluation_id",), ("evidence_id",), ("ts",), ("workspace",), ("manifest",), ("outcome",),
-    ("skip_reason",), ("overall",), ("violations",), ("key_id",), ("segment",), ("offset",), ("length",), ("line_no",),
+    "seq", "evaluation_id", "evidence_id", "ts", "workspace", "manifest", "outcome", "skip_reason", "overall",
+    "violations", "key_id", "segment", "offset", "length", "line_no",
 )
 
 

@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+from urllib.parse import quote
 
 import structlog
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -265,7 +266,10 @@ class Dashboard:
         return self._page(request, "message.html", {"title": "Not allowed", "message": "This page needs a token with workspace:admin on every workspace (*), and a form from this dashboard."}, status=403)
 
     def _page(self, request: Request, name: str, ctx: dict[str, Any], status: int = 200, who: Identity | None = None) -> Response:
-        base = {"request": request, "status": self.index.status(), "version": __version__, "user": who.name if who else None, "auth": self.authenticator is not None}
+        # the whole log's state (banner, footer) only for whoever may see the whole log
+        whole = self.authenticator is None or (who is not None and self._workspaces(who) is None)
+        base = {"request": request, "status": self.index.status() if whole else None, "version": __version__,
+                "user": who.name if who else None, "auth": self.authenticator is not None}
         return self.templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
 
     async def login(self, request: Request) -> Response:
@@ -383,7 +387,7 @@ class Dashboard:
         who = self._who(request)
         q = request.query_params.get("q", "").strip()
         if q:
-            return RedirectResponse(f"/decisions/{q}", status_code=303)
+            return RedirectResponse(f"/decisions/{quote(q, safe=':')}", status_code=303)
         outcome = request.query_params.get("outcome", "")
         outcome = outcome if outcome in ("pass", "warning", "fail", "skipped") else ""
         rows = self.index.recent(50, outcome=outcome, workspaces=self._workspaces(who))
@@ -395,7 +399,7 @@ class Dashboard:
         row = self.index.find(ident)
         allowed = self._workspaces(who)
         if row is None or (allowed is not None and row["workspace"] not in allowed):
-            return self._page(request, "message.html", {"title": "Not found", "message": f"No verified decision with evaluation_id or evidence_id {ident!r} in the index ({self.index.status()['records']} records)."}, status=404, who=who)
+            return self._page(request, "message.html", {"title": "Not found", "message": f"No verified decision with evaluation_id or evidence_id {ident!r} in the index."}, status=404, who=who)
         where = f"{segment_name(row['segment'])} line {row['line_no']}"
         try:
             raw = read_line(self.log_dir, row["segment"], row["offset"], row["length"])
@@ -455,7 +459,10 @@ class Dashboard:
         source: Path
         tmp: Path | None = None
         if upload is not None and hasattr(upload, "read") and getattr(upload, "filename", ""):
-            data = await upload.read()  # type: ignore[union-attr]
+            data = await upload.read(MAX_UPLOAD_BYTES + 1)  # type: ignore[union-attr]  # (chunked bodies have no length)
+            if len(data) > MAX_UPLOAD_BYTES:
+                ctx["error"] = f"file: larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MiB"
+                return self._page(request, "calibration.html", ctx, status=413, who=who)
             if not data:
                 ctx["error"] = "file: the uploaded file is empty"
                 return self._page(request, "calibration.html", ctx, status=400, who=who)
@@ -569,8 +576,8 @@ class Dashboard:
     def api_status(self, request: Request) -> Response:
         who = self._who(request)
         body = dict(self.index.status())
-        if self._workspaces(who) is not None:  # a scoped token learns counts, not the log's ids
-            body = {k: body[k] for k in ("records", "broken", "version")}
+        if self._workspaces(who) is not None:  # a token scoped to some workspaces: nothing about the whole log
+            body = {"version": body["version"], "broken": bool(body["broken"])}
         return JSONResponse(body)
 
     # -- serving ----------------------------------------------------------------------------------

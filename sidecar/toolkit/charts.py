@@ -18,7 +18,7 @@ GREY = "#7f8c8d"
 ORANGE = "#d68910"
 
 
-def _figure(w: float = 6.4, h: float = 3.6) -> tuple[Any, Any]:
+def figure(w: float = 6.4, h: float = 3.6) -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -47,7 +47,7 @@ def roc_png(
     title: str = "ROC curve",
     extra: Sequence[tuple[str, np.ndarray, np.ndarray, float]] = (),
 ) -> Path:
-    fig, ax = _figure(5.2, 4.6)
+    fig, ax = figure(5.2, 4.6)
     ax.plot(fpr, tpr, color=BLUE, lw=2, label=f"AUC {auc_value:.3f}")
     colours = [ORANGE, GREEN, RED, GREY]
     for i, (name, x, y, a) in enumerate(extra):
@@ -73,7 +73,7 @@ def histogram_png(
     threshold: float | None = None,
     bins: int = 20,
 ) -> Path:
-    fig, ax = _figure()
+    fig, ax = figure()
     edges = np.linspace(0.0, 1.0, bins + 1)
     colours = [BLUE, RED, GREEN, ORANGE, GREY]
     many = len(series) > 2  # overlapping fills get unreadable: outlines instead
@@ -107,7 +107,7 @@ def timeline_png(
     ylim: tuple[float, float] | None = (0.0, 1.02),
 ) -> Path:
     """One line per series over ordered buckets (``labels``); optional bars of counts behind."""
-    fig, ax = _figure(7.0, 3.6)
+    fig, ax = figure(7.0, 3.6)
     x = np.arange(len(labels))
     if counts is not None:
         ax2 = ax.twinx()
@@ -131,7 +131,7 @@ def timeline_png(
 
 
 def bars_png(path: Path, counts: Mapping[str, int], *, title: str, xlabel: str = "count") -> Path:
-    fig, ax = _figure(6.4, max(2.2, 0.45 * len(counts) + 1.2))
+    fig, ax = figure(6.4, max(2.2, 0.45 * len(counts) + 1.2))
     names = list(counts)[::-1]
     vals = [counts[n] for n in names]
     ax.barh(names, vals, color=RED if vals else GREY)

@@ -350,10 +350,15 @@ def test_login_and_workspace_scope(guarded: Site, driver: Any) -> None:
     assert "No verified decision" in text(driver, "#message")
     driver.get(url + "/evidence")
     assert "workspace:admin" in text(driver, "#message")
+    assert "verified records indexed" not in text(driver, "#footer")  # nothing about the whole log
+    assert driver.find_element(By.TAG_NAME, "body").text.count("records") == 0
     driver.delete_all_cookies()
     # a bearer header works without the form; the admin sees both workspaces and the whole-log pages
     admin = {"Authorization": f"Bearer {ADMIN}"}
     assert httpx.get(url + "/evidence", headers=admin, timeout=30).status_code == 200
+    assert httpx.get(url + "/api/status", headers={"Authorization": f"Bearer {READER}"}, timeout=30).json() == {
+        "version": guarded.status(headers=admin)["version"], "broken": False}
+    assert "verified records indexed" not in httpx.get(url + "/login", timeout=30).text  # nothing before logging in
     page = httpx.get(url + "/?workspace=beta", headers=admin, timeout=30).text
     assert 'id="stat-decisions">1<' in page
 
