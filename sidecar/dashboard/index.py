@@ -40,7 +40,7 @@ import numpy as np
 import structlog
 
 from certus.sidecar.domain import EvaluationResult
-from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision
+from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision, parse_utc_timestamp
 from certus.sidecar.evidence.keyring import ROTATIONS_FILE, Keyring, KeyringError, keyring_for
 from certus.sidecar.evidence.records import list_segments, read_public_keys
 from certus.sidecar.evidence.verify import BadRecord, check_record
@@ -76,10 +76,8 @@ CREATE TABLE IF NOT EXISTS claims (evaluation_id TEXT PRIMARY KEY, data TEXT NOT
 
 
 def day_of(timestamp: str) -> tuple[float, int]:
-    """(epoch seconds, UTC day number) of a decision's timestamp (``2025-01-31T12:00:00.123456Z``)."""
-    ts = datetime.fromisoformat(timestamp[:19]).replace(tzinfo=timezone.utc).timestamp()
-    if len(timestamp) > 21:  # ".f...Z"
-        ts += float("0" + timestamp[19:-1])
+    """(epoch seconds, UTC day number) of a decision's timestamp."""
+    ts = parse_utc_timestamp(timestamp).timestamp()
     return ts, int(ts // DAY_S)
 
 

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from certus.sidecar.domain import EvaluateInput, EvaluationResult, GuardrailType, Mode, Outcome, Severity, content_hash
@@ -55,6 +55,14 @@ def utc_timestamp(when: datetime | None = None) -> str:
     """RFC 3339 UTC with microseconds: ``2025-01-31T12:00:00.123456Z``."""
     when = datetime.now(timezone.utc) if when is None else when.astimezone(timezone.utc)
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_utc_timestamp(ts: str) -> datetime:
+    """A decision's ``timestamp`` (RFC 3339 UTC, up to 9 fractional digits) as an aware datetime
+    (to the microsecond)."""
+    base = datetime.fromisoformat(ts[:19]).replace(tzinfo=timezone.utc)
+    frac = ts[19:].rstrip("Z")  # ".123456" or ""
+    return base + timedelta(microseconds=round(float("0" + frac) * 1e6)) if frac else base
 
 
 def _check_hash(field: str, value: object) -> None:

@@ -26,12 +26,12 @@ import asyncio
 import json
 import os
 import threading
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import structlog
 
+from certus.sidecar.evidence.decision import parse_utc_timestamp
 from certus.sidecar.evidence.records import LogRecord
 from certus.sidecar.forwarder.sinks import DeliveryError
 from certus.sidecar.forwarder.wire import ACCEPTED, CheckpointReceipt, CheckpointSubmission, Receipt
@@ -95,7 +95,7 @@ class MlflowSink:
         client = self._mlflow()
         experiment = self._experiment_id(self._experiment_for(str(d.get("workspace_id", "")), str(d.get("manifest_uri", ""))))
         try:
-            when = int(datetime.fromisoformat(str(d.get("timestamp", "")).replace("Z", "+00:00")).timestamp() * 1000)
+            when = int(parse_utc_timestamp(str(d.get("timestamp", ""))).timestamp() * 1000)
         except ValueError:
             when = 0
         tags = {

@@ -148,13 +148,14 @@ def make_charts(inp: ReportInputs, assets: Path) -> dict[str, Path]:
         )
         stamped = [r for r in scored if r.get("timestamp")]
         if len(stamped) >= 2:
-            from certus.sidecar.toolkit.report.gather import _bucket_key, _parse_ts, bucket_unit
+            from certus.sidecar.evidence.decision import parse_utc_timestamp
+            from certus.sidecar.toolkit.report.gather import _bucket_key, bucket_unit
 
-            times = sorted(_parse_ts(r["timestamp"]) for r in stamped)
+            times = sorted(parse_utc_timestamp(r["timestamp"]) for r in stamped)
             unit = bucket_unit(times[0], times[-1])
             groups: dict[str, list[dict[str, Any]]] = {}
             for r in stamped:
-                groups.setdefault(_bucket_key(_parse_ts(r["timestamp"]), unit), []).append(r)
+                groups.setdefault(_bucket_key(parse_utc_timestamp(r["timestamp"]), unit), []).append(r)
             if len(groups) >= 2:
                 labels = sorted(groups)
                 out[f"results_{i}_over_time"] = charts.timeline_png(

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from certus.sidecar.evidence.decision import parse_utc_timestamp
 from certus.sidecar.evidence.records import iter_log
 from certus.sidecar.evidence.verify import VerifyReport, verify_log
 from certus.sidecar.signing import VerifyKey
@@ -74,10 +75,6 @@ class EvidenceSummary:
         return (self.outcomes["pass"] + self.outcomes["warning"]) / self.scored if self.scored else None
 
 
-def _parse_ts(ts: str) -> datetime:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
-
-
 def _iso(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -124,7 +121,7 @@ def summarize_evidence(
             break
         d = rec.payload
         if since is not None or until is not None:
-            when = _parse_ts(d["timestamp"])
+            when = parse_utc_timestamp(d["timestamp"])
             if (since is not None and when < since) or (until is not None and when >= until):
                 continue
         s.decisions += 1
@@ -162,7 +159,7 @@ def summarize_evidence(
                 s.blocking_violations += 1
         metrics = _metric_map(d)
         overall = d.get("overall_score")
-        rows.append((_parse_ts(d["timestamp"]), outcome, None if overall is None else float(overall), metrics.get("confidence")))
+        rows.append((parse_utc_timestamp(d["timestamp"]), outcome, None if overall is None else float(overall), metrics.get("confidence")))
         _pick_examples(picks, d, rec.evidence_id, metrics)
     if rows:
         unit = bucket_unit(rows[0][0], rows[-1][0])
