@@ -54,9 +54,9 @@ from certus.sidecar.config import DEFAULT_HOME, Config
 from certus.sidecar.dashboard import charts
 from certus.sidecar.dashboard.index import EvidenceIndex, now_day, read_line
 from certus.sidecar.errors import Unauthenticated
-from certus.sidecar.evidence.checkpoint import CHECKPOINTS_FILE
+from certus.sidecar.evidence.checkpoint import CheckpointError, CheckpointStore
 from certus.sidecar.evidence.decision import DecisionError, IntegrityDecision
-from certus.sidecar.evidence.records import RecordError, parse_line, read_last_line, segment_name
+from certus.sidecar.evidence.records import RecordError, parse_line, segment_name
 from certus.sidecar.security.access import Authenticator
 from certus.sidecar.security.tokens import ALL_WORKSPACES, SCOPE_ADMIN, Identity
 from certus.sidecar.signing import VerifyKey
@@ -409,7 +409,11 @@ class Dashboard:
             return self._page(request, "message.html", {"title": "Record changed", "message": f"The record of seq {row['seq']} ({where}) verified when it was indexed but cannot be read now: {exc}. Run verify on the Evidence page."}, status=409, who=who)
         ring = self.index.keyring()
         signer, error = ring.signer(rec.envelope, rec.seq) if ring is not None else ("", "no trusted key")
-        checkpoint = _newest_checkpoint_size(self.log_dir)
+        try:  # the newest signed checkpoint, verified with the trusted keys
+            newest = CheckpointStore(self.log_dir).newest(ring.keys if ring is not None else [])
+            checkpoint = newest.checkpoint.size if newest is not None else None
+        except CheckpointError:
+            checkpoint = None
         ctx = {
             "row": row,
             "dec": dec,
@@ -612,17 +616,6 @@ async def start_in_sidecar(cfg: Config, app: Any) -> Dashboard:
         await dash.aclose()
         raise
     return dash
-
-
-def _newest_checkpoint_size(log_dir: Path) -> int | None:
-    last = read_last_line(log_dir / CHECKPOINTS_FILE) if (log_dir / CHECKPOINTS_FILE).exists() else None
-    if last is None:
-        return None
-    try:
-        size = json.loads(last[0]).get("size")
-    except ValueError:
-        return None
-    return size if isinstance(size, int) else None
 
 
 # -- template filters --------------------------------------------------------------------------------

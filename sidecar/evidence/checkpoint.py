@@ -39,7 +39,7 @@ from certus.client.transparency import (
 )
 from certus.client.transparency import open_checkpoint as _open_checkpoint
 from certus.sidecar.evidence.merkle import Frontier
-from certus.sidecar.evidence.records import append_line, cut_torn_line
+from certus.sidecar.evidence.records import append_line, cut_torn_line, read_last_line
 from certus.sidecar.signing import SigningKey, VerifyKey
 
 CHECKPOINTS_FILE = "checkpoints.jsonl"
@@ -140,6 +140,18 @@ class CheckpointStore:
         """The newest checkpoint (of at most ``at_most`` records), verified; None if there is none."""
         found = self.tail(keys, 1, at_most=at_most)
         return found[-1] if found else None
+
+    def newest(self, keys: Iterable[VerifyKey]) -> StoredCheckpoint | None:
+        """The last complete line, verified, without reading the file from the start (a log that
+        grows for months has a checkpoint every few seconds); None if there is none."""
+        last = read_last_line(self.path) if self.path.exists() else None
+        if last is None:
+            return None
+        try:
+            d = json.loads(last[0])
+        except ValueError as exc:
+            raise CheckpointError(f"{self.path.name} last line: not JSON ({exc})") from exc
+        return self._entry(d if isinstance(d, dict) else {}, last[2], list(keys), None)
 
     def _entry(self, d: dict[str, object], n: int, keys: list[VerifyKey], origin: str | None) -> StoredCheckpoint:
         where = f"{self.path.name} line {n}"

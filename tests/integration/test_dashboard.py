@@ -123,6 +123,36 @@ def wait_for(driver: Any, css: str, timeout: float = 120.0) -> Any:
     return WebDriverWait(driver, timeout).until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
 
 
+def submit(driver: Any, button_id: str) -> None:
+    """Click a form's button and wait until the page it leads to has loaded. Chrome answers a
+    lookup of a node of a page that has been left with a generic error ("Node with given id does
+    not belong to the document"), not only with a stale-element one: both mean the page changed."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def loaded(d: Any) -> bool:
+        return bool(d.execute_script("return document.readyState") == "complete")
+
+    WebDriverWait(driver, 120).until(loaded)
+    old = driver.find_element(By.TAG_NAME, "html")
+
+    def left(_: Any) -> bool:
+        try:
+            old.is_enabled()
+            return False
+        except WebDriverException:
+            return True
+
+    try:
+        driver.find_element(By.ID, button_id).click()
+    except WebDriverException:
+        if not left(driver):  # the click failed without leaving the page: a real error
+            raise
+    WebDriverWait(driver, 120).until(left)
+    WebDriverWait(driver, 120).until(loaded)
+
+
 def text(driver: Any, css: str) -> str:
     from selenium.webdriver.common.by import By
 
@@ -164,7 +194,7 @@ def test_overview_shows_the_real_decisions(site: Site, driver: Any, shots: Path)
     # filter to one workspace: the page recomputes from the rollups
     Select(driver.find_element(By.ID, "workspace")).select_by_value("beta")
     Select(driver.find_element(By.ID, "unit")).select_by_value("week")
-    driver.find_element(By.ID, "apply").click()
+    submit(driver, "apply")
     wait_for(driver, "#stat-decisions")
     assert text(driver, "#stat-decisions") == "3" and "workspace=beta" in driver.current_url
     assert "Decisions per week by outcome" in driver.find_element(By.CSS_SELECTOR, "svg[data-chart=outcomes]").get_attribute("innerHTML")
@@ -174,10 +204,11 @@ def test_drill_down_shows_scores_claims_findings_and_signature(site: Site, drive
     from selenium.webdriver.common.by import By
 
     bad = site.answers["bad"]
+    site.sc.app.evidence.request_checkpoint().result(30)  # sign a checkpoint over the five records
     driver.get(site.url + "/decisions")
     assert len(rows(driver, "#recent-table")) == 5
     driver.find_element(By.ID, "q").send_keys(bad.evaluation_id)
-    driver.find_element(By.ID, "find").click()
+    submit(driver, "find")
     wait_for(driver, "#metrics")
     assert text(driver, "#outcome") == "fail" and text(driver, "#evidence-id") == bad.evidence_id
     shown = {r[0]: r for r in rows(driver, "#metrics")}
@@ -193,6 +224,7 @@ def test_drill_down_shows_scores_claims_findings_and_signature(site: Site, drive
     assert "verified now" in text(driver, "#sig-status")
     record = next(r for r in iter_log(site.sc.cfg.evidence.log_dir) if r.evidence_id == bad.evidence_id)
     assert text(driver, "#chain-seq") == str(record.seq) and text(driver, "#chain-prev") == record.prev_hash
+    assert text(driver, "#chain-checkpoint") == "covered by the newest signed checkpoint (tree size 5, its signature verified)"
     screenshot(driver, shots, "decision")
     # the PII decision, opened by evidence_id: type, location and hash of the finding, never the text
     pii = site.answers["pii"]
@@ -206,13 +238,12 @@ def test_drill_down_shows_scores_claims_findings_and_signature(site: Site, drive
 
 
 def test_evidence_page_runs_verify(site: Site, driver: Any, shots: Path) -> None:
-    from selenium.webdriver.common.by import By
 
     driver.get(site.url + "/evidence")
     assert text(driver, "#ev-records") == "5" and text(driver, "#ev-key") == site.sc.app.evidence.key_id
     assert text(driver, "#sc-breaker") == "closed" and text(driver, "#sc-health") == "healthy"
     assert text(driver, "#ev-last-id") == site.status()["last_evidence_id"]
-    driver.find_element(By.ID, "run-verify").click()
+    submit(driver, "run-verify")
     wait_for(driver, "#verify-verdict")  # the page refreshes until the run ends
     assert text(driver, "#verify-verdict").startswith("OK: 5 records")
     assert "records verified: 5" in text(driver, "#verify-summary")
@@ -240,7 +271,7 @@ def test_calibration_page_uploads_scores_and_proposes_a_manifest(site: Site, dri
     Select(driver.find_element(By.ID, "metric")).select_by_value("faithfulness")
     driver.find_element(By.ID, "workspace").clear()
     driver.find_element(By.ID, "workspace").send_keys("alpha")
-    driver.find_element(By.ID, "calibrate").click()
+    submit(driver, "calibrate")
     wait_for(driver, "#job[data-status=done], #job[data-status=failed]", timeout=240)
     assert driver.find_elements(By.CSS_SELECTOR, "#job[data-status=done]"), text(driver, "#job")
     # the same numbers as the calibrate command's code on the same file
@@ -266,7 +297,7 @@ def test_reports_page_generates_the_annex_iv_report_for_a_period(site: Site, dri
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     driver.get(site.url + "/reports")
     assert driver.find_element(By.ID, "since").get_attribute("value") == today  # the log's first day
-    driver.find_element(By.ID, "generate").click()
+    submit(driver, "generate")
     wait_for(driver, "#job[data-status=done], #job[data-status=failed]", timeout=240)
     assert text(driver, "#report-verdict").startswith("Evidence VERIFIED: 5 records")
     links = {a.get_attribute("data-format"): a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "#downloads a")}
@@ -284,7 +315,7 @@ def test_reports_page_generates_the_annex_iv_report_for_a_period(site: Site, dri
         el.send_keys(value)
     driver.find_element(By.ID, "format_pdf").click()
     driver.find_element(By.ID, "format_html").click()
-    driver.find_element(By.ID, "generate").click()
+    submit(driver, "generate")
     wait_for(driver, "#job[data-status=done]", timeout=240)
     md = httpx.get(driver.find_element(By.CSS_SELECTOR, "#downloads a").get_attribute("href"), timeout=30).text
     assert "| Decisions recorded (verified) | 0 |" in md and "2020-01-01T00:00:00Z to 2020-02-01T00:00:00Z" in md
@@ -337,10 +368,10 @@ def test_login_and_workspace_scope(guarded: Site, driver: Any) -> None:
     driver.get(url + "/")
     assert "/login" in driver.current_url
     driver.find_element(By.ID, "token").send_keys("not-a-token-at-all")
-    driver.find_element(By.ID, "login").click()
+    submit(driver, "login")
     assert "token refused" in text(driver, "#error")
     driver.find_element(By.ID, "token").send_keys(READER)
-    driver.find_element(By.ID, "login").click()
+    submit(driver, "login")
     wait_for(driver, "#stat-decisions")
     assert text(driver, "#stat-decisions") == "1"
     assert [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#workspace option")] == ["", "alpha"]

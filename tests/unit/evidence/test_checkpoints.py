@@ -22,7 +22,14 @@ from evidence_samples import sample_decision
 from certus.client import transparency as tp
 from certus.sidecar.cli import main as cli_main
 from certus.sidecar.config import EvidenceConfig
-from certus.sidecar.evidence.checkpoint import CheckpointStore, open_checkpoint, sign_checkpoint, sign_note, vkey
+from certus.sidecar.evidence.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    open_checkpoint,
+    sign_checkpoint,
+    sign_note,
+    vkey,
+)
 from certus.sidecar.evidence.log import EvidenceLog, EvidenceLogCorrupt, EvidenceLogError
 from certus.sidecar.evidence.merkle import Leaves, leaf_hash
 from certus.sidecar.evidence.prove import ProveError, consistency_bundle, inclusion_bundle
@@ -107,6 +114,22 @@ def test_restart_resumes_the_tree_from_the_last_checkpoint(tmp_path: Path, key: 
     assert report.ok and report.checkpoints == 2
     b = consistency_bundle(cfg.log_dir, 9, 17)
     assert tp.verify_consistency_bundle(b, [key.verify_key.public_bytes])["new"]["size"] == 17
+
+
+def test_newest_reads_the_last_line_and_verifies_it(tmp_path: Path, key: SigningKey, other_key: SigningKey, log_cfg: Callable[..., EvidenceConfig]) -> None:
+    cfg = log_cfg(checkpoint_interval_s=0)
+    store = CheckpointStore(cfg.log_dir)
+    assert store.newest([key.verify_key]) is None  # no file yet
+    _run(cfg, key, 9)
+    _run(cfg, key, 8, start=9)
+    newest = store.newest([key.verify_key])
+    assert newest is not None and newest.checkpoint == store.load([key.verify_key])[-1].checkpoint
+    assert newest.checkpoint.size == 17
+    with pytest.raises(CheckpointError):
+        store.newest([other_key.verify_key])  # not signed by a trusted key
+    with store.path.open("ab") as f:
+        f.write(b'{"note": "torn')  # a torn last line is ignored, as by every reader
+    assert store.newest([key.verify_key]).checkpoint.size == 17  # type: ignore[union-attr]
 
 
 def _drop_last_records(log_dir: Path, n: int) -> None:
