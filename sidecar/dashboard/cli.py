@@ -54,6 +54,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 async def _run(cfg: Config, log_dir: Path, keys: list[VerifyKey] | None, authenticator: Authenticator | None) -> int:
+    from certus.sidecar.dashboard.index import IndexInUse
     from certus.sidecar.dashboard.web import Dashboard
     from certus.sidecar.errors import Fatal
     from certus.sidecar.toolkit.engine import build_encoder
@@ -65,7 +66,11 @@ async def _run(cfg: Config, log_dir: Path, keys: list[VerifyKey] | None, authent
             encoder.append(build_encoder(cfg))
         return encoder[0]
 
-    dash = Dashboard(cfg, log_dir=log_dir, keys=keys, authenticator=authenticator, encoder_factory=load_encoder)
+    try:
+        dash = Dashboard(cfg, log_dir=log_dir, keys=keys, authenticator=authenticator, encoder_factory=load_encoder)
+    except IndexInUse as exc:
+        print(f"certus-sidecar: {exc}", file=sys.stderr)
+        return 2
     try:
         port = await dash.serve(cfg.dashboard.address)
     except Fatal as exc:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -42,7 +43,7 @@ import structlog
 from certus.sidecar.domain import EvaluationResult
 from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision, parse_utc_timestamp
 from certus.sidecar.evidence.keyring import ROTATIONS_FILE, Keyring, KeyringError, keyring_for
-from certus.sidecar.evidence.records import list_segments, read_public_keys
+from certus.sidecar.evidence.records import list_segments, read_public_keys, try_lock
 from certus.sidecar.evidence.verify import BadRecord, check_record
 from certus.sidecar.signing import VerifyKey
 
@@ -104,6 +105,10 @@ def claims_payload(result: EvaluationResult) -> str:
     )
 
 
+class IndexInUse(RuntimeError):
+    """Another process holds this index."""
+
+
 @dataclass
 class IndexState:
     """The cursor and what the last pass saw; persisted in ``meta``."""
@@ -149,6 +154,10 @@ class EvidenceIndex:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        # one writer per index: two would each add the same records to the rollups
+        self._lock_fd = try_lock(self.db_path.with_suffix(".lock"))
+        if self._lock_fd is None:
+            raise IndexInUse(f"{self.db_path}: the index is in use by another dashboard (another sidecar or `certus-sidecar dashboard` on this log and state directory)")
         self._db = self._connect()
         self._db.executescript(_SCHEMA)
         self._load_state()
@@ -364,6 +373,7 @@ class EvidenceIndex:
         with self._lock:
             self._flush_claims()
             self._db.close()
+            os.close(self._lock_fd)
 
     # -- queries ----------------------------------------------------------------------------------
 

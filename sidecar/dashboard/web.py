@@ -52,8 +52,8 @@ from starlette.templating import Jinja2Templates
 from certus.sidecar import __version__
 from certus.sidecar.config import DEFAULT_HOME, Config
 from certus.sidecar.dashboard import charts
-from certus.sidecar.dashboard.index import EvidenceIndex, now_day, read_line
-from certus.sidecar.errors import Unauthenticated
+from certus.sidecar.dashboard.index import EvidenceIndex, IndexInUse, now_day, read_line
+from certus.sidecar.errors import Fatal, Unauthenticated
 from certus.sidecar.evidence.checkpoint import CheckpointError, CheckpointStore
 from certus.sidecar.evidence.decision import DecisionError, IntegrityDecision
 from certus.sidecar.evidence.records import RecordError, parse_line, segment_name
@@ -607,7 +607,10 @@ class Dashboard:
 
 async def start_in_sidecar(cfg: Config, app: Any) -> Dashboard:
     """The dashboard inside a running sidecar: its auth, its encoder, its claim spans."""
-    dash = Dashboard(cfg, app=app, authenticator=app.access.authenticator)
+    try:
+        dash = Dashboard(cfg, app=app, authenticator=app.access.authenticator)
+    except IndexInUse as exc:
+        raise Fatal(f"dashboard.state_dir: {exc}") from exc
     app.pipeline.observers.append(dash.index.add_claims)
     try:
         await dash.serve(cfg.dashboard.address)

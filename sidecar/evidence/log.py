@@ -51,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import fcntl
 import os
 import threading
 import time
@@ -77,6 +76,7 @@ from certus.sidecar.evidence.records import (
     read_last_line,
     read_public_keys,
     segment_name,
+    try_lock,
     write_public_key,
 )
 from certus.sidecar.signing import (
@@ -272,12 +272,9 @@ class EvidenceLog:
         if self._lock_fd >= 0:  # first: a second flock of this process on the same file would conflict
             os.close(self._lock_fd)
             self._lock_fd = -1
-        fd = os.open(self.log_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise EvidenceLogError(f"{self.log_dir} is in use by another process") from exc
+        fd = try_lock(self.log_dir / ".lock")
+        if fd is None:
+            raise EvidenceLogError(f"{self.log_dir} is in use by another process")
         self._lock_fd = fd
 
     def _recover(self) -> None:

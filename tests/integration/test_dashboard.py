@@ -447,3 +447,14 @@ def test_dashboard_refuses_a_remote_address_without_auth_and_tls(tmp_path: Path)
         env=cli_env({"CERTUS_HOME": str(tmp_path)}), cwd=OUTSIDE, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "dashboard.address" in proc.stderr and "TLS" in proc.stderr
+
+
+def test_a_second_dashboard_on_the_same_index_is_refused(site: Site) -> None:
+    """The sidecar's dashboard holds its index; the command on the same log and state directory
+    would double every count, so it stops with a message instead."""
+    proc = subprocess.run(
+        cli_argv("dashboard", "--evidence-dir", site.sc.cfg.evidence.log_dir, "--address", f"127.0.0.1:{free_port()}"),
+        env=cli_env({"CERTUS_DASHBOARD_DIR": str(site.sc.cfg.dashboard.state_dir)}), cwd=OUTSIDE,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "in use by another dashboard" in proc.stderr

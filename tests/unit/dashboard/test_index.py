@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from certus.sidecar.config import EvidenceConfig
-from certus.sidecar.dashboard.index import BINS, EvidenceIndex, bucket_of, day_label, day_of, percentile
+from certus.sidecar.dashboard.index import BINS, EvidenceIndex, IndexInUse, bucket_of, day_label, day_of, percentile
 from certus.sidecar.domain import Claim, EvaluationResult, Mode, Outcome
 from certus.sidecar.evidence.log import EvidenceLog
 from certus.sidecar.evidence.records import iter_log, list_segments
@@ -183,3 +183,15 @@ def test_percentiles_and_buckets() -> None:
     assert day_label(bucket_of(monday + 6, "week")) == "2026-11-30" and bucket_of(monday + 7, "week") == monday + 7
     ts, day = day_of("2026-11-30T23:59:59.500000Z")
     assert day == monday and math.isclose(ts % 86400, 86399.5)
+
+
+def test_one_writer_per_index(log_dir: Path, tmp_path: Path) -> None:
+    """Two writers would each add the same records to the rollups: the second one is refused
+    (another process in practice; the lock is per open file, so a second open here conflicts too)."""
+    first = EvidenceIndex(log_dir, tmp_path / "i.sqlite", [KEY.verify_key])
+    with pytest.raises(IndexInUse, match="in use by another dashboard"):
+        EvidenceIndex(log_dir, tmp_path / "i.sqlite", [KEY.verify_key])
+    first.stop()
+    again = EvidenceIndex(log_dir, tmp_path / "i.sqlite", [KEY.verify_key])  # released at stop
+    assert again.catch_up() == 1500
+    again.stop()
