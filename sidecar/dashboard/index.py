@@ -41,7 +41,7 @@ import numpy as np
 import structlog
 
 from certus.sidecar.domain import EvaluationResult
-from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision, parse_utc_timestamp
+from certus.sidecar.evidence.decision import GENESIS_PREV_HASH, IntegrityDecision, parse_utc_timestamp, pass_rate
 from certus.sidecar.evidence.keyring import ROTATIONS_FILE, Keyring, KeyringError, keyring_for
 from certus.sidecar.evidence.records import list_segments, read_public_keys, try_lock
 from certus.sidecar.evidence.verify import BadRecord, check_record
@@ -51,7 +51,6 @@ log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = "1"
 BINS = 100  # metric histogram bins over [0, 1]
-SCORED = ("pass", "warning", "fail")
 DAY_S = 86_400
 
 _SCHEMA = """
@@ -600,6 +599,10 @@ class Overview:
         return sum(self.totals.values())
 
     @property
+    def total_pass_rate(self) -> float | None:
+        return pass_rate(self.totals)
+
+    @property
     def labels(self) -> list[str]:
         return [day_label(b) for b in self.buckets]
 
@@ -623,19 +626,14 @@ class Overview:
             totals[outcome] = totals.get(outcome, 0) + n
             if outcome == "skipped":
                 skips[reason or "unknown"] = skips.get(reason or "unknown", 0) + n
-        pass_rate: list[float | None] = []
-        for i in range(len(buckets)):
-            scored = sum(counts.get(o, [0] * len(buckets))[i] for o in SCORED)
-            ok = sum(counts.get(o, [0] * len(buckets))[i] for o in ("pass", "warning"))
-            pass_rate.append(ok / scored if scored else None)
+        rates = [pass_rate({o: c[i] for o, c in counts.items()}) for i in range(len(buckets))]
         dims: dict[tuple[str, str], dict[str, Any]] = {}
         for ws, man, outcome, n in by_dim:
             d = dims.setdefault((ws, man), {"workspace": ws, "manifest": man or "-", "decisions": 0, "outcomes": {}})
             d["decisions"] += n
             d["outcomes"][outcome] = d["outcomes"].get(outcome, 0) + n
         for d in dims.values():
-            scored = sum(d["outcomes"].get(o, 0) for o in SCORED)
-            d["pass_rate"] = (d["outcomes"].get("pass", 0) + d["outcomes"].get("warning", 0)) / scored if scored else None
+            d["pass_rate"] = pass_rate(d["outcomes"])
         vseries: dict[str, list[int]] = {}
         for day, gtype, n in violation_days:
             if bucket_of(day, unit) in pos:
@@ -644,7 +642,7 @@ class Overview:
             unit=unit,
             buckets=buckets,
             outcome_counts=counts,
-            pass_rate=pass_rate,
+            pass_rate=rates,
             totals=totals,
             skips=dict(sorted(skips.items(), key=lambda kv: -kv[1])),
             violations=sorted(((t, s, int(n)) for t, s, n in violations), key=lambda r: -r[2]),

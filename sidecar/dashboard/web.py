@@ -133,13 +133,8 @@ class Jobs:
         job = self._jobs.get(job_id)
         return job if job is not None and job.kind == kind else None
 
-    def latest(self, kind: str) -> Job | None:
-        for job in reversed(self._jobs.values()):
-            if job.kind == kind:
-                return job
-        return None
-
     def of(self, kind: str) -> list[Job]:
+        """This kind's runs, newest first."""
         return [j for j in reversed(self._jobs.values()) if j.kind == kind]
 
     def close(self) -> None:
@@ -349,7 +344,8 @@ class Dashboard:
 
     def evidence(self, request: Request) -> Response:
         who = self._admin(request)
-        job = self.jobs.latest("verify")
+        runs = self.jobs.of("verify")
+        job = runs[0] if runs else None
         sidecar: dict[str, Any] | None = None
         if self.app is not None:
             fwd = self.app.forwarder.stats()
@@ -367,7 +363,7 @@ class Dashboard:
                 "checkpoint_size": ev.get("checkpoint_size", 0),
                 "tree_size": ev.get("tree_size", 0),
             }
-        return self._page(request, "evidence.html", {"job": job, "sidecar": sidecar, "runs": self.jobs.of("verify")[:10]}, who=who)
+        return self._page(request, "evidence.html", {"job": job, "sidecar": sidecar, "runs": runs[:10]}, who=who)
 
     async def run_verify(self, request: Request) -> Response:
         self._admin(request)

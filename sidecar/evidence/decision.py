@@ -57,6 +57,14 @@ def utc_timestamp(when: datetime | None = None) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def pass_rate(outcomes: Mapping[str, int]) -> float | None:
+    """The share of scored decisions that passed: (pass + warning) / (pass + warning + fail);
+    None when nothing was scored (skipped decisions are not scored)."""
+    passed = outcomes.get("pass", 0) + outcomes.get("warning", 0)
+    scored = passed + outcomes.get("fail", 0)
+    return passed / scored if scored else None
+
+
 def parse_utc_timestamp(ts: str) -> datetime:
     """A decision's ``timestamp`` (RFC 3339 UTC, up to 9 fractional digits) as an aware datetime
     (to the microsecond)."""

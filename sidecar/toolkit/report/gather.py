@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from certus.sidecar.evidence.decision import parse_utc_timestamp
+from certus.sidecar.evidence.decision import parse_utc_timestamp, pass_rate
 from certus.sidecar.evidence.records import iter_log
 from certus.sidecar.evidence.verify import VerifyReport, verify_log
 from certus.sidecar.signing import VerifyKey
@@ -72,7 +72,7 @@ class EvidenceSummary:
 
     @property
     def pass_rate(self) -> float | None:
-        return (self.outcomes["pass"] + self.outcomes["warning"]) / self.scored if self.scored else None
+        return pass_rate(self.outcomes)
 
 
 def _iso(when: datetime) -> str:
