@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, str] = {
     "KernelInputError": "certus.kernels.validation",
+    "alignment_rows": "certus.kernels.alignment",
+    "N_ALIGNMENT": "certus.kernels.alignment",
+    "best_match": "certus.kernels.alignment",
     "extract_terms": "certus.kernels.terms",
     "STOP_WORDS": "certus.kernels.terms",
     "extract_numbers": "certus.kernels.numbers",
@@ -42,6 +45,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "warmup"])
 
 if TYPE_CHECKING:
+    from certus.kernels.alignment import N_ALIGNMENT, alignment_rows, best_match
     from certus.kernels.grounding import term_grounding, term_grounding_matrix
     from certus.kernels.numbers import NUMBER_CURRENCY, NUMBER_PERCENT, NUMBER_PLAIN, extract_numbers
     from certus.kernels.numeric import DEFAULT_REL_TOL, numeric_consistency, numeric_matrix
@@ -86,6 +90,7 @@ def warmup() -> float:
     si = importlib.import_module("certus.kernels.similarity")
     po = importlib.import_module("certus.kernels.pooling")
     se = importlib.import_module("certus.kernels.sentences")
+    al = importlib.import_module("certus.kernels.alignment")
     packed = f.features_many(["Revenue was $1.5 billion.", "Revenue: 1.5bn dollars"])
     g.term_grounding(packed.item(0).terms, packed.item(1).terms)
     g.term_grounding_matrix(packed.term_offsets, packed.terms, packed.term_offsets, packed.terms)
@@ -95,4 +100,5 @@ def warmup() -> float:
     si.max_and_argmax_rows(si.cosine_matrix(emb, emb))
     po.mean_pool(np.ones((1, 2, 4), dtype=np.float32), np.ones((1, 2), dtype=np.int64))
     se.split_sentences("One. Two.")
+    al.alignment_rows(al.best_match(emb, emb), np.array([0, 1, 2], dtype=np.int64))
     return time.perf_counter() - t0

@@ -10,7 +10,7 @@ The batcher depends only on :class:`Encoder`.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,10 @@ class Encoder(Protocol):
 
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """L2-normalised embeddings, float32[len(texts), dim]; (0, dim) for no texts."""
+        ...
+
+    def encode_tokens(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], list[Any]]:
+        """``encode(texts)`` and, from the same run, each text's token states (``TokenStates``)."""
         ...
 
     def token_counts(self, texts: Sequence[str]) -> npt.NDArray[np.int64]:

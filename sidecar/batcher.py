@@ -1,10 +1,13 @@
 """Dynamic batching of texts across concurrent requests into one encoder call.
 
 The batcher knows nothing about models: it depends on the small ``Encoder`` protocol
-(``encode(texts) -> float32[n, dim]``, ``dim``, ``max_batch_size``). Rules:
+(``encode_tokens(texts) -> (float32[n, dim], [token states])``, ``dim``, ``max_batch_size``). Rules:
 
 - identical texts are served from a bounded LRU keyed by content hash, and a text already queued
-  or in flight is shared with every request that asks for it (no duplicate work);
+  or in flight is shared with every request that asks for it (no duplicate work); every encoder
+  run yields the texts' token states too, kept in a second LRU bounded in bytes: a caller that
+  needs them (:meth:`Batcher.embed_tokens`, the scoring path) has a text re-encoded only when its
+  states were evicted;
 - a batch is flushed when ``max_batch_size`` texts are waiting, or ``max_wait_ms`` after the first
   one arrived while the encoder is idle; while the encoder is busy, arrivals accumulate and the next
   batch takes them all (adaptive batching);
@@ -21,7 +24,7 @@ import asyncio
 import concurrent.futures
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import structlog
@@ -38,14 +41,14 @@ class Encoder(Protocol):
     dim: int
     max_batch_size: int
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+    def encode_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[Any]]: ...
 
 
 @dataclass
 class _Item:
     key: bytes
     text: str
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[tuple[np.ndarray, Any]]
     requesters: set[int] = field(default_factory=set)
     waiters: int = 0
 
@@ -70,6 +73,7 @@ class Batcher:
         self.encoder = encoder
         self.cfg = cfg
         self.cache: LruCache[np.ndarray] = LruCache(cfg.cache_entries)
+        self.token_cache: LruCache[Any] = LruCache(cfg.cache_entries, cfg.token_cache_mb << 20)
         self.stats = BatcherStats()
         self._queue: dict[bytes, _Item] = {}  # waiting, insertion ordered
         self._inflight: dict[bytes, _Item] = {}
@@ -107,6 +111,15 @@ class Batcher:
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings for ``texts`` (float32[n, dim]), batched with every other caller's texts."""
+        return await self._embed(texts, None)
+
+    async def embed_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[Any]]:
+        """:meth:`embed` and each text's token states (``TokenStates``)."""
+        tokens: list[Any] = [None] * len(texts)
+        vecs = await self._embed(texts, tokens)
+        return vecs, tokens
+
+    async def _embed(self, texts: Sequence[str], tokens: list[Any] | None) -> np.ndarray:
         if self._closed:
             raise Unavailable("encoder is shutting down")
         out = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
@@ -115,7 +128,12 @@ class Batcher:
         new: dict[bytes, list[int]] = {}
         for i, text in enumerate(texts):
             key = text_key(text)
-            cached = self.cache.get(key)
+            if tokens is None:
+                cached = self.cache.get(key)
+            else:  # a hit needs both; a text whose states were evicted is encoded again
+                states = self.token_cache.get(key)
+                cached = self.cache.get(key) if states is not None else None
+                tokens[i] = states
             if cached is not None:
                 out[i] = cached
                 continue
@@ -142,8 +160,11 @@ class Batcher:
             item.waiters += 1
         try:
             for idx, item in waits:
-                vec = await asyncio.shield(item.future)
+                vec, states = await asyncio.shield(item.future)
                 out[idx] = vec
+                if tokens is not None:
+                    for i in idx:
+                        tokens[i] = states
         finally:
             for _, item in waits:
                 item.waiters -= 1
@@ -209,11 +230,12 @@ class Batcher:
         self.stats.max_requests_in_batch = max(self.stats.max_requests_in_batch, len(requesters))
         t0 = time.perf_counter()
         try:
-            vecs = await loop.run_in_executor(self._pool, self.encoder.encode, [it.text for it in batch])
-            for item, vec in zip(batch, vecs):
+            vecs, states = await loop.run_in_executor(self._pool, self.encoder.encode_tokens, [it.text for it in batch])
+            for item, vec, st in zip(batch, vecs, states):
                 self.cache.put(item.key, vec)
+                self.token_cache.put(item.key, st)
                 if not item.future.done():
-                    item.future.set_result(vec)
+                    item.future.set_result((vec, st))
             self.stats.texts_encoded += len(batch)
         except Exception as exc:  # an encoder failure fails the texts of this batch only
             log.error("encoder_failed", error_type=type(exc).__name__, batch=len(batch))

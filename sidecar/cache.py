@@ -16,10 +16,13 @@ def text_key(text: str) -> bytes:
 
 
 class LruCache(Generic[V]):
-    """Thread-safe bounded LRU. ``max_entries == 0`` disables caching."""
+    """Thread-safe bounded LRU. ``max_entries == 0`` disables caching. With ``max_bytes`` the values'
+    ``nbytes`` are bounded too (oldest out first)."""
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int = 0) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._data: OrderedDict[bytes, V] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -43,15 +46,24 @@ class LruCache(Generic[V]):
     def put(self, key: bytes, value: V) -> None:
         if self.max_entries <= 0:
             return
+        size = int(getattr(value, "nbytes", 0)) if self.max_bytes else 0
+        if self.max_bytes and size > self.max_bytes:
+            return
         with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None and self.max_bytes:
+                self.nbytes -= int(getattr(old, "nbytes", 0))
             self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+            self.nbytes += size
+            while len(self._data) > self.max_entries or (self.max_bytes and self.nbytes > self.max_bytes):
+                _, gone = self._data.popitem(last=False)
+                if self.max_bytes:
+                    self.nbytes -= int(getattr(gone, "nbytes", 0))
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self.nbytes = 0
             self.hits = 0
             self.misses = 0
 

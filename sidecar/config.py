@@ -80,6 +80,8 @@ class BatcherConfig:
     max_wait_ms: float = 2.0  # CERTUS_MAX_WAIT_MS: longer waits merge more, cost latency
     max_queue: int = 4096  # CERTUS_MAX_QUEUE: pending texts; beyond it RESOURCE_EXHAUSTED at once
     cache_entries: int = 50_000  # CERTUS_CACHE_ENTRIES: embedding cache keyed by content hash
+    # token states of the texts scored (about 200 KB per 100-word chunk): the claim alignment's cache
+    token_cache_mb: int = 256  # CERTUS_TOKEN_CACHE_MB
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_MAX_WAIT_MS": ("batcher", "max_wait_ms"),
     "CERTUS_MAX_QUEUE": ("batcher", "max_queue"),
     "CERTUS_CACHE_ENTRIES": ("batcher", "cache_entries"),
+    "CERTUS_TOKEN_CACHE_MB": ("batcher", "token_cache_mb"),
     "CERTUS_MATCH_THRESHOLD": ("scoring", "match_threshold"),
     "CERTUS_CLAIM_SUPPORT_THRESHOLD": ("scoring", "claim_support_threshold"),
     "CERTUS_VERIFIER": ("scoring", "verifier_path"),

@@ -190,17 +190,25 @@ class Metrics:
 
 
 class InstrumentedEncoder:
-    """Wraps an encoder (``encode(texts) -> float32[n, dim]``) to observe each call's batch size
-    and duration; everything else is the wrapped encoder's."""
+    """Wraps an encoder to observe each ``encode`` / ``encode_tokens`` call's batch size and
+    duration; everything else is the wrapped encoder's."""
 
     def __init__(self, inner: Any, metrics: Metrics) -> None:
         self._inner = inner
         self._metrics = metrics
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out: np.ndarray = self._observed(self._inner.encode, texts)
+        return out
+
+    def encode_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[Any]]:
+        out: tuple[np.ndarray, list[Any]] = self._observed(self._inner.encode_tokens, texts)
+        return out
+
+    def _observed(self, call: Any, texts: Sequence[str]) -> Any:
         t0 = time.perf_counter()
         try:
-            out: np.ndarray = self._inner.encode(texts)
+            out = call(texts)
         except Exception:
             self._metrics.encoder_errors.inc()
             raise

@@ -218,8 +218,10 @@ class Pipeline:
             # the batcher cache instead of waiting for a second encoder round)
             extra = self.guardrails.texts_to_embed(inp, manifest.guardrails)
             with telemetry.span(tracer, telemetry.SPAN_EMBED, {telemetry.ATTR_TEXTS: len(layout.texts) + len(extra)}):
-                vecs = await self.batcher.embed(layout.texts + extra)
-            scores = await loop.run_in_executor(self._kernel_pool, telemetry.in_context(self._score), inp, layout, vecs)
+                vecs, tokens = await self.batcher.embed_tokens(layout.texts + extra)
+            scores = await loop.run_in_executor(
+                self._kernel_pool, telemetry.in_context(self._score), inp, layout, vecs, tokens
+            )
             violations = await guard
         except BaseException:
             guard.cancel()
@@ -232,9 +234,9 @@ class Pipeline:
             span.set_attribute(telemetry.ATTR_VIOLATIONS, len(found))
             return found
 
-    def _score(self, inp: EvaluateInput, layout: Any, vecs: np.ndarray) -> Scores:
+    def _score(self, inp: EvaluateInput, layout: Any, vecs: np.ndarray, tokens: list[Any]) -> Scores:
         with telemetry.span(tracer, telemetry.SPAN_KERNELS):
-            return self.scorer.score(inp, layout, vecs)
+            return self.scorer.score(inp, layout, vecs, tokens)
 
     async def _record(self, inp: EvaluateInput, result: EvaluationResult) -> EvaluationResult:
         with telemetry.span(tracer, telemetry.SPAN_EVIDENCE) as span:  # sign + chain + durable append

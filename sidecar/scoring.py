@@ -1,6 +1,7 @@
 """Scoring stage: CERT's measure (semantic similarity + term grounding) and RAG metrics.
 
-Given the embeddings of a request's texts (from the batcher), computes with Numba kernels:
+Given the embeddings and token states of a request's texts (from the batcher, one encoder run),
+computes with Numba kernels:
 
 - ``semantic_similarity``: max cosine between the response and the context chunks;
 - ``grounding``: share of the response's content terms found in the context, times the share of its
@@ -12,7 +13,8 @@ Given the embeddings of a request's texts (from the batcher), computes with Numb
 - ``context_relevance``: mean cosine(query, chunk);
 - ``faithfulness``: the response split into sentences (claims); the learned verifier
   (``certus.sidecar.verifier``) gives each claim P(supported by the context); faithfulness is the
-  least-supported claim's probability. A claim is supported when its probability reaches
+  least-supported claim's probability (its features include the contextual token alignment of the
+  claim with the chunks, ``certus.kernels.alignment``). A claim is supported when its probability reaches
   ``claim_support_threshold`` (0.7); it then names its chunk and the sentence of that chunk that
   carries it, otherwise the reason it fails (a number contradicted, a missing entity, no support);
 - ``question_fit`` (with a query): whether the answer sits where the context answers this question;
@@ -30,7 +32,7 @@ are never embedded twice). Cosines are clipped to [0, 1].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -101,6 +103,18 @@ class ClaimEvidence:
     claim_f: Sequence["kernels.TextFeatures"]
 
 
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What every claim of a request is checked against: the chunks and the query."""
+
+    texts: Sequence[str]  # the chunks
+    vecs: np.ndarray  # float32[m, dim] chunk embeddings
+    features: Sequence["kernels.TextFeatures"]  # per chunk
+    tokens: np.ndarray  # float32[t, dim] every chunk token's state, stacked
+    query_features: "kernels.TextFeatures | None"
+    query_tokens: np.ndarray  # float32[q, dim] (empty without a query)
+
+
 def context_precision(ev: ClaimEvidence, threshold: float) -> float:
     """RAGAS's context precision with the verifier as judge: chunk k is relevant when it is the
     chunk a supported claim rests on; mean of precision@k over the relevant ranks."""
@@ -119,6 +133,29 @@ def sentence_spans(text: str) -> np.ndarray:
     if len(spans) == 0:  # nothing but whitespace/punctuation: the whole text is one sentence
         spans = np.array([[0, len(text)]], dtype=np.int64)
     return spans
+
+
+def content_mask(text: str, words: np.ndarray) -> np.ndarray:
+    """bool[n]: the tokens whose word (char span in ``text``) is a content word: not a stop word,
+    with a letter or digit (the claim side of the token alignment)."""
+    keep = np.zeros(len(words), dtype=bool)
+    seen: dict[tuple[int, int], bool] = {}
+    for i, (s, e) in enumerate(words.tolist()):
+        hit = seen.get((s, e))
+        if hit is None:
+            w = text[s:e]
+            hit = seen[(s, e)] = w.lower() not in kernels.STOP_WORDS and any(ch.isalnum() for ch in w)
+        keep[i] = hit
+    return keep
+
+
+def stacked(states: Sequence[np.ndarray], dim: int) -> np.ndarray:
+    """Token states (float32 [n_i, dim]) stacked into one float32[sum n_i, dim]."""
+    if not states:
+        return np.zeros((0, dim), dtype=np.float32)
+    if len(states) == 1:
+        return states[0]
+    return np.concatenate(states)
 
 
 def _clip(x: float) -> float:
@@ -152,7 +189,8 @@ class Scorer:
         r0 = c0 + len(inp.context)
         return Layout(texts, spans, 0, slice(1, c0), slice(c0, r0), ref_spans, slice(r0, r0 + len(refs)))
 
-    def score(self, inp: EvaluateInput, layout: Layout, vecs: np.ndarray) -> Scores:
+    def score(self, inp: EvaluateInput, layout: Layout, vecs: np.ndarray, tokens: Sequence[Any]) -> Scores:
+        """``vecs`` and ``tokens`` (``TokenStates``) are the encoder's, row for row of ``layout.texts``."""
         q = vecs[layout.query]
         claim_vecs = np.ascontiguousarray(vecs[layout.claims])
         chunk_vecs = np.ascontiguousarray(vecs[layout.chunks])
@@ -167,7 +205,8 @@ class Scorer:
         claims: tuple[Claim, ...] = ()
         if len(inp.context):
             resp_f = self.features(inp.response)
-            chunk_f = [self.features(c) for c in inp.context]
+            ctx = self.request_context(inp, layout, vecs, tokens)
+            chunk_f = ctx.features
             ctx_terms = np.concatenate([f.terms for f in chunk_f]) if chunk_f else np.empty(0, np.int64)
             ctx_nums = np.concatenate([f.numbers for f in chunk_f]) if chunk_f else np.empty((0, 2), np.float64)
             semantic = _clip(float(kernels.cosine_matrix(r[None, :], chunk_vecs).max()))
@@ -179,8 +218,7 @@ class Scorer:
             values[CONFIDENCE] = 0.5 * semantic + 0.5 * grounding
             qc = kernels.cosine_matrix(q[None, :], chunk_vecs)[0]
             values[CONTEXT_RELEVANCE] = _clip(float(np.clip(qc, 0.0, 1.0).mean()))
-            query_f = self.features(inp.query) if inp.query else None
-            ev = self.evidence(inp.response, spans, claim_vecs, inp.context, chunk_vecs, chunk_f, query_f)
+            ev = self.evidence(inp.response, spans, claim_vecs, tokens[layout.claims], ctx)
             claims = self._claims(inp.context, spans, ev, chunk_f)
             values[FAITHFULNESS] = float(ev.probabilities.min())
             values[CONTEXT_PRECISION] = context_precision(ev, self.cfg.claim_support_threshold)
@@ -189,38 +227,61 @@ class Scorer:
             if inp.reference:
                 ref_spans = layout.reference_spans
                 ref_vecs = np.ascontiguousarray(vecs[layout.reference])
-                ref = self.evidence(inp.reference, ref_spans, ref_vecs, inp.context, chunk_vecs, chunk_f, query_f)
+                ref = self.evidence(inp.reference, ref_spans, ref_vecs, tokens[layout.reference], ctx)
                 values[CONTEXT_RECALL] = float((ref.probabilities >= self.cfg.claim_support_threshold).mean())
         return Scores(values=values, claims=claims)
 
+    def request_context(
+        self, inp: EvaluateInput, layout: Layout, vecs: np.ndarray, tokens: Sequence[Any]
+    ) -> RequestContext:
+        dim = vecs.shape[1]
+        return RequestContext(
+            inp.context,
+            np.ascontiguousarray(vecs[layout.chunks]),
+            [self.features(c) for c in inp.context],
+            stacked([t.states for t in tokens[layout.chunks]], dim),
+            self.features(inp.query) if inp.query else None,
+            stacked([tokens[layout.query].states] if inp.query else [], dim),
+        )
+
     def evidence(
-        self,
-        text: str,
-        spans: np.ndarray,
-        claim_vecs: np.ndarray,
-        chunk_texts: Sequence[str],
-        chunk_vecs: np.ndarray,
-        chunk_f: Sequence["kernels.TextFeatures"],
-        query_f: "kernels.TextFeatures | None",
+        self, text: str, spans: np.ndarray, claim_vecs: np.ndarray, claim_tokens: Sequence[Any], ctx: RequestContext
     ) -> ClaimEvidence:
-        """The verifier's view of the sentences ``spans`` of ``text`` against the chunks."""
+        """The verifier's view of the sentences ``spans`` of ``text`` (their vectors and
+        ``TokenStates``) against the request's chunks and query."""
         sentences = [text[s:e] for s, e in spans]
         claim_f = [self.features(c) for c in sentences]
-        cos = np.clip(kernels.cosine_matrix(claim_vecs, chunk_vecs), 0.0, 1.0)
+        chunk_f = ctx.features
+        cos = np.clip(kernels.cosine_matrix(claim_vecs, ctx.vecs), 0.0, 1.0)
         a, b = kernels.pack_features(claim_f), kernels.pack_features(chunk_f)
         g = kernels.term_grounding_matrix(a.term_offsets, a.terms, b.term_offsets, b.terms)
         n = kernels.numeric_matrix(a.number_offsets, a.numbers, b.number_offsets, b.numbers)
-        q_terms = set(query_f.terms.tolist()) if query_f is not None else set()
+        q_terms = set(ctx.query_features.terms.tolist()) if ctx.query_features is not None else set()
         extra: set[int] = set()
-        for c in chunk_texts:
+        for c in ctx.texts:
             u = verifier.unglued(c)
             if u is not None:
                 extra.update(self.features(u).terms.tolist())
         rows, reasons = verifier.claim_features(sentences, claim_f, chunk_f, q_terms, extra, cos, g, n)
+        rows = np.hstack([rows, self.alignment(sentences, claim_tokens, ctx.tokens, ctx.query_tokens)])
         probs = self.verifier.claim_probabilities(rows)
         # the chunk a claim rests on: most of its terms and figures, then its meaning (CERT's weights)
         best = (0.2 * cos + 0.8 * g * n).argmax(axis=1)
         return ClaimEvidence(rows, probs, reasons, best, cos, g, n, claim_f)
+
+    @staticmethod
+    def alignment(
+        sentences: Sequence[str], claim_tokens: Sequence[Any], chunk_tokens: np.ndarray, query_tokens: np.ndarray
+    ) -> np.ndarray:
+        """float64[k, 2 * N_ALIGNMENT]: each sentence's content tokens against the chunks' tokens,
+        then against the chunks' and the query's (``verifier.ALIGNMENT_FEATURES``)."""
+        kept = [ts.states[content_mask(text, ts.words)] for text, ts in zip(sentences, claim_tokens)]
+        offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+        np.cumsum([len(k) for k in kept], out=offsets[1:])
+        claims = stacked(kept, chunk_tokens.shape[1])
+        best = kernels.best_match(claims, chunk_tokens)
+        with_query = np.maximum(best, kernels.best_match(claims, query_tokens)) if len(query_tokens) else best
+        return np.hstack([kernels.alignment_rows(best, offsets), kernels.alignment_rows(with_query, offsets)])
 
     def _claims(
         self, context: Sequence[str], spans: np.ndarray, ev: ClaimEvidence, chunk_f: Sequence["kernels.TextFeatures"]

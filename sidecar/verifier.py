@@ -1,7 +1,8 @@
 """Verification stage: the learned claim verifier (``faithfulness``) and ``question_fit``.
 
-Both are small models over features the scoring stage already has (term hashes, number tables and
-the MiniLM sentence vectors of the claims and chunks), so they add no encoder work. The
+Both are small models over features the scoring stage already has (term hashes, number tables,
+the MiniLM sentence vectors of the claims and chunks and the token states of the same encoder
+run), so they add no encoder work. The
 weights are trained by ``certus.models.train_verifier`` from ``../shared/data`` (fixed seed, data
 hashes recorded in the weights file) and ship in ``certus/models/verifier.json``.
 
@@ -13,7 +14,10 @@ Claim features (one row per response sentence, :data:`CLAIM_FEATURES`), over the
 - entities: capitalised words of the claim (not sentence-initial) missing from both context and
   query;
 - numbers: CERT's numeric consistency of the claim's figures against the context;
-- vectors: best claim-chunk cosine.
+- vectors: best claim-chunk cosine;
+- token alignment (``certus.kernels.alignment``): each content token of the claim matched to its
+  most similar contextual token of the chunks (and, second block, of the chunks and the query):
+  mean, worst, share and log count below 0.5, mean of the three worst.
 
 A two-layer perceptron maps a row to P(supported). The response's ``faithfulness`` is the least
 supported claim's probability (the model was trained so: a response is faithful only when every
@@ -40,7 +44,7 @@ import numpy as np
 
 from certus import kernels
 
-CLAIM_FEATURES = (
+TERM_FEATURES = (
     "term_support",
     "term_support_best_chunk",
     "novel_support",
@@ -53,6 +57,9 @@ CLAIM_FEATURES = (
     "numeric_best_chunk",
     "cos_best_chunk",
 )
+_ALIGNMENT = ("mean", "min", "unsupported_share", "log_unsupported", "worst3")
+ALIGNMENT_FEATURES = tuple(f"align_{a}" for a in _ALIGNMENT) + tuple(f"align_q_{a}" for a in _ALIGNMENT)
+CLAIM_FEATURES = TERM_FEATURES + ALIGNMENT_FEATURES
 # The trained model is monotone in these (1: more means more support; -1: less), see train_verifier.
 # Every feature is constrained. Left free, the query features and novel_share learned HaluEval's
 # artefacts (right answers are short and far from the question) and called an off-topic "The
@@ -70,6 +77,7 @@ MONOTONE = {
     "cos_best_chunk": 1,
     "log_novel": -1,  # each new term is one more chance to be wrong: new content never raises support
     "novel_share": -1,  # restating the question is not a hallucination
+    **{f"{p}{a}": sign for p in ("align_", "align_q_") for a, sign in zip(_ALIGNMENT, (1, 1, -1, -1, 1))},
 }
 QUESTION_FEATURES = (
     "answer_located",
@@ -227,7 +235,8 @@ def claim_features(
     grounding: np.ndarray,
     numeric: np.ndarray,
 ) -> tuple[np.ndarray, list[str]]:
-    """The feature rows of the claims and, for each, the reason it would fail (see the module doc).
+    """The :data:`TERM_FEATURES` rows of the claims and, for each, the reason it would fail (see
+    the module doc); the scoring stage appends the alignment columns.
 
     ``extra_context_terms``: terms the context also has once glued words are separated (``unglued``).
 
@@ -237,7 +246,7 @@ def claim_features(
     for f in chunk_f:
         ctx_terms.update(f.terms.tolist())
     ctx_numbers = np.concatenate([f.numbers for f in chunk_f]) if chunk_f else np.empty((0, 2), np.float64)
-    rows = np.zeros((len(claims), len(CLAIM_FEATURES)), dtype=np.float64)
+    rows = np.zeros((len(claims), len(TERM_FEATURES)), dtype=np.float64)
     reasons: list[str] = []
     for i, (text, f) in enumerate(zip(claims, claim_f)):
         terms = f.terms.tolist()

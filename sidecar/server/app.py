@@ -141,10 +141,11 @@ class App:
             context=("The warm-up probe is one sentence and costs 5 dollars.",),
         )
         layout = self.scorer.layout(probe)
-        vecs = await self.batcher.embed(layout.texts)
-        await loop.run_in_executor(None, self.scorer.score, probe, layout, vecs)
+        vecs, tokens = await self.batcher.embed_tokens(layout.texts)
+        await loop.run_in_executor(None, self.scorer.score, probe, layout, vecs, tokens)
         await loop.run_in_executor(None, self.guardrails.scan, probe, self.manifests.resolve("default", "").guardrails)
         self.batcher.cache.clear()
+        self.batcher.token_cache.clear()
         log.info("warmed_up", seconds=round(loop.time() - t0, 3))
 
     async def set_health(self, serving: bool, reason: str = "") -> None:

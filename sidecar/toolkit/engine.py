@@ -87,12 +87,12 @@ class OfflineScorer:
         layout = self.scorer.layout(inp)
         taken = await budget.acquire(len(layout.texts)) if budget is not None else 0
         try:
-            vecs = await self.batcher.embed(layout.texts)
+            vecs, tokens = await self.batcher.embed_tokens(layout.texts)
         finally:
             if budget is not None:
                 await budget.release(taken)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.scorer.score, inp, layout, vecs)
+        return await loop.run_in_executor(self._pool, self.scorer.score, inp, layout, vecs, tokens)
 
     async def score_many(
         self,

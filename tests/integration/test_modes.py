@@ -82,7 +82,7 @@ class FaultyEncoder:
     def __getattr__(self, name: str) -> Any:  # dim, max_batch_size, variant, provider, ...
         return getattr(self.real, name)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[Any]]:
         with self._lock:
             self.calls += 1
             self.busy += 1
@@ -94,7 +94,7 @@ class FaultyEncoder:
                 time.sleep(self.delay_s)
             if self.fail is not None:
                 raise self.fail
-            return self.real.encode(texts)
+            return self.real.encode_tokens(texts)
         finally:
             with self._lock:
                 self.busy -= 1

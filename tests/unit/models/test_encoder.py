@@ -84,6 +84,31 @@ def test_result_does_not_depend_on_batch_composition(cpu_encoder: OnnxEncoder) -
     assert cosine_rows(small.encode(texts), cpu_encoder.encode(texts)).min() >= 0.99999
 
 
+def test_token_states_come_from_the_same_run_one_per_word_piece(cpu_encoder: OnnxEncoder) -> None:
+    texts = ["Normandy's GDP was $89.5 billion.", "", LONG]
+    vecs, tokens = cpu_encoder.encode_tokens(texts)
+    np.testing.assert_array_equal(vecs, cpu_encoder.encode(texts))
+    counts = cpu_encoder.token_counts(texts)
+    for text, ts, n in zip(texts, tokens, counts):
+        assert ts.states.dtype == np.float32 and ts.states.shape == (n - 2, 384)  # [CLS]/[SEP] left out
+        assert ts.words.shape == (n - 2, 2)
+        if len(ts.states):
+            np.testing.assert_allclose(np.linalg.norm(ts.states, axis=1), 1.0, atol=1e-4)
+    words = [texts[0][s:e] for s, e in tokens[0].words]
+    # every piece knows its whole word: "Normandy" is one word whatever its pieces
+    assert words[0] == "Normandy" and "billion" in words and words[-1] == "."
+    # the mean of the token states points the way of the sentence embedding (mean pooling)
+    mean = tokens[0].states.mean(0)
+    assert cosine_rows(mean[None, :], vecs[:1])[0] > 0.8
+
+
+def test_token_states_do_not_depend_on_the_batch(cpu_encoder: OnnxEncoder) -> None:
+    _, alone = cpu_encoder.encode_tokens([SENTENCES[3]])
+    _, batched = cpu_encoder.encode_tokens([LONG, SENTENCES[3], SENTENCES[0]])
+    a, b = alone[0].states, batched[1].states
+    assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
+
+
 def test_empty_input(cpu_encoder: OnnxEncoder) -> None:
     emb = cpu_encoder.encode([])
     assert emb.shape == (0, 384) and emb.dtype == np.float32

@@ -64,12 +64,19 @@ def test_graph_has_dynamic_batch_and_sequence(default_dir: Path) -> None:
         "input_ids": ("tensor(int64)", ["batch", "sequence"]),
         "attention_mask": ("tensor(int64)", ["batch", "sequence"]),
     }
-    (out,) = sess.get_outputs()
+    out, tok = sess.get_outputs()
     assert (out.name, out.type, out.shape) == ("sentence_embedding", "tensor(float)", ["batch", 384])
-    # pooling and normalisation are inside the graph: rows come out unit length
+    assert (tok.name, tok.type, tok.shape) == ("token_states", "tensor(float)", ["batch", "sequence", 384])
+    # pooling and normalisation are inside the graph: rows (and token states) come out unit length
     ids = np.array([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=np.int64)
-    (emb,) = sess.run(None, {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)})
+    emb, states = sess.run(None, {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)})
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert states.shape == (2, 4, 384)
+    np.testing.assert_allclose(np.linalg.norm(states, axis=2), 1.0, atol=1e-5)
+    # the sentence embedding is the normalised mean of the attended tokens' (unnormalised) states,
+    # so it points the way of the mean of the normalised ones
+    mean = states[0].mean(0)
+    assert float(mean @ emb[0]) / float(np.linalg.norm(mean)) > 0.9
 
 
 def test_corrupted_export_is_redone(tmp_path: Path, default_dir: Path) -> None:

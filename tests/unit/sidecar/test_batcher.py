@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from certus.sidecar.batcher import Batcher
+from certus.sidecar.cache import LruCache
 from certus.sidecar.config import BatcherConfig
 from certus.sidecar.errors import ResourceExhausted
 
@@ -28,14 +29,14 @@ class Recording:
             self.release.set()
         self.fail_first = fail_first
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[Any]]:
         self.calls.append(list(texts))
         self.started.set()
         self.release.wait(30)
         if self.fail_first:
             self.fail_first = False
             raise RuntimeError("encoder broke")
-        return self.inner.encode(texts)
+        return self.inner.encode_tokens(texts)
 
 
 def run(coro: Any) -> Any:
@@ -83,6 +84,56 @@ def test_identical_texts_are_encoded_once_and_then_cached(encoder: Any) -> None:
     b = run(main())
     assert rec.calls == [["other", "same chunk"]]
     assert b.cache.hits == 2
+
+
+def test_token_states_ride_the_same_encoder_call_and_cache(encoder: Any) -> None:
+    rec = Recording(encoder)
+
+    async def main() -> Batcher:
+        b = Batcher(rec, cfg())
+        await b.start()
+        vecs, tokens = await b.embed_tokens(["a chunk about Normandy", "a question"])
+        again_vecs, again = await b.embed_tokens(["a question", "a chunk about Normandy"])
+        np.testing.assert_array_equal(vecs[::-1], again_vecs)
+        assert again[0] is tokens[1] and again[1] is tokens[0]
+        assert tokens[0].states.shape[0] == encoder.token_counts(["a chunk about Normandy"])[0] - 2
+        await b.stop()
+        return b
+
+    b = run(main())
+    assert len(rec.calls) == 1
+
+
+def test_evicted_token_states_are_encoded_again(encoder: Any) -> None:
+    rec = Recording(encoder)
+
+    async def main() -> Batcher:
+        b = Batcher(rec, cfg(token_cache_mb=1))
+        await b.start()
+        long = ["word " * 200 + str(i) for i in range(8)]  # ~300 KB of float32 states each
+        await b.embed_tokens(long)
+        assert b.token_cache.nbytes <= 1 << 20 and len(b.token_cache) < len(long) == len(b.cache)
+        await b.embed(long[:1])  # the vector alone is still cached
+        _, tokens = await b.embed_tokens(long[:1])  # its states were evicted: encoded again
+        assert tokens[0] is not None and tokens[0].states.shape[0] == 201
+        await b.stop()
+        return b
+
+    b = run(main())
+    assert len(rec.calls) == 2 and rec.calls[1] == ["word " * 200 + "0"]
+
+
+def test_lru_cache_bounds_bytes_too() -> None:
+    c: LruCache[np.ndarray] = LruCache(10, max_bytes=100)
+    c.put(b"a", np.zeros(10))  # 80 bytes
+    c.put(b"b", np.zeros(2))  # 16: both fit
+    assert len(c) == 2 and c.nbytes == 96
+    c.put(b"c", np.zeros(5))  # 40: the oldest goes
+    assert c.peek(b"a") is None and c.nbytes == 56
+    c.put(b"d", np.zeros(20))  # larger than the whole bound: never stored, nothing evicted
+    assert c.peek(b"d") is None and len(c) == 2
+    c.put(b"b", np.zeros(1))  # replacing counts the new size only
+    assert c.nbytes == 48
 
 
 def test_full_queue_is_rejected_at_once(encoder: Any) -> None:

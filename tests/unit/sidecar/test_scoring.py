@@ -21,7 +21,10 @@ from certus.sidecar.scoring import (
     QUESTION_FIT,
     SEMANTIC,
     Scorer,
+    content_mask,
+    stacked,
 )
+from certus.sidecar.verifier import ALIGNMENT_FEATURES
 
 CTX = (
     "Apple reported Q4 revenue of $89.5B, up 8% year over year.",
@@ -33,7 +36,7 @@ def score(encoder: Any, response: str, context: tuple[str, ...] = CTX, query: st
     scorer = Scorer(ScoringConfig())
     inp = EvaluateInput(workspace_id="w", query=query, response=response, context=context)
     layout = scorer.layout(inp)
-    return scorer.score(inp, layout, encoder.encode(layout.texts)), layout
+    return scorer.score(inp, layout, *encoder.encode_tokens(layout.texts)), layout
 
 
 def test_layout_orders_query_claims_chunks(encoder: Any) -> None:
@@ -134,7 +137,7 @@ def test_context_recall_is_the_share_of_reference_sentences_the_context_supports
         inp = EvaluateInput("w", "How did Apple do?", "Apple did well.", CTX, reference=reference)
         layout = scorer.layout(inp)
         assert layout.texts[layout.reference] == [reference[a:b] for a, b in layout.reference_spans]
-        return scorer.score(inp, layout, encoder.encode(layout.texts)).values[CONTEXT_RECALL]
+        return scorer.score(inp, layout, *encoder.encode_tokens(layout.texts)).values[CONTEXT_RECALL]
 
     assert recall("Apple's Q4 revenue was $89.5 billion. Services reached a record $22.3 billion.") == 1.0
     assert recall("Apple's Q4 revenue was $89.5 billion. Bananas are a good source of potassium and fibre.") == 0.5
@@ -178,3 +181,35 @@ def test_punctuation_only_response_is_one_claim(encoder: Any) -> None:
     s, layout = score(encoder, "...")
     assert layout.claim_spans.tolist() == [[0, 3]]
     assert len(s.claims) == 1
+
+
+def test_content_mask_keeps_content_words_whole() -> None:
+    text = "The Normans settled in Normandy in 911."
+    words = np.array([[0, 3], [4, 11], [12, 19], [20, 22], [23, 31], [23, 31], [32, 34], [35, 38], [38, 39]], np.int32)
+    assert content_mask(text, words).tolist() == [False, True, True, False, True, True, False, True, False]
+
+
+def test_token_alignment_finds_the_claim_words_the_context_lacks(encoder: Any) -> None:
+    context = ("The Normans were descended from Norse raiders and pirates from Denmark, Iceland and Norway.",)
+    query = "Where did the Normans come from?"
+    claims = [
+        "The Normans descended from Norse raiders from Denmark, Iceland and Norway.",  # supported
+        "The Normans descended from Portuguese merchants who sailed from Lisbon.",  # invented
+    ]
+    texts = [*claims, *context, query]
+    _, tokens = encoder.encode_tokens(texts)
+    dim = encoder.dim
+    rows = Scorer.alignment(
+        claims, tokens[:2], stacked([tokens[2].states], dim), stacked([tokens[3].states], dim)
+    )
+    assert rows.shape == (2, len(ALIGNMENT_FEATURES))
+    mean, worst, unsupported = (ALIGNMENT_FEATURES.index(f"align_{n}") for n in ("mean", "min", "unsupported_share"))
+    ok, bad = rows
+    assert ok[mean] > bad[mean] and ok[worst] > bad[worst] + 0.1
+    assert ok[unsupported] == 0.0 < bad[unsupported]
+    # the query block never sees less support than the chunks alone
+    assert np.all(rows[:, 5] >= rows[:, 0] - 1e-9)
+    # without content words there is nothing to contradict
+    none = Scorer.alignment(["It is."], encoder.encode_tokens(["It is."])[1], stacked([tokens[2].states], dim),
+                            stacked([], dim))
+    assert none[0, :5].tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]

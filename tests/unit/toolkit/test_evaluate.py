@@ -48,7 +48,7 @@ def test_scores_are_the_pipelines(trace_file: tuple[Path, list[dict[str, Any]]],
     for res, t in zip(scored, traces):
         inp = EvaluateInput("offline", t["query"], t["answer"], tuple(t["context"]))
         layout = scorer.layout(inp)
-        ref = scorer.score(inp, layout, encoder.encode(layout.texts)).values
+        ref = scorer.score(inp, layout, *encoder.encode_tokens(layout.texts)).values
         assert set(res.metrics) == set(ref)
         for name, value in ref.items():
             assert res.metrics[name] == pytest.approx(value, abs=1e-5), name
