@@ -73,7 +73,9 @@ class Batcher:
         self.encoder = encoder
         self.cfg = cfg
         self.cache: LruCache[np.ndarray] = LruCache(cfg.cache_entries)
-        self.token_cache: LruCache[Any] = LruCache(cfg.cache_entries, cfg.token_cache_mb << 20)
+        # 0 MB = no token cache (every scored text is encoded again), never "unbounded"
+        token_bytes = max(cfg.token_cache_mb, 0) << 20
+        self.token_cache: LruCache[Any] = LruCache(cfg.cache_entries if token_bytes else 0, token_bytes)
         self.stats = BatcherStats()
         self._queue: dict[bytes, _Item] = {}  # waiting, insertion ordered
         self._inflight: dict[bytes, _Item] = {}

@@ -81,7 +81,7 @@ class BatcherConfig:
     max_queue: int = 4096  # CERTUS_MAX_QUEUE: pending texts; beyond it RESOURCE_EXHAUSTED at once
     cache_entries: int = 50_000  # CERTUS_CACHE_ENTRIES: embedding cache keyed by content hash
     # token states of the texts scored (about 200 KB per 100-word chunk): the claim alignment's cache
-    token_cache_mb: int = 256  # CERTUS_TOKEN_CACHE_MB
+    token_cache_mb: int = 256  # CERTUS_TOKEN_CACHE_MB; 0 = none (each scored text encoded again)
 
 
 @dataclass(frozen=True)

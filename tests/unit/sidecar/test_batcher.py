@@ -123,6 +123,22 @@ def test_evicted_token_states_are_encoded_again(encoder: Any) -> None:
     assert len(rec.calls) == 2 and rec.calls[1] == ["word " * 200 + "0"]
 
 
+def test_no_token_cache_means_none_not_unbounded(encoder: Any) -> None:
+    rec = Recording(encoder)
+
+    async def main() -> Batcher:
+        b = Batcher(rec, cfg(token_cache_mb=0))
+        await b.start()
+        await b.embed_tokens(["a chunk"])
+        _, tokens = await b.embed_tokens(["a chunk"])
+        assert tokens[0] is not None and len(b.token_cache) == 0
+        await b.stop()
+        return b
+
+    run(main())
+    assert rec.calls == [["a chunk"], ["a chunk"]]
+
+
 def test_lru_cache_bounds_bytes_too() -> None:
     c: LruCache[np.ndarray] = LruCache(10, max_bytes=100)
     c.put(b"a", np.zeros(10))  # 80 bytes
