@@ -21,17 +21,16 @@ from certus.kernels.validation import KernelInputError, require_array
 
 N_ALIGNMENT = 5
 UNSUPPORTED_BELOW = 0.5
-NO_CONTENT = (1.0, 1.0, 0.0, 0.0, 1.0)
 
 
 @njit("float64[:, ::1](float32[::1], int64[::1], float64)", cache=True, nogil=True)
 def _alignment_rows(best, offsets, below):  # type: ignore[no-untyped-def]
     k = offsets.shape[0] - 1
-    out = np.empty((k, 5), dtype=np.float64)
+    out = np.empty((k, N_ALIGNMENT), dtype=np.float64)
     for i in range(k):
         lo, hi = offsets[i], offsets[i + 1]
         n = hi - lo
-        if n == 0:
+        if n == 0:  # no content piece: nothing to contradict
             out[i, 0] = 1.0
             out[i, 1] = 1.0
             out[i, 2] = 0.0
