@@ -193,7 +193,6 @@ class Scorer:
         """``vecs`` and ``tokens`` (``TokenStates``) are the encoder's, row for row of ``layout.texts``."""
         q = vecs[layout.query]
         claim_vecs = np.ascontiguousarray(vecs[layout.claims])
-        chunk_vecs = np.ascontiguousarray(vecs[layout.chunks])
         spans = layout.claim_spans
         weights = (spans[:, 1] - spans[:, 0]).astype(np.float32)
         if len(claim_vecs) == 1:
@@ -209,14 +208,14 @@ class Scorer:
             chunk_f = ctx.features
             ctx_terms = np.concatenate([f.terms for f in chunk_f]) if chunk_f else np.empty(0, np.int64)
             ctx_nums = np.concatenate([f.numbers for f in chunk_f]) if chunk_f else np.empty((0, 2), np.float64)
-            semantic = _clip(float(kernels.cosine_matrix(r[None, :], chunk_vecs).max()))
+            semantic = _clip(float(kernels.cosine_matrix(r[None, :], ctx.vecs).max()))
             numeric = kernels.numeric_consistency(resp_f.numbers, ctx_nums)
             grounding = kernels.term_grounding(resp_f.terms, ctx_terms) * numeric
             values[SEMANTIC] = semantic
             values[NUMERIC] = numeric
             values[GROUNDING] = grounding
             values[CONFIDENCE] = 0.5 * semantic + 0.5 * grounding
-            qc = kernels.cosine_matrix(q[None, :], chunk_vecs)[0]
+            qc = kernels.cosine_matrix(q[None, :], ctx.vecs)[0]
             values[CONTEXT_RELEVANCE] = _clip(float(np.clip(qc, 0.0, 1.0).mean()))
             ev = self.evidence(inp.response, spans, claim_vecs, tokens[layout.claims], ctx)
             claims = self._claims(inp.context, spans, ev, chunk_f)
