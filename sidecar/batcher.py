@@ -178,6 +178,13 @@ class Batcher:
             raise Unavailable("batcher not started")
         return asyncio.run_coroutine_threadsafe(self.embed(list(texts)), self._loop).result()
 
+    def token_states_sync(self, texts: Sequence[str]) -> list[Any]:
+        """For worker threads (the PII head): each text's ``TokenStates``, same batched path and
+        caches as :meth:`embed_tokens`, blocking the calling thread."""
+        if self._loop is None:
+            raise Unavailable("batcher not started")
+        return asyncio.run_coroutine_threadsafe(self.embed_tokens(list(texts)), self._loop).result()[1]
+
     # -- the loop ---------------------------------------------------------------------------------
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

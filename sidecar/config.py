@@ -99,8 +99,15 @@ class GuardrailsConfig:
     # recognizers only (email, phone, card, IBAN, IP, SSN): ~1 ms instead of ~8 ms of CPU per
     # 60-word response, the largest single cost of an evaluation on CPU (README, Benchmarks).
     pii_ner: bool = True
-    # CERTUS_PII_PROCESS: run the PII analyzer (spaCy + Presidio) in a child process, so its GIL-bound
-    # NER runs beside the server's Python work instead of taking turns with it. Off = in-process.
+    # CERTUS_PII_NER_MODEL: what finds PERSON, LOCATION, DATE_TIME and ORGANIZATION when pii_ner is on.
+    # "minilm": a tagger head on the token states the encoder already computes for the response's
+    # sentences (certus.sidecar.guardrails.pii_ner; no spaCy NER; the child process of pii_process then
+    # runs Presidio's pattern recognizers only); "spacy": spaCy's en_core_web_sm NER, the teacher the
+    # head was trained from.
+    pii_ner_model: str = "minilm"
+    # CERTUS_PII_PROCESS: run the PII analyzer (Presidio's recognizers, and spaCy NER when that is the
+    # NER model) in a child process, so its GIL-bound Python runs beside the server's instead of taking
+    # turns with it. Off = in-process.
     pii_process: bool = True
 
 
@@ -273,6 +280,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_VERIFIER": ("scoring", "verifier_path"),
     "CERTUS_PII_NER": ("guardrails", "pii_ner"),
     "CERTUS_PII_PROCESS": ("guardrails", "pii_process"),
+    "CERTUS_PII_NER_MODEL": ("guardrails", "pii_ner_model"),
     "CERTUS_EVIDENCE_DIR": ("evidence", "log_dir"),
     "CERTUS_SIGNING_KEY": ("evidence", "key_path"),
     "CERTUS_SEGMENT_BYTES": ("evidence", "segment_bytes"),
@@ -337,6 +345,8 @@ class ConfigError(ValueError):
     """A setting that cannot be read; the message names where it came from and the field."""
 
 
+# string fields that take one of a few values
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {("guardrails", "pii_ner_model"): ("minilm", "spacy")}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -397,7 +407,11 @@ def load(
     def put(section: str, name: str, raw: Any, source: str) -> None:
         sec = getattr(cfg, section)
         try:
-            changes.setdefault(section, {})[name] = _coerce(sec, name, raw)
+            value = _coerce(sec, name, raw)
+            choices = CHOICES.get((section, name))
+            if choices is not None and value not in choices:
+                raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+            changes.setdefault(section, {})[name] = value
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{source} ({section}.{name}): {exc}") from None
 

@@ -21,7 +21,7 @@ import bisect
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import structlog
 
@@ -145,17 +145,23 @@ def _load_spacy(ner: bool = True) -> tuple[Any, str, bool]:
     import spacy
     from spacy.language import Language
 
+    if LEMMA_COMPONENT not in Language.factories:
+        Language.component(LEMMA_COMPONENT, func=_lower_lemma)
+
+    def blank() -> Any:  # tokenizer and lemmas only: the context words of the pattern recognizers
+        nlp = spacy.blank("en")
+        nlp.add_pipe(LEMMA_COMPONENT)
+        return nlp
+
     if not ner:
-        return spacy.blank("en"), "blank:en", False
+        return blank(), "blank:en", False
     try:
         nlp = spacy.load(NER_PACKAGE, exclude=NOT_FOR_NER)
-        if LEMMA_COMPONENT not in Language.factories:
-            Language.component(LEMMA_COMPONENT, func=_lower_lemma)
         nlp.add_pipe(LEMMA_COMPONENT)
         return nlp, NER_PACKAGE, "ner" in nlp.pipe_names
     except OSError:
         log.warning("pii_ner_model_missing", package=NER_PACKAGE, fallback="spacy.blank(en)")
-        return spacy.blank("en"), "blank:en", False
+        return blank(), "blank:en", False
 
 
 class _Engines:
@@ -374,15 +380,78 @@ def _drop_nested(spans: list[PiiSpan]) -> list[PiiSpan]:
     return sorted(kept, key=lambda s: (s.start, s.end))
 
 
+TokenStatesFn = Callable[[Sequence[str]], Sequence[Any]]
+HEAD_MODEL = "minilm-token-head"
+# A span the head reports has passed its operating point (chosen on held-out sentences, stored with
+# the weights); like a validated phone number it is then at least this confident, so the default
+# policy (0.7) reports it. A manifest that wants only the surest names raises its threshold above it.
+HEAD_CONFIDENCE_FLOOR = 0.75
+
+
+class HeadNer:
+    """NER from the encoder's token states of a text's sentences (``pii_ner.NerHead``). The
+    sentences are the ones the scoring stage encodes as claims, so in the sidecar their states come
+    from the batcher's cache or from the same encoder batch. A sentence longer than the encoder's
+    window is continued in further windows from its first unseen word: nothing is left unscanned."""
+
+    def __init__(self, token_states: TokenStatesFn, head: Any) -> None:
+        self.token_states = token_states
+        self.head = head
+
+    def spans(self, text: str) -> list[PiiSpan]:
+        from certus.sidecar.scoring import sentence_spans
+
+        todo = [(int(s), int(e)) for s, e in sentence_spans(text) if text[s:e].strip()]
+        out: list[PiiSpan] = []
+        while todo:
+            states = self.token_states([text[s:e] for s, e in todo])
+            rest = []
+            for (s, e), st in zip(todo, states):
+                piece = text[s:e]
+                out += [
+                    PiiSpan(x.entity_type, s + x.start, s + x.end, max(x.score, HEAD_CONFIDENCE_FLOOR))
+                    for x in self.head.predict(piece, st)
+                ]
+                words = st.words
+                seen = int(words[-1][1]) if len(words) else 0
+                if 0 < seen < len(piece.rstrip()):  # truncated by the encoder: continue after it
+                    rest.append((s + seen, e))
+            todo = [(s, e) for s, e in rest if text[s:e].strip()]
+        return out
+
+
+def _name_like(value: str) -> bool:
+    """A PERSON span of the head must look like a name and have a capitalised word: MiniLM is
+    uncased, and a lower-case "cloud" tagged PERSON is the head's typical false positive."""
+    return bool(_NAME_SHAPE.fullmatch(value)) and any(w[:1].isupper() for w in value.split())
+
+
 class PiiGuardrail:
     guardrail_type = GuardrailType.PII
 
-    def __init__(self, analyzer: PiiAnalyzer | ProcessPiiAnalyzer | None = None, *, ner: bool = True) -> None:
-        self.analyzer = analyzer or PiiAnalyzer(ner)
+    def __init__(
+        self,
+        analyzer: PiiAnalyzer | ProcessPiiAnalyzer | None = None,
+        *,
+        ner: bool = True,
+        head_ner: HeadNer | None = None,
+    ) -> None:
+        """``head_ner``: names, places, dates and organisations come from the token-state head and
+        the analyzer runs Presidio's pattern recognizers only (no spaCy NER)."""
+        self.head_ner = head_ner if ner else None
+        self.analyzer = analyzer or PiiAnalyzer(ner and head_ner is None)
 
     @property
     def ner_model(self) -> str:
-        return self.analyzer.ner_model
+        return HEAD_MODEL if self.head_ner is not None else self.analyzer.ner_model
+
+    def analyze(self, text: str) -> list[PiiSpan]:
+        """Every PII span of ``text``: the analyzer's, plus the head's when it is used."""
+        spans = self.analyzer.analyze(text)
+        if self.head_ner is None or not text:
+            return spans
+        ner = [s for s in self.head_ner.spans(text) if s.entity_type != "PERSON" or _name_like(text[s.start : s.end])]
+        return _drop_nested(spans + ner)
 
     def detect(self, inp: EvaluateInput, cfg: GuardrailConfig) -> list[GuardrailViolation]:
         sources = [Source(RESPONSE, inp.response)]
@@ -391,7 +460,7 @@ class PiiGuardrail:
         wanted = set(cfg.entities if cfg.entities is not None else DEFAULT_ENTITIES)
         out: list[GuardrailViolation] = []
         for src in sources:
-            spans = self.analyzer.analyze(src.text)
+            spans = self.analyze(src.text)
             people = [(s.start, s.end) for s in spans if s.entity_type == "PERSON"]
             addresses = [(s.start, s.end) for s in spans if s.entity_type == "STREET_ADDRESS"]
             sentences = _Sentences(src.text)

@@ -18,7 +18,8 @@ from certus.sidecar.guardrails.base import Guardrail
 from certus.sidecar.guardrails.code_safety import CodeSafetyGuardrail
 from certus.sidecar.guardrails.exfiltration import ExfiltrationGuardrail
 from certus.sidecar.guardrails.learned import AttackHead, LearnedSignal
-from certus.sidecar.guardrails.pii import PiiGuardrail, ProcessPiiAnalyzer
+from certus.sidecar.guardrails.pii import HeadNer, PiiGuardrail, ProcessPiiAnalyzer, TokenStatesFn
+from certus.sidecar.guardrails.pii_ner import default_head
 from certus.sidecar.guardrails.prompt_attacks import PromptAttackGuardrail
 from certus.sidecar.guardrails.vuln_hallucination import VulnHallucinationGuardrail
 
@@ -59,13 +60,32 @@ class GuardrailSuite:
         head: AttackHead | None = None,
         pii_ner: bool = True,
         pii_process: bool = False,
+        token_states: TokenStatesFn | None = None,
+        pii_ner_model: str = "minilm",
     ) -> None:
         """``embed``: the sidecar's shared batched encoder (thread-safe, blocking, float32[n, 384]
         L2-normalised); None disables the learned prompt-attack signal (rules only).
-        ``pii_process``: the PII analyzer runs in a child process (:class:`ProcessPiiAnalyzer`);
-        call :meth:`close` to stop it."""
+        ``token_states``: the same encoder's ``TokenStates`` of each text (thread-safe, blocking);
+        with it and ``pii_ner_model="minilm"`` PII's named entities come from the token-state head
+        (:mod:`certus.sidecar.guardrails.pii_ner`), otherwise from spaCy.
+        ``pii_process``: the spaCy/Presidio analyzer runs in a child process
+        (:class:`ProcessPiiAnalyzer`; with the head: its pattern recognizers only); call :meth:`close`
+        to stop it."""
+        if pii_ner_model not in ("minilm", "spacy"):
+            raise ValueError(f"guardrails.pii_ner_model must be one of minilm, spacy, got {pii_ner_model!r}")
         self.learned = LearnedSignal(embed, head) if embed is not None else None
-        self.pii = PiiGuardrail(ProcessPiiAnalyzer(pii_ner) if pii_process else None, ner=pii_ner)
+        ner_head = default_head() if pii_ner and pii_ner_model == "minilm" and token_states is not None else None
+        if ner_head is not None:
+            assert token_states is not None
+            # the child (if any) runs Presidio's pattern recognizers only; the head runs here, on
+            # token states the batcher already holds
+            analyzer = ProcessPiiAnalyzer(False) if pii_process else None
+            self.pii = PiiGuardrail(analyzer, ner=True, head_ner=HeadNer(token_states, ner_head))
+        else:
+            if pii_ner and pii_ner_model == "minilm":
+                log.warning("pii_ner_head_unavailable", reason="no token states" if token_states is None else "no weights",
+                            fallback="spacy")
+            self.pii = PiiGuardrail(ProcessPiiAnalyzer(pii_ner) if pii_process else None, ner=pii_ner)
         self.guardrails: dict[GuardrailType, Guardrail] = {
             GuardrailType.PII: self.pii,
             GuardrailType.PROMPT_INJECTION: PromptAttackGuardrail(GuardrailType.PROMPT_INJECTION, self.learned),

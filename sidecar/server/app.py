@@ -106,7 +106,11 @@ class App:
         manifests.start()
         mlflow = await _start_mlflow(cfg, evidence, manifests) if cfg.forwarder.mlflow_tracking_uri else None
         guardrails = GuardrailSuite(
-            embed=batcher.embed_sync, pii_ner=cfg.guardrails.pii_ner, pii_process=cfg.guardrails.pii_process
+            embed=batcher.embed_sync,
+            pii_ner=cfg.guardrails.pii_ner,
+            pii_process=cfg.guardrails.pii_process,
+            token_states=batcher.token_states_sync,
+            pii_ner_model=cfg.guardrails.pii_ner_model,
         )
         jobs = JobTable(cfg.async_jobs)
         scorer = Scorer(cfg.scoring)
@@ -188,8 +192,9 @@ class App:
         details.update({f"manifests.{k}": v for k, v in self.manifests.health_details().items()})
         details.update({f"ratelimit.{k}": v for k, v in self.access.limiter.stats().as_dict().items()})
         details["auth.enabled"] = self.access.auth_enabled
+        details["pii.ner_model"] = self.guardrails.pii.ner_model
         pii = self.guardrails.pii.analyzer
-        if isinstance(pii, ProcessPiiAnalyzer):  # the child process that runs spaCy/Presidio
+        if isinstance(pii, ProcessPiiAnalyzer):  # the child process that runs Presidio (and spaCy NER)
             details["pii.worker_pid"] = pii.pid
             details["pii.worker_restarts"] = pii.restarts
         return {

@@ -14,7 +14,8 @@ Prints markdown tables:
   false-positive rate on HaluEval knowledge passages;
 * PII on the presidio-research synth set (shared/data/pii/presidio_synth_dev.jsonl): span-level
   precision / recall / F2 per entity type (a prediction matches a gold span of the same type when
-  their character IoU >= 0.5);
+  their character IoU >= 0.5), with the MiniLM token-state NER head (the default) and with the
+  spaCy NER it was taught by, in the same run;
 * exfiltration, code safety, vulnerability hallucination and jailbreak on the hand-written cases in
   sidecar/guardrails/data/bench_cases.jsonl (set A: rules were revised on it) and bench_cases_b.jsonl
   (set B: written afterwards, not tuned on), positives and benign look-alikes;
@@ -32,7 +33,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -51,6 +52,7 @@ from certus.sidecar.guardrails import GuardrailSuite, apply_policy  # noqa: E402
 from certus.sidecar.guardrails.learned import DATA_DIR  # noqa: E402
 from certus.sidecar.guardrails.pii import DEFAULT_ENTITIES  # noqa: E402
 from certus.sidecar.guardrails.prompt_attacks import PromptAttackGuardrail  # noqa: E402
+from certus.sidecar.scoring import sentence_spans  # noqa: E402
 from certus.sidecar.guardrails.train_injection import (  # noqa: E402
     JAILBREAK_FILE,
     JAILBREAK_SPLIT_FILE,
@@ -209,59 +211,73 @@ def iou(a: tuple[int, int], b: tuple[int, int]) -> float:
     return inter / union if union else 0.0
 
 
-def bench_pii(suite: GuardrailSuite, data_dir: Path) -> list[str]:
+def pii_counts(suite: GuardrailSuite, rows: list[dict], cfg: GuardrailConfig) -> tuple[dict[str, list[int]], int]:
+    """Per entity type [TP, FP, FN] of the suite's PII findings on the synth rows, and the number of
+    gold spans of types the guardrail never reports."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    out_of_scope = 0
+    for r in rows:
+        x = inp(response=r["full_text"])
+        pred = [(PRED_ALIAS.get(v.detector, v.detector), (v.start, v.end)) for v in apply_policy(suite.pii.detect(x, cfg), cfg)]
+        gold = [(GOLD_ALIAS.get(s["entity_type"], s["entity_type"]), (s["start_position"], s["end_position"]))
+                for s in r["spans"]]
+        out_of_scope += sum(1 for t, _ in gold if t not in PII_TYPES)
+        gold = [(t, sp) for t, sp in gold if t in PII_TYPES]
+        used = set()
+        for t, sp in pred:
+            match = next((j for j, (gt, gs) in enumerate(gold) if j not in used and gt == t and iou(sp, gs) >= 0.5), None)
+            if match is None:
+                counts[t][1] += 1
+            else:
+                used.add(match)
+                counts[t][0] += 1
+        for j, (gt, _) in enumerate(gold):
+            if j not in used:
+                counts[gt][2] += 1
+    return counts, out_of_scope
+
+
+def bench_pii(suite: GuardrailSuite, teacher: GuardrailSuite, data_dir: Path) -> list[str]:
     rows = load_jsonl(data_dir / "pii" / "presidio_synth_dev.jsonl")
     out = [f"presidio-research synth set, {len(rows)} sentences (the shared half of `synth_dataset_v2.json`; never "
-           f"trained or tuned on). NLP engine: `{suite.pii.ner_model}`. Span match: same entity type and character "
+           f"trained or tuned on). NER: `{suite.pii.ner_model}` (spaCy `{teacher.pii.ner_model}` beside it, measured "
+           "in the same run). Span match: same entity type and character "
            "IoU >= 0.5; the set's GPE is our LOCATION, our DATE_OF_BIRTH counts as its DATE_TIME. Micro = over the "
            f"default entity set ({', '.join(DEFAULT_ENTITIES)}); ORGANIZATION is reported only when a manifest lists it.", ""]
     for label, cfg in (("all findings (every type, any severity and confidence)", PII_ALL),
                        ("default policy (default entities, confidence >= 0.7, severity >= medium)", DEFAULT)):
-        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-        out_of_scope = 0
-        for r in rows:
-            x = inp(response=r["full_text"])
-            pred = [(PRED_ALIAS.get(v.detector, v.detector), (v.start, v.end)) for v in apply_policy(suite.pii.detect(x, cfg), cfg)]
-            gold = [(GOLD_ALIAS.get(s["entity_type"], s["entity_type"]), (s["start_position"], s["end_position"]))
-                    for s in r["spans"]]
-            out_of_scope += sum(1 for t, _ in gold if t not in PII_TYPES)
-            gold = [(t, sp) for t, sp in gold if t in PII_TYPES]
-            used = set()
-            for t, sp in pred:
-                match = next((j for j, (gt, gs) in enumerate(gold) if j not in used and gt == t and iou(sp, gs) >= 0.5), None)
-                if match is None:
-                    counts[t][1] += 1
-                else:
-                    used.add(match)
-                    counts[t][0] += 1
-            for j, (gt, _) in enumerate(gold):
-                if j not in used:
-                    counts[gt][2] += 1
-        out += [f"**{label}**", "", "| entity | gold | TP | FP | FN | precision | recall | F2 |", "|---|---|---|---|---|---|---|---|"]
-        tot = [0, 0, 0]
+        counts, out_of_scope = pii_counts(suite, rows, cfg)
+        before, _ = pii_counts(teacher, rows, cfg)
+        out += [f"**{label}**", "", "| entity | gold | TP | FP | FN | precision | recall | F2 | F2 with spaCy NER |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        tot, tot_before = [0, 0, 0], [0, 0, 0]
         for t in PII_TYPES:
             tp, fp, fn = counts[t]
             if t in DEFAULT_ENTITIES:
-                tot = [tot[0] + tp, tot[1] + fp, tot[2] + fn]
+                tot = [a + b for a, b in zip(tot, counts[t])]
+                tot_before = [a + b for a, b in zip(tot_before, before[t])]
             p, rr, f2 = prf(tp, fp, fn, beta=2)
-            out.append(f"| {t} | {tp + fn} | {tp} | {fp} | {fn} | {p:.3f} | {rr:.3f} | {f2:.3f} |")
+            out.append(f"| {t} | {tp + fn} | {tp} | {fp} | {fn} | {p:.3f} | {rr:.3f} | {f2:.3f} | {prf(*before[t], beta=2)[2]:.3f} |")
         p, rr, f2 = prf(*tot, beta=2)
-        out.append(f"| **micro, default entity set** | {tot[0] + tot[2]} | {tot[0]} | {tot[1]} | {tot[2]} | {p:.3f} | {rr:.3f} | {f2:.3f} |")
-        out.append(f"| (gold of types never reported: {out_of_scope} spans of TITLE, AGE, NRP, ZIP_CODE, DOMAIN_NAME, ...) | | | | | | | |")
+        out.append(f"| **micro, default entity set** | {tot[0] + tot[2]} | {tot[0]} | {tot[1]} | {tot[2]} | {p:.3f} | {rr:.3f} | "
+                   f"{f2:.3f} | {prf(*tot_before, beta=2)[2]:.3f} |")
+        out.append(f"| (gold of types never reported: {out_of_scope} spans of TITLE, AGE, NRP, ZIP_CODE, DOMAIN_NAME, ...) | | | | | | | | |")
         out.append("")
     # noise on benign answers: HaluEval right answers (public facts about public people and places)
     halu = load_jsonl(data_dir / "halueval" / "qa_dev.jsonl")
-    kinds: dict[str, int] = defaultdict(int)
-    flagged_n = 0
-    for h in halu:
-        found = apply_policy(suite.pii.detect(inp(response=h["right_answer"]), DEFAULT), DEFAULT)
-        flagged_n += bool(found)
-        for d in {v.detector for v in found}:
-            kinds[d] += 1
-    out.append(f"Benign answers: {flagged_n} of {len(halu)} HaluEval right answers ({flagged_n / len(halu):.1%}) get a PII finding "
-               "under the default policy (" + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])) +
-               "): public people and places named in answers, which `allow_from_context` (off by default) waives when the "
-               "context names them too.")
+    for name, s in ((suite.pii.ner_model, suite), (teacher.pii.ner_model, teacher)):
+        kinds: dict[str, int] = defaultdict(int)
+        flagged_n = 0
+        for h in halu:
+            found = apply_policy(s.pii.detect(inp(response=h["right_answer"]), DEFAULT), DEFAULT)
+            flagged_n += bool(found)
+            for d in {v.detector for v in found}:
+                kinds[d] += 1
+        out.append(f"Benign answers ({name}): {flagged_n} of {len(halu)} HaluEval right answers ({flagged_n / len(halu):.1%}) get a "
+                   "PII finding under the default policy (" + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])) +
+                   "): public people and places named in answers, which `allow_from_context` (off by default) waives when the "
+                   "context names them too.")
+        out.append("")
     return out
 
 
@@ -283,7 +299,23 @@ def bench_cases(full: GuardrailSuite, name: str, blurb: str) -> list[str]:
     return out
 
 
-def bench_latency(full: GuardrailSuite, encode: Callable[[Sequence[str]], np.ndarray], data_dir: Path, n: int) -> list[str]:
+class StatesCache:
+    """Token states by text, as the sidecar's batcher keeps them: the PII head reads the states of
+    the response's sentences, which the scoring stage has the encoder compute anyway."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.states: dict[str, Any] = {}
+
+    def __call__(self, texts: Sequence[str]) -> list[Any]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.states]
+        if missing:
+            self.states.update(zip(missing, self.encoder.encode_tokens(missing)[1]))
+        return [self.states[t] for t in texts]
+
+
+def bench_latency(full: GuardrailSuite, teacher: GuardrailSuite, states: StatesCache,
+                  encode: Callable[[Sequence[str]], np.ndarray], data_dir: Path, n: int) -> list[str]:
     halu = load_jsonl(data_dir / "halueval" / "qa_dev.jsonl")
     squad = json.loads((data_dir / "squad_v2" / "dev_subset.json").read_text())
     paras = [p["context"] for a in squad["data"] for p in a["paragraphs"]]
@@ -304,12 +336,17 @@ def bench_latency(full: GuardrailSuite, encode: Callable[[Sequence[str]], np.nda
         for g in full.guardrails.values():
             if isinstance(g, PromptAttackGuardrail):
                 g._findings.clear()  # and every text scanned (the per-text findings cache)
+        # the response's sentences as scoring encodes them (claims): the head's input, not its cost
+        states([x.response[a:b] for a, b in sentence_spans(x.response)])
         t_all = time.perf_counter()
         for t, g in full.guardrails.items():
             t0 = time.perf_counter()
             g.detect(x, cfg)
             times[t.value].append((time.perf_counter() - t0) * 1000)
         times["all six (sequential)"].append((time.perf_counter() - t_all) * 1000)
+        t0 = time.perf_counter()
+        teacher.pii.detect(x, cfg)
+        times["pii with spaCy NER (before; in-process)"].append((time.perf_counter() - t0) * 1000)
         # baseline, same request: one encoder call on the query and whole chunks (what scoring embeds anyway)
         t0 = time.perf_counter()
         encode([x.query, *x.context])
@@ -320,7 +357,8 @@ def bench_latency(full: GuardrailSuite, encode: Callable[[Sequence[str]], np.nda
            f"{mean_chars:.0f} chars per request on average. CPU (2 cores shared with other work), one "
            "calling thread, embeddings by the ONNX encoder called directly (no batcher), segment-score and findings caches cleared "
            "before each request (cold). prompt_injection includes embedding the query and context segments; "
-           "jailbreak then reuses those scores.", "",
+           "jailbreak then reuses those scores. pii reads the token states of the response's sentences, which the "
+           "scoring stage has the encoder compute for its claims anyway: they are computed before the clock starts.", "",
            "| guardrail | p50 ms | p99 ms | mean ms | p50 / baseline p50 |", "|---|---|---|---|---|"]
     base = np.percentile(np.asarray(times["baseline: encode query + 3 whole chunks"]), 50)
     for name, ts in times.items():
@@ -345,18 +383,20 @@ def main() -> int:
 
     encoder = OnnxEncoder(ensure_model(variant=args.variant).parent, variant=args.variant, provider=args.provider)
     t0 = time.perf_counter()
-    full = GuardrailSuite(encoder.encode)
+    states = StatesCache(encoder)
+    full = GuardrailSuite(encoder.encode, token_states=states)
     build_s = time.perf_counter() - t0
     rules = GuardrailSuite(None)
+    teacher = GuardrailSuite(encoder.encode, pii_ner_model="spacy")
     sections = [
         ("Prompt injection / jailbreak (deepset held-out)", bench_injection(full, rules, args.data_dir)),
         ("Jailbreak vs benign persona prompts (jackhhao held-out)", bench_jailbreak(full, rules, args.data_dir)),
-        ("PII (presidio-research synth)", bench_pii(full, args.data_dir)),
+        ("PII (presidio-research synth)", bench_pii(full, teacher, args.data_dir)),
         ("Exfiltration, code safety, vulnerability hallucination, jailbreak: hand-written set A", bench_cases(
             full, "bench_cases.jsonl", "written with the detectors; rules were revised after the first run on it, so it is a regression set, not an unseen test.")),
         ("Exfiltration, code safety, vulnerability hallucination, jailbreak: hand-written set B", bench_cases(
             full, "bench_cases_b.jsonl", "written after set A and run once; no detector was changed after seeing its results.")),
-        ("Latency per guardrail per request", bench_latency(full, encoder.encode, args.data_dir, args.latency_requests)),
+        ("Latency per guardrail per request", bench_latency(full, teacher, states, encoder.encode, args.data_dir, args.latency_requests)),
     ]
     print(f"<!-- python tests/benchmarks/bench_guardrails.py; suite build {build_s:.2f} s -->")
     for title, lines in sections:

@@ -134,7 +134,8 @@ def test_an_address_in_use_stops_start_up_naming_the_setting(tmp_path, model_dir
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_the_pii_worker_process_never_outlives_the_sidecar(model_dir, how) -> None:
-    """PII runs in a child process (CERTUS_PII_PROCESS, default on). A clean stop closes it; a
+    """PII's pattern recognizers run in a child process (CERTUS_PII_PROCESS, default on), names come
+    from the head on the encoder's token states in the server. A clean stop closes the child; a
     sidecar killed with SIGKILL cannot, so the child notices its parent is gone and leaves."""
     proc, target, home = start_local_sidecar()
     try:
@@ -143,12 +144,14 @@ def test_the_pii_worker_process_never_outlives_the_sidecar(model_dir, how) -> No
         details = stub.GetInfo(pb.GetInfoRequest(), timeout=10).details
         child = int(details["pii.worker_pid"])
         assert details["pii.worker_restarts"] == "0"
+        assert details["pii.ner_model"] == "minilm-token-head"  # names from the encoder's token states
         assert child != proc.pid and os.path.exists(f"/proc/{child}")
-        resp = stub.Evaluate(
-            pb.EvaluateRequest(workspace_id="acme", query="Who?", response="Ask John Smith at john.smith@example.com.", context=["x"]),
-            timeout=30,
-        )
-        assert "EMAIL_ADDRESS" in {v.detector for v in resp.guardrail_violations}
+        response = "Ask John Smith, born on 4 May 1980, at john.smith@example.com."
+        resp = stub.Evaluate(pb.EvaluateRequest(workspace_id="acme", query="Who?", response=response, context=["x"]), timeout=30)
+        found = {(v.detector, response[v.start : v.end]) for v in resp.guardrail_violations}
+        # the email from the child's pattern recognizers, the date of birth (high severity, as the
+        # default manifest asks) from the head's DATE_TIME
+        assert {("EMAIL_ADDRESS", "john.smith@example.com"), ("DATE_OF_BIRTH", "4 May 1980")} <= found
         channel.close()
         # every process the sidecar started (the worker, and multiprocessing's resource tracker)
         children = {

@@ -64,12 +64,26 @@ def encoder() -> OnnxEncoder:
 
 @pytest.fixture(scope="session")
 def suite(encoder: OnnxEncoder) -> GuardrailSuite:
-    return GuardrailSuite(encoder.encode)
+    """As the sidecar builds it: PII's named entities from the token-state head."""
+    return GuardrailSuite(encoder.encode, token_states=lambda texts: encoder.encode_tokens(texts)[1])
+
+
+@pytest.fixture(scope="session")
+def spacy_suite(encoder: OnnxEncoder) -> GuardrailSuite:
+    """PII's named entities from spaCy (``pii_ner_model="spacy"``, the head's teacher)."""
+    return GuardrailSuite(encoder.encode, pii_ner_model="spacy")
 
 
 @pytest.fixture(scope="session")
 def rules_suite() -> GuardrailSuite:
     return GuardrailSuite(None)
+
+
+@pytest.fixture(params=["minilm-head", "spacy"])
+def pii_suite(request: pytest.FixtureRequest) -> GuardrailSuite:
+    """The PII guardrail with each NER: the token-state head (the sidecar's default) and spaCy
+    (what a suite without an encoder, or ``pii_ner_model="spacy"``, uses)."""
+    return request.getfixturevalue("suite" if request.param == "minilm-head" else "rules_suite")
 
 
 def scan_one(suite: GuardrailSuite, gtype: GuardrailType, inp: EvaluateInput, cfg: GuardrailConfig = ALL) -> list[GuardrailViolation]:

@@ -32,9 +32,9 @@ def test_uses_the_pypi_spacy_pipeline_with_ner(rules_suite: GuardrailSuite) -> N
         ("The complaint was filed by Margaret Thompson last week.", "PERSON", "Margaret Thompson"),
     ],
 )
-def test_finds_each_entity_in_the_response(rules_suite: GuardrailSuite, response: str, entity: str, value: str) -> None:
+def test_finds_each_entity_in_the_response(pii_suite: GuardrailSuite, response: str, entity: str, value: str) -> None:
     inp = req(response=response)
-    vs = scan_one(rules_suite, PII, inp)
+    vs = scan_one(pii_suite, PII, inp)
     found = {(v.detector, text_of(inp, v)) for v in vs}
     assert (entity, value) in found
     for v in vs:
@@ -42,56 +42,56 @@ def test_finds_each_entity_in_the_response(rules_suite: GuardrailSuite, response
     assert_no_content(inp, vs)
 
 
-def test_severity_by_entity(rules_suite: GuardrailSuite) -> None:
+def test_severity_by_entity(pii_suite: GuardrailSuite) -> None:
     inp = req(response="Card 4111 1111 1111 1111, mail bob@example.org, from 198.51.100.4.")
-    sev = {v.detector: v.severity for v in scan_one(rules_suite, PII, inp)}
+    sev = {v.detector: v.severity for v in scan_one(pii_suite, PII, inp)}
     assert sev["CREDIT_CARD"] is Severity.CRITICAL
     assert sev["EMAIL_ADDRESS"] is Severity.HIGH
     assert sev["IP_ADDRESS"] is Severity.MEDIUM
 
 
-def test_benign_text_has_no_pii(rules_suite: GuardrailSuite) -> None:
+def test_benign_text_has_no_pii(pii_suite: GuardrailSuite) -> None:
     inp = req(response="The quarterly revenue grew by 12 percent, driven by cloud services in Europe.")
-    assert scan_one(rules_suite, PII, inp) == []
+    assert scan_one(pii_suite, PII, inp) == []
 
 
-def test_invalid_numbers_are_not_cards_or_ssns(rules_suite: GuardrailSuite) -> None:
+def test_invalid_numbers_are_not_cards_or_ssns(pii_suite: GuardrailSuite) -> None:
     # fails the Luhn check; SSN area 000 is never issued
     inp = req(response="Order 4111 1111 1111 1112 ships with reference 000-12-3456.")
-    assert not detectors(scan_one(rules_suite, PII, inp)) & {"CREDIT_CARD", "US_SSN"}
+    assert not detectors(scan_one(pii_suite, PII, inp)) & {"CREDIT_CARD", "US_SSN"}
 
 
-def test_query_scanned_only_when_asked(rules_suite: GuardrailSuite) -> None:
+def test_query_scanned_only_when_asked(pii_suite: GuardrailSuite) -> None:
     inp = req(query="My email is carl@example.net, can you help?", response="Sure, I can help.")
-    assert scan_one(rules_suite, PII, inp, ALL) == []
-    vs = scan_one(rules_suite, PII, inp, GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0, scan_query=True))
+    assert scan_one(pii_suite, PII, inp, ALL) == []
+    vs = scan_one(pii_suite, PII, inp, GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0, scan_query=True))
     assert [(v.source, v.detector, text_of(inp, v)) for v in vs] == [("query", "EMAIL_ADDRESS", "carl@example.net")]
 
 
-def test_email_quoted_from_context_is_allowed_when_configured(rules_suite: GuardrailSuite) -> None:
+def test_email_quoted_from_context_is_allowed_when_configured(pii_suite: GuardrailSuite) -> None:
     inp = req(
         query="How do I reach support?",
         response="You can reach support at help@contoso.com, as the handbook says.",
         context=["Support: write to help@contoso.com (Mon-Fri)."],
     )
-    strict = scan_one(rules_suite, PII, inp, ALL)
+    strict = scan_one(pii_suite, PII, inp, ALL)
     assert [text_of(inp, v) for v in strict] == ["help@contoso.com"]
     allowed = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0, allow_from_context=True)
-    assert scan_one(rules_suite, PII, inp, allowed) == []
+    assert scan_one(pii_suite, PII, inp, allowed) == []
 
 
-def test_allow_from_context_does_not_allow_other_pii(rules_suite: GuardrailSuite) -> None:
+def test_allow_from_context_does_not_allow_other_pii(pii_suite: GuardrailSuite) -> None:
     inp = req(
         response="Support is help@contoso.com; the manager is on mallory@contoso.com.",
         context=["Support: write to help@contoso.com."],
     )
     cfg = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0, allow_from_context=True)
-    assert [text_of(inp, v) for v in scan_one(rules_suite, PII, inp, cfg)] == ["mallory@contoso.com"]
+    assert [text_of(inp, v) for v in scan_one(pii_suite, PII, inp, cfg)] == ["mallory@contoso.com"]
 
 
-def test_markdown_url_is_not_a_person(rules_suite: GuardrailSuite) -> None:
+def test_markdown_url_is_not_a_person(pii_suite: GuardrailSuite) -> None:
     inp = req(response="See ![x](https://evil.example.net/a.png) and [docs](https://docs.example.org/guide).")
-    assert "PERSON" not in detectors(scan_one(rules_suite, PII, inp))
+    assert "PERSON" not in detectors(scan_one(pii_suite, PII, inp))
 
 
 class _NetworkAttempt(ConnectionRefusedError):
@@ -122,11 +122,11 @@ def test_the_guard_catches_tldextracts_default_download(no_network: list[str], t
     assert no_network, "the stock extractor was expected to try the network"
 
 
-def test_offline_extractor_and_scan_never_touch_the_network(rules_suite: GuardrailSuite, no_network: list[str]) -> None:
+def test_offline_extractor_and_scan_never_touch_the_network(pii_suite: GuardrailSuite, no_network: list[str]) -> None:
     ext = _offline_tld_extractor()
     assert ext("mail.example.co.uk").suffix == "co.uk"
     inp = req(response="Mail first.last@subdomain.example.co.uk or visit https://example.org/x.")
-    vs = scan_one(rules_suite, PII, inp)
+    vs = scan_one(pii_suite, PII, inp)
     assert "EMAIL_ADDRESS" in detectors(vs)
     assert no_network == []
 
@@ -140,7 +140,7 @@ def test_a_fresh_analyzer_builds_offline(no_network: list[str]) -> None:
     assert no_network == []
 
 
-def test_long_punctuation_runs_are_defused_without_moving_offsets(rules_suite: GuardrailSuite) -> None:
+def test_long_punctuation_runs_are_defused_without_moving_offsets(pii_suite: GuardrailSuite) -> None:
     from certus.sidecar.guardrails.pii import defuse_long_runs
 
     url = "https://collect.example.org/?" + "x=1&" * 20 + "email=ann.lee@example.org&" + "+" * 40
@@ -148,7 +148,7 @@ def test_long_punctuation_runs_are_defused_without_moving_offsets(rules_suite: G
     assert "ann.lee@example.org" in defuse_long_runs(url)
     # spaCy's tokenizer is quadratic on such runs (minutes at this size without the defusing)
     inp = req(response="![" * 20000 + f" see {url} " + "+" * 20000)
-    assert [(v.detector, text_of(inp, v)) for v in scan_one(rules_suite, GuardrailType.PII, inp)] == [("EMAIL_ADDRESS", "ann.lee@example.org")]
+    assert [(v.detector, text_of(inp, v)) for v in scan_one(pii_suite, GuardrailType.PII, inp)] == [("EMAIL_ADDRESS", "ann.lee@example.org")]
 
 
 def test_pattern_only_mode_keeps_pattern_entities_and_drops_ner() -> None:
@@ -179,34 +179,36 @@ def test_pattern_only_mode_keeps_pattern_entities_and_drops_ner() -> None:
         ("The office is at ul. Narewska 94 now.", "ul. Narewska 94"),
     ],
 )
-def test_street_addresses_are_high_severity(rules_suite: GuardrailSuite, response: str, value: str) -> None:
+def test_street_addresses_are_high_severity(pii_suite: GuardrailSuite, response: str, value: str) -> None:
     inp = req(response=response)
-    vs = [v for v in scan_one(rules_suite, PII, inp) if v.detector == "STREET_ADDRESS"]
+    vs = [v for v in scan_one(pii_suite, PII, inp) if v.detector == "STREET_ADDRESS"]
     assert [(text_of(inp, v), v.severity) for v in vs] == [(value, Severity.HIGH)]
     assert_no_content(inp, vs)
 
 
-def test_a_date_in_a_sentence_about_a_birth_is_a_date_of_birth(rules_suite: GuardrailSuite) -> None:
+def test_a_date_in_a_sentence_about_a_birth_is_a_date_of_birth(pii_suite: GuardrailSuite) -> None:
     inp = req(response="She was born on 2/8/1935. The treaty was signed in 1919.")
-    found = {(v.detector, text_of(inp, v), v.severity) for v in scan_one(rules_suite, PII, inp)}
+    found = {(v.detector, text_of(inp, v), v.severity) for v in scan_one(pii_suite, PII, inp)}
     assert ("DATE_OF_BIRTH", "2/8/1935", Severity.HIGH) in found
     assert not any(value == "1919" for _, value, _ in found)  # a date of no one is not personal data
 
 
-def test_places_are_reported_only_where_they_are_personal(rules_suite: GuardrailSuite) -> None:
+def test_places_are_reported_only_where_they_are_personal(pii_suite: GuardrailSuite) -> None:
     public = req(response="Paris is the capital of France.")
-    assert scan_one(rules_suite, PII, public) == []
+    assert scan_one(pii_suite, PII, public) == []
     personal = req(response="Margaret Thompson lives in Springfield.")
-    found = {(v.detector, text_of(personal, v), v.severity) for v in scan_one(rules_suite, PII, personal)}
+    found = {(v.detector, text_of(personal, v), v.severity) for v in scan_one(pii_suite, PII, personal)}
     assert ("LOCATION", "Springfield", Severity.MEDIUM) in found and ("PERSON", "Margaret Thompson", Severity.MEDIUM) in found
 
 
-def test_organisations_only_when_the_manifest_lists_them(rules_suite: GuardrailSuite) -> None:
+def test_organisations_only_when_the_manifest_lists_them(pii_suite: GuardrailSuite) -> None:
     inp = req(response="Jane Smith works for the Acme Corporation.")
-    assert "ORGANIZATION" not in detectors(scan_one(rules_suite, PII, inp))
+    assert "ORGANIZATION" not in detectors(scan_one(pii_suite, PII, inp))
     cfg = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0, entities=("ORGANIZATION",))
-    vs = scan_one(rules_suite, PII, inp, cfg)
-    assert {(v.detector, text_of(inp, v)) for v in vs} == {("ORGANIZATION", "the Acme Corporation")}  # and nothing else
+    vs = scan_one(pii_suite, PII, inp, cfg)
+    # and nothing else (spaCy's span takes "the" in, the head's does not)
+    assert [v.detector for v in vs] == ["ORGANIZATION"]
+    assert text_of(inp, vs[0]) in ("the Acme Corporation", "Acme Corporation")
     assert vs[0].severity is Severity.LOW and vs[0].remediation
 
 
@@ -219,7 +221,7 @@ def test_every_reportable_entity_has_a_severity_and_remediation() -> None:
     assert all(isinstance(sev, Severity) and len(text) > 20 for sev, text in ENTITY_POLICY.values())
 
 
-def test_a_pattern_entity_wins_over_an_overlapping_ner_date(rules_suite: GuardrailSuite) -> None:
+def test_a_pattern_entity_wins_over_an_overlapping_ner_date(pii_suite: GuardrailSuite) -> None:
     # spaCy calls parts of phone numbers DATE; the validated phone number must survive
     inp = req(response="Call her on 212-555-0199 tomorrow.")
-    assert ("PHONE_NUMBER", "212-555-0199") in {(v.detector, text_of(inp, v)) for v in scan_one(rules_suite, PII, inp)}
+    assert ("PHONE_NUMBER", "212-555-0199") in {(v.detector, text_of(inp, v)) for v in scan_one(pii_suite, PII, inp)}

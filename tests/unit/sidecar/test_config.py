@@ -57,6 +57,7 @@ def test_a_bad_file_names_the_file_and_field(tmp_path: Path) -> None:
         ("batcher", "max_batch_size", True, "must be an integer, got True"),
         ("batcher", "max_wait_ms", "fast", "must be a number, got 'fast'"),
         ("guardrails", "pii_ner", "ture", "must be a boolean"),
+        ("guardrails", "pii_ner_model", "bert", "must be one of minilm, spacy, got 'bert'"),
         ("server", "address", 50051, "must be a string, got 50051"),
     ],
 )
@@ -68,3 +69,10 @@ def test_a_value_of_the_wrong_type_is_refused(tmp_path: Path, section: str, name
 @pytest.mark.parametrize(("raw", "value"), [("1", True), ("Yes", True), ("on", True), ("0", False), ("off", False), ("", False)])
 def test_booleans_from_the_environment(raw: str, value: bool) -> None:
     assert config_mod.load(env={"CERTUS_PII_NER": raw}).guardrails.pii_ner is value
+
+
+def test_the_pii_ner_model_from_the_environment() -> None:
+    assert config_mod.load(env={}).guardrails.pii_ner_model == "minilm"
+    assert config_mod.load(env={"CERTUS_PII_NER_MODEL": "spacy"}).guardrails.pii_ner_model == "spacy"
+    with pytest.raises(ConfigError, match=re.escape("CERTUS_PII_NER_MODEL (guardrails.pii_ner_model): must be one of minilm, spacy")):
+        config_mod.load(env={"CERTUS_PII_NER_MODEL": "large"})
