@@ -12,7 +12,9 @@ states). A two-layer perceptron gives BIO tags over
 :data:`ENTITIES`. A span is a B tag followed by I tags of its type (an I after anything else starts
 one); its score is the mean probability of its words' tags, and a span is reported when that mean
 reaches the head's operating point (chosen on held-out teacher-labelled sentences, stored with the
-weights). Spans of one type with no whitespace between them are joined ("2/8/1935").
+weights). A span is widened to whole whitespace-delimited words (minus edge punctuation), and spans
+of one type with no whitespace between them are joined: "Jean-Luc" and "2/8/1935" are several words
+to the tokenizer.
 
 The weights (``data/pii_ner_head.npz``, no pickle) are trained by
 ``python -m certus.sidecar.guardrails.train_pii_ner`` from ``../shared/data`` text labelled by spaCy's
@@ -170,17 +172,39 @@ class NerHead:
         x, spans = word_features(text, states)
         if len(x) == 0:
             return []
-        return join_within_words(text, decode(self.probabilities(x), spans, self.threshold))
+        return join_within_words(text, [snap_to_words(text, s) for s in decode(self.probabilities(x), spans, self.threshold)])
+
+
+_EDGE_PUNCT = ".,;:!?\"'“”‘’()[]{}<>"
+
+
+def snap_to_words(text: str, span: NerSpan) -> NerSpan:
+    """The span widened to whole whitespace-delimited words, minus punctuation at its edges: the
+    tokenizer splits "Jean-Luc" and "2/8/1935" into several words and the head may tag only some
+    of them ("Luc", "8/1935"); an entity does not end inside a word."""
+    start, end = span.start, span.end
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    while start < end and text[start] in _EDGE_PUNCT:
+        start += 1
+    while end > start and text[end - 1] in _EDGE_PUNCT:
+        end -= 1
+    if text[end - 2 : end].lower() in ("'s", "’s") and end - 2 > start:  # "Smith's": the name is "Smith"
+        end -= 2
+    if start >= end:  # nothing but punctuation
+        return span
+    return NerSpan(span.entity_type, start, end, span.score)
 
 
 def join_within_words(text: str, spans: list[NerSpan]) -> list[NerSpan]:
-    """Spans of one type with no whitespace between them are one entity: the tokenizer splits
-    "2/8/1935" into five words, and the head may tag "2/" and "/1935" with "8" between."""
+    """Spans of one type that overlap or have no whitespace between them are one entity."""
     out: list[NerSpan] = []
     for s in spans:
         prev = out[-1] if out else None
         if prev is not None and prev.entity_type == s.entity_type and not any(c.isspace() for c in text[prev.end : s.start]):
-            out[-1] = NerSpan(s.entity_type, prev.start, s.end, min(prev.score, s.score))
+            out[-1] = NerSpan(s.entity_type, prev.start, max(prev.end, s.end), min(prev.score, s.score))
         else:
             out.append(s)
     return out

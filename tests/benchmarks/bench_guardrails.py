@@ -14,7 +14,7 @@ Prints markdown tables:
   false-positive rate on HaluEval knowledge passages;
 * PII on the presidio-research synth set (shared/data/pii/presidio_synth_dev.jsonl): span-level
   precision / recall / F2 per entity type (a prediction matches a gold span of the same type when
-  their character IoU >= 0.5), with the MiniLM token-state NER head (the default) and with the
+  their character IoU >= 0.5; also micro over word tokens, as presidio-research evaluates), with the MiniLM token-state NER head (the default) and with the
   spaCy NER it was taught by, in the same run;
 * exfiltration, code safety, vulnerability hallucination and jailbreak on the hand-written cases in
   sidecar/guardrails/data/bench_cases.jsonl (set A: rules were revised on it) and bench_cases_b.jsonl
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import defaultdict
@@ -211,10 +212,24 @@ def iou(a: tuple[int, int], b: tuple[int, int]) -> float:
     return inter / union if union else 0.0
 
 
-def pii_counts(suite: GuardrailSuite, rows: list[dict], cfg: GuardrailConfig) -> tuple[dict[str, list[int]], int]:
-    """Per entity type [TP, FP, FN] of the suite's PII findings on the synth rows, and the number of
-    gold spans of types the guardrail never reports."""
+_TOKEN = re.compile(r"\w+")
+
+
+def token_labels(text: str, spans: Sequence[tuple[str, tuple[int, int]]]) -> list[str]:
+    """The entity type of each word token (``\w+``) of ``text`` that a span overlaps, else "O"."""
+    out = []
+    for m in _TOKEN.finditer(text):
+        out.append(next((t for t, (a, b) in spans if a < m.end() and m.start() < b), "O"))
+    return out
+
+
+def pii_counts(suite: GuardrailSuite, rows: list[dict], cfg: GuardrailConfig) -> tuple[dict[str, list[int]], int, dict[str, list[int]]]:
+    """Per entity type [TP, FP, FN] of the suite's PII findings on the synth rows (spans: same type,
+    IoU >= 0.5), the number of gold spans of types the guardrail never reports, and per type
+    [TP, FP, FN] over word tokens (presidio-research's evaluation is token-level: a token is
+    labelled with the type of the span over it)."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    tokens: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     out_of_scope = 0
     for r in rows:
         x = inp(response=r["full_text"])
@@ -223,6 +238,14 @@ def pii_counts(suite: GuardrailSuite, rows: list[dict], cfg: GuardrailConfig) ->
                 for s in r["spans"]]
         out_of_scope += sum(1 for t, _ in gold if t not in PII_TYPES)
         gold = [(t, sp) for t, sp in gold if t in PII_TYPES]
+        for g, p in zip(token_labels(r["full_text"], gold), token_labels(r["full_text"], pred)):
+            if g == p != "O":
+                tokens[g][0] += 1
+            else:
+                if p != "O":
+                    tokens[p][1] += 1
+                if g != "O":
+                    tokens[g][2] += 1
         used = set()
         for t, sp in pred:
             match = next((j for j, (gt, gs) in enumerate(gold) if j not in used and gt == t and iou(sp, gs) >= 0.5), None)
@@ -234,7 +257,12 @@ def pii_counts(suite: GuardrailSuite, rows: list[dict], cfg: GuardrailConfig) ->
         for j, (gt, _) in enumerate(gold):
             if j not in used:
                 counts[gt][2] += 1
-    return counts, out_of_scope
+    return counts, out_of_scope, tokens
+
+
+def micro(counts: dict[str, list[int]]) -> list[int]:
+    """[TP, FP, FN] summed over the default entity set."""
+    return [sum(counts[t][k] for t in DEFAULT_ENTITIES) for k in range(3)]
 
 
 def bench_pii(suite: GuardrailSuite, teacher: GuardrailSuite, data_dir: Path) -> list[str]:
@@ -246,21 +274,18 @@ def bench_pii(suite: GuardrailSuite, teacher: GuardrailSuite, data_dir: Path) ->
            f"default entity set ({', '.join(DEFAULT_ENTITIES)}); ORGANIZATION is reported only when a manifest lists it.", ""]
     for label, cfg in (("all findings (every type, any severity and confidence)", PII_ALL),
                        ("default policy (default entities, confidence >= 0.7, severity >= medium)", DEFAULT)):
-        counts, out_of_scope = pii_counts(suite, rows, cfg)
-        before, _ = pii_counts(teacher, rows, cfg)
+        counts, out_of_scope, tokens = pii_counts(suite, rows, cfg)
+        before, _, tokens_before = pii_counts(teacher, rows, cfg)
         out += [f"**{label}**", "", "| entity | gold | TP | FP | FN | precision | recall | F2 | F2 with spaCy NER |",
                 "|---|---|---|---|---|---|---|---|---|"]
-        tot, tot_before = [0, 0, 0], [0, 0, 0]
         for t in PII_TYPES:
             tp, fp, fn = counts[t]
-            if t in DEFAULT_ENTITIES:
-                tot = [a + b for a, b in zip(tot, counts[t])]
-                tot_before = [a + b for a, b in zip(tot_before, before[t])]
             p, rr, f2 = prf(tp, fp, fn, beta=2)
             out.append(f"| {t} | {tp + fn} | {tp} | {fp} | {fn} | {p:.3f} | {rr:.3f} | {f2:.3f} | {prf(*before[t], beta=2)[2]:.3f} |")
-        p, rr, f2 = prf(*tot, beta=2)
-        out.append(f"| **micro, default entity set** | {tot[0] + tot[2]} | {tot[0]} | {tot[1]} | {tot[2]} | {p:.3f} | {rr:.3f} | "
-                   f"{f2:.3f} | {prf(*tot_before, beta=2)[2]:.3f} |")
+        for name, (tp, fp, fn), base in (("micro, default entity set", micro(counts), micro(before)),
+                                         ("token level, micro, default entity set (tokens)", micro(tokens), micro(tokens_before))):
+            p, rr, f2 = prf(tp, fp, fn, beta=2)
+            out.append(f"| **{name}** | {tp + fn} | {tp} | {fp} | {fn} | {p:.3f} | {rr:.3f} | {f2:.3f} | {prf(*base, beta=2)[2]:.3f} |")
         out.append(f"| (gold of types never reported: {out_of_scope} spans of TITLE, AGE, NRP, ZIP_CODE, DOMAIN_NAME, ...) | | | | | | | | |")
         out.append("")
     # noise on benign answers: HaluEval right answers (public facts about public people and places)

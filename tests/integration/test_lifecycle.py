@@ -146,7 +146,7 @@ def test_the_pii_worker_process_never_outlives_the_sidecar(model_dir, how) -> No
         assert details["pii.worker_restarts"] == "0"
         assert details["pii.ner_model"] == "minilm-token-head"  # names from the encoder's token states
         assert child != proc.pid and os.path.exists(f"/proc/{child}")
-        response = "Ask John Smith, born on 4 May 1980, at john.smith@example.com."
+        response = "Our customer Peter Novak was born on 4 May 1980; write to john.smith@example.com."
         resp = stub.Evaluate(pb.EvaluateRequest(workspace_id="acme", query="Who?", response=response, context=["x"]), timeout=30)
         found = {(v.detector, response[v.start : v.end]) for v in resp.guardrail_violations}
         # the email from the child's pattern recognizers, the date of birth (high severity, as the
