@@ -321,20 +321,28 @@ class QuestionContext:
     chunks: list[_ChunkWords]
 
 
+@lru_cache(maxsize=512)
+def _chunk_words(chunk: str) -> tuple[str, list[tuple[int, int, frozenset[str], str]], list[tuple[int, str]], list[int]]:
+    """A chunk's sentences and stemmed words, whatever the question: computed once per chunk text
+    (retrieved chunks repeat across requests). Callers must not mutate the lists."""
+    low = chunk.lower()
+    spans = kernels.split_sentences(chunk)
+    words = [(m.start(), _stem(m.group(0))) for m in _WORD.finditer(low)]
+    sentences = []
+    for s, e in spans.tolist() if len(spans) else [(0, len(chunk))]:
+        cw = frozenset(content_words(low[s:e]))
+        if cw:
+            sentences.append((s, e, cw, low[s:e]))
+    return low, sentences, words, [w[0] for w in words]
+
+
 def question_context(query: str, context: Sequence[str]) -> QuestionContext:
     qw = frozenset(content_words(query))
     chunks = []
     for chunk in context:
-        low = chunk.lower()
-        spans = kernels.split_sentences(chunk)
-        words = [(m.start(), _stem(m.group(0))) for m in _WORD.finditer(low)]
-        sentences = []
-        for s, e in spans if len(spans) else [(0, len(chunk))]:
-            cw = frozenset(content_words(low[s:e]))
-            if cw:
-                sentences.append((int(s), int(e), cw, low[s:e]))
+        low, sentences, words, starts = _chunk_words(chunk)
         qpos = [k for k, (_, w) in enumerate(words) if w in qw]
-        chunks.append(_ChunkWords(low, sentences, words, [w[0] for w in words], qpos))
+        chunks.append(_ChunkWords(low, sentences, words, starts, qpos))
     return QuestionContext(qw, chunks)
 
 

@@ -404,14 +404,11 @@ class HeadNer:
         todo = [(int(s), int(e)) for s, e in sentence_spans(text) if text[s:e].strip()]
         out: list[PiiSpan] = []
         while todo:
-            states = self.token_states([text[s:e] for s, e in todo])
+            pieces = [text[s:e] for s, e in todo]
+            states = self.token_states(pieces)
             rest = []
-            for (s, e), st in zip(todo, states):
-                piece = text[s:e]
-                out += [
-                    PiiSpan(x.entity_type, s + x.start, s + x.end, max(x.score, HEAD_CONFIDENCE_FLOOR))
-                    for x in self.head.predict(piece, st)
-                ]
+            for (s, e), piece, st, found in zip(todo, pieces, states, self.head.predict_many(pieces, states)):
+                out += [PiiSpan(x.entity_type, s + x.start, s + x.end, max(x.score, HEAD_CONFIDENCE_FLOOR)) for x in found]
                 words = st.words
                 seen = int(words[-1][1]) if len(words) else 0
                 if 0 < seen < len(piece.rstrip()):  # truncated by the encoder: continue after it

@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -63,35 +63,35 @@ def word_pieces(states: Any) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int3
     return first, spans[first]
 
 
-def _capitalised(w: str) -> bool:
-    return w[:1].isupper()
-
-
 def shape_features(text: str, spans: npt.NDArray[np.int32]) -> npt.NDArray[np.float32]:
     """float32[n, len(SHAPE_FEATURES)]: what the uncased states cannot see."""
-    n = len(spans)
-    out = np.zeros((n, len(SHAPE_FEATURES)), dtype=np.float32)
-    words = [text[s:e] for s, e in spans.tolist()]
-    caps = [_capitalised(w) for w in words]
+    bounds = spans.tolist()
+    words = [text[s:e] for s, e in bounds]
+    caps = [w[:1].isupper() for w in words]
+    n = len(words)
+    rows = []
     for i, w in enumerate(words):
         if not w:
+            rows.append((0, 0, 0, 0, 0, 0, 0, 0))
             continue
-        alpha = w.isalpha()
-        out[i, 0] = caps[i] and not (w.isupper() and len(w) > 1)
-        out[i, 1] = w.isupper() and len(w) > 1
-        out[i, 2] = any(c.isdigit() for c in w)
-        out[i, 3] = alpha
+        upper = w.isupper() and len(w) > 1
         if i == 0:
-            out[i, 4] = 1.0
+            initial, prev_cap = True, False
         else:
             prev = words[i - 1]
-            gap = text[spans[i - 1][1] : spans[i][0]]
-            out[i, 4] = "\n" in gap or (prev in _SENTENCE_MARKS and prev not in "'-")
-            out[i, 5] = caps[i - 1]
-        if i + 1 < n:
-            out[i, 6] = caps[i + 1]
-        out[i, 7] = not any(c.isalnum() for c in w)
-    return out
+            initial = "\n" in text[bounds[i - 1][1] : bounds[i][0]] or (prev in _SENTENCE_MARKS and prev not in "'-")
+            prev_cap = caps[i - 1]
+        rows.append((
+            caps[i] and not upper,
+            upper,
+            any(c.isdigit() for c in w),
+            w.isalpha(),
+            initial,
+            prev_cap,
+            i + 1 < n and caps[i + 1],
+            not any(c.isalnum() for c in w),
+        ))
+    return np.array(rows, dtype=np.float32).reshape(n, len(SHAPE_FEATURES))
 
 
 def word_features(text: str, states: Any) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]:
@@ -169,10 +169,23 @@ class NerHead:
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, text: str, states: Any) -> list[NerSpan]:
-        x, spans = word_features(text, states)
-        if len(x) == 0:
+        return self.predict_many([text], [states])[0]
+
+    def predict_many(self, texts: Sequence[str], states: Sequence[Any]) -> list[list[NerSpan]]:
+        """:meth:`predict` for several texts (a response's sentences) with one pass of the
+        perceptron over all their words."""
+        feats = [word_features(t, st) for t, st in zip(texts, states)]
+        if not feats:
             return []
-        return join_within_words(text, [snap_to_words(text, s) for s in decode(self.probabilities(x), spans, self.threshold)])
+        probs = self.probabilities(np.concatenate([x for x, _ in feats]))
+        out = []
+        at = 0
+        for text, (x, spans) in zip(texts, feats):
+            p = probs[at : at + len(x)]
+            at += len(x)
+            found = decode(p, spans, self.threshold) if len(x) else []
+            out.append(join_within_words(text, [snap_to_words(text, s) for s in found]))
+        return out
 
 
 _EDGE_PUNCT = ".,;:!?\"'“”‘’()[]{}<>"

@@ -143,3 +143,22 @@ def test_synthetic_edits_are_what_they_say() -> None:
     assert kinds["number_changed"].label == 0 and kinds["number_changed"].answer not in passage
     assert kinds["entity_swapped"].label == 0 and kinds["entity_swapped"].answer not in passage
     assert D.synthetic_examples(src, 1) == D.synthetic_examples(src, 1)
+
+
+def test_question_context_reads_each_chunk_once_whatever_the_question() -> None:
+    """A retrieved chunk's sentences and words are computed once per chunk text; only the question's
+    positions in it are per request."""
+    chunk = "The Normans were descended from Norse raiders. They settled in Normandy in the 10th century."
+    V._chunk_words.cache_clear()
+    a = V.question_context("Who were the Normans descended from?", [chunk])
+    b = V.question_context("When did they settle in Normandy?", [chunk])
+    info = V._chunk_words.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    assert a.chunks[0].sentences is b.chunks[0].sentences
+    words = [w for _, w in a.chunks[0].words]
+    assert [words[k] for k in a.chunks[0].qpos] == [w for w in words if w in a.qw] != []
+    assert a.chunks[0].qpos != b.chunks[0].qpos
+    # and the features are what they were without the cache
+    x = V.question_features("Who were the Normans descended from?", "Norse raiders", [chunk], prepared=a)
+    V._chunk_words.cache_clear()
+    assert np.array_equal(x, V.question_features("Who were the Normans descended from?", "Norse raiders", [chunk]))
