@@ -169,6 +169,8 @@ class Scorer:
         self.cfg = cfg
         self.verifier = model or verifier.load_verifier(cfg.verifier_path)
         self._features: LruCache[kernels.TextFeatures] = LruCache(feature_cache_entries)
+        # a chunk's sentence spans and their packed features, for the supporting span of each claim
+        self._chunk_sentences: LruCache[tuple[np.ndarray, Any]] = LruCache(feature_cache_entries // 4)
 
     def features(self, text: str) -> "kernels.TextFeatures":
         key = text_key(text)
@@ -311,11 +313,17 @@ class Scorer:
 
     def _support_span(self, chunk: str, claim_f: "kernels.TextFeatures") -> tuple[int, int]:
         """Char offsets of the chunk sentence that shares most of the claim's terms and figures."""
-        spans = kernels.split_sentences(chunk)
-        if len(spans) <= 1:
+        key = text_key(chunk)
+        cached = self._chunk_sentences.get(key)
+        if cached is None:
+            spans = kernels.split_sentences(chunk)
+            packed = kernels.pack_features([self.features(chunk[s:e]) for s, e in spans]) if len(spans) > 1 else None
+            self._chunk_sentences.put(key, (spans, packed))
+        else:
+            spans, packed = cached
+        if packed is None:
             return 0, len(chunk)
-        sent_f = [self.features(chunk[s:e]) for s, e in spans]
-        p = kernels.pack_features(sent_f)
+        p = packed
         c = kernels.pack_features([claim_f])
         g = kernels.term_grounding_matrix(c.term_offsets, c.terms, p.term_offsets, p.terms)[0]
         n = kernels.numeric_matrix(c.number_offsets, c.numbers, p.number_offsets, p.numbers)[0]

@@ -89,6 +89,20 @@ def test_supporting_span_is_the_sentence_of_the_chunk_that_carries_the_claim(enc
     assert chunk[c.chunk_start : c.chunk_end] == CTX[1]
 
 
+def test_each_claim_gets_its_own_sentence_of_a_shared_chunk(encoder: Any) -> None:
+    """Two claims supported by different sentences of one chunk; the chunk is split once (cached by
+    its text) and the second request over it reads the cache."""
+    chunk = "Apple is based in Cupertino. " + CTX[0] + " " + CTX[1]
+    scorer = Scorer(ScoringConfig())
+    for n in (1, 2):
+        inp = EvaluateInput(workspace_id="w", query="How did Apple do?", context=(chunk,),
+                            response="Q4 revenue was $89.5B, up 8%. Services reached a record $22.3 billion.")
+        layout = scorer.layout(inp)
+        s = scorer.score(inp, layout, *encoder.encode_tokens(layout.texts))
+        assert [chunk[c.chunk_start : c.chunk_end] for c in s.claims] == [CTX[0], CTX[1]]
+        assert len(scorer._chunk_sentences) == 1 and scorer._chunk_sentences.hits == 2 * n - 1
+
+
 def test_one_wrong_figure_fails_its_claim_and_says_why(encoder: Any) -> None:
     s, _ = score(encoder, "Apple's Q4 revenue was $89.5 billion. Services reached a record $31 billion.")
     assert s.claims[0].supported and not s.claims[1].supported
