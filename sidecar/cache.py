@@ -9,6 +9,10 @@ from typing import Generic, TypeVar
 
 V = TypeVar("V")
 
+# Per-text caches of derived data (a chunk's sentences, words, packed features) keep texts up to this
+# size: retrieved chunks are far smaller, and a bound on entries is then a bound on memory.
+MAX_CACHED_TEXT_CHARS = 4000
+
 
 def text_key(text: str) -> bytes:
     """16-byte BLAKE2b digest of the UTF-8 text: the cache key for embeddings and features."""

@@ -95,9 +95,8 @@ class ScoringConfig:
 
 @dataclass(frozen=True)
 class GuardrailsConfig:
-    # CERTUS_PII_NER: spaCy NER for PII (PERSON and NER-backed entities). Off = Presidio's pattern
-    # recognizers only (email, phone, card, IBAN, IP, SSN): ~1 ms instead of ~8 ms of CPU per
-    # 60-word response, the largest single cost of an evaluation on CPU (README, Benchmarks).
+    # CERTUS_PII_NER: named entities for PII (PERSON, LOCATION, DATE_TIME, ORGANIZATION). Off =
+    # Presidio's pattern recognizers only (email, phone, card, IBAN, IP, SSN, street address).
     pii_ner: bool = True
     # CERTUS_PII_NER_MODEL: what finds PERSON, LOCATION, DATE_TIME and ORGANIZATION when pii_ner is on.
     # "minilm": a tagger head on the token states the encoder already computes for the response's
@@ -345,8 +344,9 @@ class ConfigError(ValueError):
     """A setting that cannot be read; the message names where it came from and the field."""
 
 
+PII_NER_MODELS = ("minilm", "spacy")
 # string fields that take one of a few values
-CHOICES: dict[tuple[str, str], tuple[str, ...]] = {("guardrails", "pii_ner_model"): ("minilm", "spacy")}
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {("guardrails", "pii_ner_model"): PII_NER_MODELS}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 

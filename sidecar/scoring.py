@@ -38,7 +38,7 @@ import numpy as np
 
 from certus import kernels
 from certus.sidecar import verifier
-from certus.sidecar.cache import LruCache, text_key
+from certus.sidecar.cache import MAX_CACHED_TEXT_CHARS, LruCache, text_key
 from certus.sidecar.config import ScoringConfig
 from certus.sidecar.domain import Claim, EvaluateInput, Scores
 
@@ -170,6 +170,7 @@ class Scorer:
         self.verifier = model or verifier.load_verifier(cfg.verifier_path)
         self._features: LruCache[kernels.TextFeatures] = LruCache(feature_cache_entries)
         # a chunk's sentence spans and their packed features, for the supporting span of each claim
+        # (chunks up to MAX_CACHED_TEXT_CHARS)
         self._chunk_sentences: LruCache[tuple[np.ndarray, Any]] = LruCache(feature_cache_entries // 4)
 
     def features(self, text: str) -> "kernels.TextFeatures":
@@ -314,11 +315,12 @@ class Scorer:
     def _support_span(self, chunk: str, claim_f: "kernels.TextFeatures") -> tuple[int, int]:
         """Char offsets of the chunk sentence that shares most of the claim's terms and figures."""
         key = text_key(chunk)
-        cached = self._chunk_sentences.get(key)
+        cached = self._chunk_sentences.get(key) if len(chunk) <= MAX_CACHED_TEXT_CHARS else None
         if cached is None:
             spans = kernels.split_sentences(chunk)
             packed = kernels.pack_features([self.features(chunk[s:e]) for s, e in spans]) if len(spans) > 1 else None
-            self._chunk_sentences.put(key, (spans, packed))
+            if len(chunk) <= MAX_CACHED_TEXT_CHARS:
+                self._chunk_sentences.put(key, (spans, packed))
         else:
             spans, packed = cached
         if packed is None:

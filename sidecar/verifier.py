@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from certus import kernels
+from certus.sidecar.cache import MAX_CACHED_TEXT_CHARS, LruCache, text_key
 
 TERM_FEATURES = (
     "term_support",
@@ -321,10 +322,25 @@ class QuestionContext:
     chunks: list[_ChunkWords]
 
 
-@lru_cache(maxsize=512)
-def _chunk_words(chunk: str) -> tuple[str, list[tuple[int, int, frozenset[str], str]], list[tuple[int, str]], list[int]]:
+_ChunkParts = tuple[str, list[tuple[int, int, frozenset[str], str]], list[tuple[int, str]], list[int]]
+CHUNK_WORDS_CACHE: LruCache[_ChunkParts] = LruCache(512)
+
+
+def _chunk_words(chunk: str) -> _ChunkParts:
     """A chunk's sentences and stemmed words, whatever the question: computed once per chunk text
-    (retrieved chunks repeat across requests). Callers must not mutate the lists."""
+    (retrieved chunks repeat across requests; chunks up to ``MAX_CACHED_TEXT_CHARS``). Callers must
+    not mutate the lists."""
+    if len(chunk) > MAX_CACHED_TEXT_CHARS:
+        return _chunk_parts(chunk)
+    key = text_key(chunk)
+    parts = CHUNK_WORDS_CACHE.get(key)
+    if parts is None:
+        parts = _chunk_parts(chunk)
+        CHUNK_WORDS_CACHE.put(key, parts)
+    return parts
+
+
+def _chunk_parts(chunk: str) -> _ChunkParts:
     low = chunk.lower()
     spans = kernels.split_sentences(chunk)
     words = [(m.start(), _stem(m.group(0))) for m in _WORD.finditer(low)]

@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import structlog
 
+from certus.sidecar.config import PII_NER_MODELS
 from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation
 from certus.sidecar.guardrails.base import Guardrail
 from certus.sidecar.guardrails.code_safety import CodeSafetyGuardrail
@@ -71,8 +72,8 @@ class GuardrailSuite:
         ``pii_process``: the spaCy/Presidio analyzer runs in a child process
         (:class:`ProcessPiiAnalyzer`; with the head: its pattern recognizers only); call :meth:`close`
         to stop it."""
-        if pii_ner_model not in ("minilm", "spacy"):
-            raise ValueError(f"guardrails.pii_ner_model must be one of minilm, spacy, got {pii_ner_model!r}")
+        if pii_ner_model not in PII_NER_MODELS:
+            raise ValueError(f"guardrails.pii_ner_model must be one of {', '.join(PII_NER_MODELS)}, got {pii_ner_model!r}")
         self.learned = LearnedSignal(embed, head) if embed is not None else None
         ner_head = default_head() if pii_ner and pii_ner_model == "minilm" and token_states is not None else None
         if ner_head is not None:

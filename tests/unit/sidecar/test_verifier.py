@@ -149,16 +149,18 @@ def test_question_context_reads_each_chunk_once_whatever_the_question() -> None:
     """A retrieved chunk's sentences and words are computed once per chunk text; only the question's
     positions in it are per request."""
     chunk = "The Normans were descended from Norse raiders. They settled in Normandy in the 10th century."
-    V._chunk_words.cache_clear()
+    V.CHUNK_WORDS_CACHE.clear()
     a = V.question_context("Who were the Normans descended from?", [chunk])
     b = V.question_context("When did they settle in Normandy?", [chunk])
-    info = V._chunk_words.cache_info()
-    assert (info.misses, info.hits) == (1, 1)
+    assert (V.CHUNK_WORDS_CACHE.misses, V.CHUNK_WORDS_CACHE.hits) == (1, 1)
     assert a.chunks[0].sentences is b.chunks[0].sentences
     words = [w for _, w in a.chunks[0].words]
     assert [words[k] for k in a.chunks[0].qpos] == [w for w in words if w in a.qw] != []
     assert a.chunks[0].qpos != b.chunks[0].qpos
+    long_chunk = chunk * 60  # beyond MAX_CACHED_TEXT_CHARS: computed each time, never kept
+    V.question_context("Who?", [long_chunk])
+    assert len(V.CHUNK_WORDS_CACHE) == 1
     # and the features are what they were without the cache
     x = V.question_features("Who were the Normans descended from?", "Norse raiders", [chunk], prepared=a)
-    V._chunk_words.cache_clear()
+    V.CHUNK_WORDS_CACHE.clear()
     assert np.array_equal(x, V.question_features("Who were the Normans descended from?", "Norse raiders", [chunk]))
