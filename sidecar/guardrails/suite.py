@@ -84,8 +84,10 @@ class GuardrailSuite:
             self.pii = PiiGuardrail(analyzer, ner=True, head_ner=HeadNer(token_states, ner_head))
         else:
             if pii_ner and pii_ner_model == "minilm":
-                log.warning("pii_ner_head_unavailable", reason="no token states" if token_states is None else "no weights",
-                            fallback="spacy")
+                # no encoder wired (a library caller's choice): spaCy, as documented; missing weights
+                # in an installed package are worth a warning
+                emit = log.info if token_states is None else log.warning
+                emit("pii_ner_head_unavailable", reason="no token states" if token_states is None else "no weights", fallback="spacy")
             self.pii = PiiGuardrail(ProcessPiiAnalyzer(pii_ner) if pii_process else None, ner=pii_ner)
         self.guardrails: dict[GuardrailType, Guardrail] = {
             GuardrailType.PII: self.pii,
