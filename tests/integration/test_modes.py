@@ -77,6 +77,7 @@ class FaultyEncoder:
         self.fail: Exception | None = None
         self.calls = 0
         self.busy = 0
+        self.texts: list[str] = []  # every text encoded, in order
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:  # dim, max_batch_size, variant, provider, ...
@@ -86,6 +87,7 @@ class FaultyEncoder:
         with self._lock:
             self.calls += 1
             self.busy += 1
+            self.texts.extend(texts)
         try:
             self.entered.set()
             if not self.gate.wait(WAIT_S):
@@ -298,6 +300,24 @@ def test_request_mode_overrides_the_manifest_default(sc: RunningSidecar, quiet: 
     # naming the manifest's own mode changes nothing
     same = sc.stub.Evaluate(request("strict", response=UNFAITHFUL, mode=pb.EVALUATION_MODE_ENFORCE), timeout=60)
     assert same.mode == pb.EVALUATION_MODE_ENFORCE and same.blocked is True
+
+
+def test_pii_names_ride_the_encoder_run_scoring_makes(sc: RunningSidecar, quiet: FaultyEncoder) -> None:
+    """The PII head reads the token states of the response's sentences, which scoring encodes as its
+    claims: each sentence is encoded once for both, and the head finds the date of birth (high
+    severity, so the workspace's default guardrail policy reports it)."""
+    from certus.sidecar.scoring import sentence_spans
+
+    t = tag()
+    response = f"Maria Garcia moved to Lisbon in March 2019 (ref {t}). She was born on 4 May 1980."
+    before = len(quiet.texts)
+    resp = sc.stub.Evaluate(request("guarded", t, response=response), timeout=60)
+    encoded = quiet.texts[before:]
+    sentences = [response[a:b] for a, b in sentence_spans(response)]
+    assert len(sentences) == 2 and all(encoded.count(s) == 1 for s in sentences), encoded
+    found = {(v.detector, response[v.start : v.end]) for v in resp.guardrail_violations}
+    assert ("DATE_OF_BIRTH", "4 May 1980") in found
+    assert sc.stub.GetInfo(pb.GetInfoRequest(), timeout=10).details["pii.ner_model"] == "minilm-token-head"
 
 
 # -- disabled --------------------------------------------------------------------------------------
