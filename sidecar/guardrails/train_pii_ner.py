@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from certus.models.train_verifier import sha256_file
 from certus.sidecar.guardrails.pii_ner import (
     ENTITIES,
     HEAD_FILE,
@@ -45,6 +45,7 @@ from certus.sidecar.guardrails.pii_ner import (
     decode,
     word_features,
 )
+from certus.sidecar.guardrails.train_injection import load_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
@@ -65,28 +66,21 @@ FILES = {
 }
 
 
-def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
 def documents(data: Path) -> list[str]:
     """Every prose/chat document of the shared data (see the module doc), in a fixed order."""
     docs: list[str] = []
-    for r in _jsonl(data / FILES["qa_train"]):
+    for r in load_jsonl(data / FILES["qa_train"]):
         docs += [r["knowledge"], r["question"], r["right_answer"]]
-    for r in _jsonl(data / FILES["dialogue"]):
+    for r in load_jsonl(data / FILES["dialogue"]):
         docs += [r["dialogue_history"], r["right_response"]]
-    for r in _jsonl(data / FILES["summarization"]):
+    for r in load_jsonl(data / FILES["summarization"]):
         docs += [r["document"], r.get("right_summary", "")]
     squad = json.loads((data / FILES["squad"]).read_text(encoding="utf-8"))
     for art in squad["data"]:
         for p in art["paragraphs"]:
             docs.append(p["context"])
             docs += [q["question"] for q in p["qas"]]
-    docs += [r["text"] for r in _jsonl(data / FILES["deepset"])]
+    docs += [r["text"] for r in load_jsonl(data / FILES["deepset"])]
     with (data / FILES["jackhhao"]).open(encoding="utf-8", newline="") as f:
         docs += [row["prompt"] for row in csv.DictReader(f)]
     return [d.strip() for d in docs if isinstance(d, str) and d.strip()]
@@ -256,7 +250,7 @@ def train(data: Path, encoder: Any, variant: str, log: Any = print) -> NerHead:
         "fit_words": int(len(y)),
         "val": {"sentences": len(val), "tp": tp, "predicted": pred, "teacher_spans": gold,
                 "precision": round(tp / max(pred, 1), 4), "recall": round(tp / max(gold, 1), 4), "f2": round(score, 4)},
-        "data_sha256": {k: hashlib.sha256((data / v).read_bytes()).hexdigest() for k, v in FILES.items()},
+        "data_sha256": {k: sha256_file(data / v) for k, v in FILES.items()},
     }
     log(f"chosen: epoch {epoch}, threshold {thr}: val {meta['val']} ({time.perf_counter() - t0:.0f} s)")
     return NerHead(head.w1, head.b1, head.w2, head.b2, thr, meta)
