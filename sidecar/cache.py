@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 V = TypeVar("V")
 
@@ -63,6 +63,18 @@ class LruCache(Generic[V]):
                 _, gone = self._data.popitem(last=False)
                 if self.max_bytes:
                     self.nbytes -= int(getattr(gone, "nbytes", 0))
+
+    def get_or_make(self, text: str, make: Callable[[str], V]) -> V:
+        """``make(text)``, kept by the text's content hash when the text has at most
+        ``MAX_CACHED_TEXT_CHARS`` characters (a longer one is made each time, never kept)."""
+        if len(text) > MAX_CACHED_TEXT_CHARS:
+            return make(text)
+        key = text_key(text)
+        value = self.get(key)
+        if value is None:
+            value = make(text)
+            self.put(key, value)
+        return value
 
     def clear(self) -> None:
         with self._lock:

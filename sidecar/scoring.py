@@ -38,7 +38,7 @@ import numpy as np
 
 from certus import kernels
 from certus.sidecar import verifier
-from certus.sidecar.cache import MAX_CACHED_TEXT_CHARS, LruCache, text_key
+from certus.sidecar.cache import LruCache, text_key
 from certus.sidecar.config import ScoringConfig
 from certus.sidecar.domain import Claim, EvaluateInput, Scores
 
@@ -170,7 +170,7 @@ class Scorer:
         self.verifier = model or verifier.load_verifier(cfg.verifier_path)
         self._features: LruCache[kernels.TextFeatures] = LruCache(feature_cache_entries)
         # a chunk's sentence spans and their packed features, for the supporting span of each claim
-        # (chunks up to MAX_CACHED_TEXT_CHARS)
+        # (chunks up to cache.MAX_CACHED_TEXT_CHARS)
         self._chunk_sentences: LruCache[tuple[np.ndarray, Any]] = LruCache(feature_cache_entries // 4)
 
     def features(self, text: str) -> "kernels.TextFeatures":
@@ -314,23 +314,19 @@ class Scorer:
 
     def _support_span(self, chunk: str, claim_f: "kernels.TextFeatures") -> tuple[int, int]:
         """Char offsets of the chunk sentence that shares most of the claim's terms and figures."""
-        key = text_key(chunk)
-        cached = self._chunk_sentences.get(key) if len(chunk) <= MAX_CACHED_TEXT_CHARS else None
-        if cached is None:
-            spans = kernels.split_sentences(chunk)
-            packed = kernels.pack_features([self.features(chunk[s:e]) for s, e in spans]) if len(spans) > 1 else None
-            if len(chunk) <= MAX_CACHED_TEXT_CHARS:
-                self._chunk_sentences.put(key, (spans, packed))
-        else:
-            spans, packed = cached
-        if packed is None:
+        spans, p = self._chunk_sentences.get_or_make(chunk, self._sentences_packed)
+        if p is None:
             return 0, len(chunk)
-        p = packed
         c = kernels.pack_features([claim_f])
         g = kernels.term_grounding_matrix(c.term_offsets, c.terms, p.term_offsets, p.terms)[0]
         n = kernels.numeric_matrix(c.number_offsets, c.numbers, p.number_offsets, p.numbers)[0]
         k = int((g * n).argmax())
         return int(spans[k, 0]), int(spans[k, 1])
+
+    def _sentences_packed(self, chunk: str) -> tuple[np.ndarray, Any]:
+        """A chunk's sentence spans and their packed features (None for a one-sentence chunk)."""
+        spans = kernels.split_sentences(chunk)
+        return spans, kernels.pack_features([self.features(chunk[s:e]) for s, e in spans]) if len(spans) > 1 else None
 
     # -- Measure (CERT) ---------------------------------------------------------------------------
     def measure(self, text1: str, text2: str, v1: np.ndarray, v2: np.ndarray, threshold: float | None) -> MeasureResult:

@@ -43,7 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from certus import kernels
-from certus.sidecar.cache import MAX_CACHED_TEXT_CHARS, LruCache, text_key
+from certus.sidecar.cache import LruCache
 
 TERM_FEATURES = (
     "term_support",
@@ -326,21 +326,9 @@ _ChunkParts = tuple[str, list[tuple[int, int, frozenset[str], str]], list[tuple[
 CHUNK_WORDS_CACHE: LruCache[_ChunkParts] = LruCache(512)
 
 
-def _chunk_words(chunk: str) -> _ChunkParts:
-    """A chunk's sentences and stemmed words, whatever the question: computed once per chunk text
-    (retrieved chunks repeat across requests; chunks up to ``MAX_CACHED_TEXT_CHARS``). Callers must
-    not mutate the lists."""
-    if len(chunk) > MAX_CACHED_TEXT_CHARS:
-        return _chunk_parts(chunk)
-    key = text_key(chunk)
-    parts = CHUNK_WORDS_CACHE.get(key)
-    if parts is None:
-        parts = _chunk_parts(chunk)
-        CHUNK_WORDS_CACHE.put(key, parts)
-    return parts
-
-
 def _chunk_parts(chunk: str) -> _ChunkParts:
+    """A chunk's sentences and stemmed words, whatever the question (:data:`CHUNK_WORDS_CACHE` keeps
+    them per chunk text: retrieved chunks repeat across requests). Callers must not mutate the lists."""
     low = chunk.lower()
     spans = kernels.split_sentences(chunk)
     words = [(m.start(), _stem(m.group(0))) for m in _WORD.finditer(low)]
@@ -356,7 +344,7 @@ def question_context(query: str, context: Sequence[str]) -> QuestionContext:
     qw = frozenset(content_words(query))
     chunks = []
     for chunk in context:
-        low, sentences, words, starts = _chunk_words(chunk)
+        low, sentences, words, starts = CHUNK_WORDS_CACHE.get_or_make(chunk, _chunk_parts)
         qpos = [k for k, (_, w) in enumerate(words) if w in qw]
         chunks.append(_ChunkWords(low, sentences, words, starts, qpos))
     return QuestionContext(qw, chunks)

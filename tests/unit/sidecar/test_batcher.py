@@ -212,3 +212,19 @@ def test_empty_input(encoder: Any) -> None:
         await b.stop()
 
     run(main())
+
+
+def test_get_or_make_keeps_short_texts_by_hash_and_makes_long_ones_each_time() -> None:
+    from certus.sidecar.cache import MAX_CACHED_TEXT_CHARS
+
+    made: list[str] = []
+
+    def make(text: str) -> int:
+        made.append(text)
+        return len(text)
+
+    cache: LruCache[int] = LruCache(8)
+    short, long = "a chunk", "x" * (MAX_CACHED_TEXT_CHARS + 1)
+    assert cache.get_or_make(short, make) == cache.get_or_make(short, make) == len(short)
+    assert cache.get_or_make(long, make) == cache.get_or_make(long, make) == len(long)
+    assert made == [short, long, long] and len(cache) == 1 and (cache.hits, cache.misses) == (1, 1)
