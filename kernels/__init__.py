@@ -19,6 +19,8 @@ _EXPORTS: dict[str, str] = {
     "alignment_rows": "certus.kernels.alignment",
     "N_ALIGNMENT": "certus.kernels.alignment",
     "best_match": "certus.kernels.alignment",
+    "focus_at": "certus.kernels.focus",
+    "focus_tables": "certus.kernels.focus",
     "extract_terms": "certus.kernels.terms",
     "STOP_WORDS": "certus.kernels.terms",
     "extract_numbers": "certus.kernels.numbers",
@@ -46,6 +48,7 @@ __all__ = sorted([*_EXPORTS, "warmup"])
 
 if TYPE_CHECKING:
     from certus.kernels.alignment import N_ALIGNMENT, alignment_rows, best_match
+    from certus.kernels.focus import focus_at, focus_tables
     from certus.kernels.grounding import term_grounding, term_grounding_matrix
     from certus.kernels.numbers import NUMBER_CURRENCY, NUMBER_PERCENT, NUMBER_PLAIN, extract_numbers
     from certus.kernels.numeric import DEFAULT_REL_TOL, numeric_consistency, numeric_matrix
@@ -91,6 +94,7 @@ def warmup() -> float:
     po = importlib.import_module("certus.kernels.pooling")
     se = importlib.import_module("certus.kernels.sentences")
     al = importlib.import_module("certus.kernels.alignment")
+    fo = importlib.import_module("certus.kernels.focus")
     packed = f.features_many(["Revenue was $1.5 billion.", "Revenue: 1.5bn dollars"])
     g.term_grounding(packed.item(0).terms, packed.item(1).terms)
     g.term_grounding_matrix(packed.term_offsets, packed.terms, packed.term_offsets, packed.terms)
@@ -101,4 +105,6 @@ def warmup() -> float:
     po.mean_pool(np.ones((1, 2, 4), dtype=np.float32), np.ones((1, 2), dtype=np.int64))
     se.split_sentences("One. Two.")
     al.alignment_rows(al.best_match(emb, emb), np.array([0, 1, 2], dtype=np.int64))
+    _, fwd, bwd = fo.focus_tables(emb @ emb.T)
+    fo.focus_at(fwd, bwd, np.array([[0, 0]], dtype=np.int64))
     return time.perf_counter() - t0

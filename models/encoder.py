@@ -122,10 +122,11 @@ class TokenStates:
     L2-normalised, float32 (float16 would halve the cache's memory but its NumPy conversions cost
     about 1 ms per request, both ways). ``words`` is the char span of the word each piece belongs
     to (its content-word test); only claims need it, so it is built from the tokenizer's word ids
-    and offsets on first use.
+    and offsets on first use. ``pieces`` is each piece's own char span (where ``question_fit``
+    locates an answer in a chunk), also built on first use.
     """
 
-    __slots__ = ("states", "_word_ids", "_offsets", "_words")
+    __slots__ = ("states", "_word_ids", "_offsets", "_words", "_pieces")
 
     def __init__(
         self, states: npt.NDArray[np.float32], word_ids: list[int | None], offsets: list[tuple[int, int]]
@@ -134,6 +135,7 @@ class TokenStates:
         self._word_ids = word_ids
         self._offsets = offsets
         self._words: npt.NDArray[np.int32] | None = None
+        self._pieces: npt.NDArray[np.int64] | None = None
 
     @property
     def words(self) -> npt.NDArray[np.int32]:
@@ -150,9 +152,18 @@ class TokenStates:
         return self._words
 
     @property
+    def pieces(self) -> npt.NDArray[np.int64]:
+        """int64[n, 2]: each piece's char span in the text, row for row of ``states``."""
+        if self._pieces is None:
+            spans = [o for w, o in zip(self._word_ids, self._offsets) if w is not None]
+            self._pieces = np.array(spans, dtype=np.int64).reshape(-1, 2)
+        return self._pieces
+
+    @property
     def nbytes(self) -> int:
-        """The states plus an estimate of the word ids and offsets kept beside them."""
-        return int(self.states.nbytes) + 120 * len(self._word_ids)
+        """The states plus an estimate of the word ids and offsets kept beside them and of the
+        ``words`` / ``pieces`` arrays built from them (16 bytes per piece each)."""
+        return int(self.states.nbytes) + 152 * len(self._word_ids)
 
     def __repr__(self) -> str:
         return f"TokenStates({self.states.shape[0]} pieces)"

@@ -12,7 +12,9 @@
   ``certus.sidecar.toolkit.validate.part_of``). The "test" parts are never read here.
 - Question fit: L2-regularised logistic regression (Newton's method) over
   :data:`certus.sidecar.verifier.QUESTION_FEATURES` on SQuAD's training article (gold answer vs the
-  gold answer of another question on the same passage).
+  gold answer of another question on the same passage); the L2 strength is the one of
+  :data:`QUESTION_L2_CHOICES` with the best 5-fold cross-validated AUC on that article (folds by
+  question id, so a question's two answers share a fold). Other articles are never read here.
 
 The weights file records the seed, the sha256 of every data file read and the fit/val figures.
 """
@@ -40,7 +42,8 @@ MAX_EPOCHS = 3000
 EVAL_EVERY = 50
 LEARNING_RATE = 0.01
 L2 = 1e-4
-QUESTION_L2 = 1.0
+QUESTION_L2_CHOICES = (1.0, 10.0, 100.0)
+QUESTION_FOLDS = 5
 FILES = {
     "qa_train": "halueval/qa_train.jsonl",
     "dialogue": "halueval/dialogue_dev.jsonl",
@@ -91,6 +94,19 @@ class FeatureSource:
                 rows.append(ev.rows)
                 owner.append(np.full(len(ev.rows), b + k, dtype=np.int64))
         return np.concatenate(rows), np.concatenate(owner)
+
+    def question_rows(self, examples: Sequence[D.Example]) -> np.ndarray:
+        """float64[n, len(QUESTION_FEATURES)]: each example's question-fit row, from the encoder's
+        token states of its query and chunks (as the scoring stage reads them)."""
+        contexts = [D.context_of(e.passage) for e in examples]
+        texts = sorted({e.query for e in examples} | {c for ctx in contexts for c in ctx})
+        index = {t: k for k, t in enumerate(texts)}
+        _, tokens = self.encoder.encode_tokens(texts)
+        rows = []
+        for e, ctx in zip(examples, contexts):
+            prepared = V.question_context(e.query, ctx, tokens[index[e.query]], [tokens[index[c]] for c in ctx])
+            rows.append(V.question_features(e.query, e.answer, ctx, prepared))
+        return np.array(rows)
 
 
 class Mil:
@@ -169,6 +185,25 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, f
     return w[:-1], float(w[-1])
 
 
+def question_fold(key: str) -> int:
+    return hashlib.sha256(f"certus-question-fold:{key}".encode()).digest()[0] % QUESTION_FOLDS
+
+
+def fit_question(x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[float, dict[float, float]]:
+    """The L2 strength of :data:`QUESTION_L2_CHOICES` with the best cross-validated AUC (on a tie,
+    the stronger), and each choice's AUC (out-of-fold scores pooled)."""
+    aucs: dict[float, float] = {}
+    for l2 in QUESTION_L2_CHOICES:
+        scores = np.zeros(len(y))
+        for f in range(QUESTION_FOLDS):
+            fit, held = folds != f, folds == f
+            mean, scale = _standardise(x[fit])
+            w, b = fit_logistic((x[fit] - mean) / scale, y[fit], l2)
+            scores[held] = ((x[held] - mean) / scale) @ w + b
+        aucs[l2] = roc.roc_auc(scores, y)
+    return max(QUESTION_L2_CHOICES, key=lambda l2: (aucs[l2], l2)), aucs
+
+
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = x.mean(0)
     scale = x.std(0)
@@ -232,12 +267,17 @@ def train(data: Path, encoder: object, log: object = print) -> dict:
     log(f"claim verifier: best epoch {epoch}, val AUC " + ", ".join(f"{k} {v:.3f}" for k, v in val_aucs.items()))
 
     squad = D.squad_article_examples(data / FILES["squad"], train=True)
-    qx = np.array([V.question_features(e.query, e.answer, D.context_of(e.passage)) for e in squad])
+    qx = src.question_rows(squad)
     qy = np.array([e.label for e in squad], dtype=np.float64)
+    q_l2, q_cv = fit_question(qx, qy, np.array([question_fold(e.key) for e in squad]))
     qmean, qscale = _standardise(qx)
-    qw, qb = fit_logistic((qx - qmean) / qscale, qy, QUESTION_L2)
+    qw, qb = fit_logistic((qx - qmean) / qscale, qy, q_l2)
     q_auc = roc.roc_auc(((qx - qmean) / qscale) @ qw + qb, qy)
-    log(f"question fit: {len(squad)} answers (SQuAD {', '.join(sorted(D.SQUAD_TRAIN_ARTICLES))}), fit AUC {q_auc:.3f}")
+    log(
+        f"question fit: {len(squad)} answers (SQuAD {', '.join(sorted(D.SQUAD_TRAIN_ARTICLES))}), "
+        f"cross-validated AUC by L2 {', '.join(f'{k:g}: {v:.3f}' for k, v in q_cv.items())}; "
+        f"chose L2 {q_l2:g}, fit AUC {q_auc:.3f}"
+    )
 
     def r(a: np.ndarray) -> list:
         return np.round(a, 8).tolist()
@@ -260,6 +300,8 @@ def train(data: Path, encoder: object, log: object = print) -> dict:
             "claim_epochs": epoch,
             "claim_val_auc": {k: round(v, 4) for k, v in val_aucs.items()},
             "question_train_answers": len(squad),
+            "question_l2": q_l2,
+            "question_cv_auc": {f"{k:g}": round(v, 4) for k, v in q_cv.items()},
             "question_fit_auc": round(q_auc, 4),
             "seconds": round(time.perf_counter() - t0, 1),
         },

@@ -225,7 +225,9 @@ class Scorer:
             values[FAITHFULNESS] = float(ev.probabilities.min())
             values[CONTEXT_PRECISION] = context_precision(ev, self.cfg.claim_support_threshold)
             if inp.query:
-                values[QUESTION_FIT] = self.verifier.question_fit(inp.query, inp.response, inp.context)
+                values[QUESTION_FIT] = self.verifier.question_fit(
+                    inp.query, inp.response, inp.context, tokens[layout.query], tokens[layout.chunks]
+                )
             if inp.reference:
                 ref_spans = layout.reference_spans
                 ref_vecs = np.ascontiguousarray(vecs[layout.reference])

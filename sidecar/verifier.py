@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -81,6 +81,7 @@ MONOTONE = {
     **{f"{p}{a}": sign for p in ("align_", "align_q_") for a, sign in zip(_ALIGNMENT, (1, 1, -1, -1, 1))},
 }
 QUESTION_FEATURES = (
+    "question_focus_gap",
     "answer_located",
     "question_overlap_answer_sentence",
     "question_overlap_gap",
@@ -203,12 +204,16 @@ class Verifier:
         return _sigmoid(self.claim_model.logits(rows))
 
     # -- question fit -----------------------------------------------------------------------------
-    def question_fit(self, query: str, response: str, context: Sequence[str]) -> float:
+    def question_fit(
+        self, query: str, response: str, context: Sequence[str], query_tokens: Any, chunk_tokens: Sequence[Any]
+    ) -> float:
         """P(the response answers *this* question from the context). A response of several
-        sentences answers it when one of them does: the best sentence's probability."""
+        sentences answers it when one of them does: the best sentence's probability.
+        ``query_tokens`` / ``chunk_tokens``: the encoder's ``TokenStates`` of the query and of
+        each chunk (the scoring run's)."""
         spans = kernels.split_sentences(response)
         parts = [response[s:e] for s, e in spans] if len(spans) > 1 else [response]
-        prepared = question_context(query, context)
+        prepared = question_context(query, context, query_tokens, chunk_tokens)
         x = np.stack([question_features(query, p, context, prepared) for p in dict.fromkeys(parts)])
         return float(_sigmoid(self.question_model.logits(x)).max())
 
@@ -310,19 +315,25 @@ class _ChunkWords:
     sentences: list[tuple[int, int, frozenset[str], str]]  # (start, end, content words, lower-cased text)
     words: list[tuple[int, str]]  # (char offset, stem) of every word
     starts: list[int]
+    ends: list[int]
     qpos: list[int]  # word indices of the question's words
+    pieces: np.ndarray  # int64[n, 2] char span of each of the chunk's encoder pieces
+    focus_best: float  # kernels.focus_tables: the question's best focus anywhere in the chunk
+    fwd: np.ndarray
+    bwd: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
 class QuestionContext:
     """The question's words and each chunk tokenised once, shared by all the response's sentences
-    (a long response must not re-tokenise the whole context per sentence)."""
+    (a long response must not re-tokenise the whole context per sentence), with the question's
+    focus tables over each chunk's token states."""
 
     qw: frozenset[str]
     chunks: list[_ChunkWords]
 
 
-_ChunkParts = tuple[str, list[tuple[int, int, frozenset[str], str]], list[tuple[int, str]], list[int]]
+_ChunkParts = tuple[str, list[tuple[int, int, frozenset[str], str]], list[tuple[int, str]], list[int], list[int]]
 CHUNK_WORDS_CACHE: LruCache[_ChunkParts] = LruCache(512)
 
 
@@ -331,46 +342,87 @@ def _chunk_parts(chunk: str) -> _ChunkParts:
     them per chunk text: retrieved chunks repeat across requests). Callers must not mutate the lists."""
     low = chunk.lower()
     spans = kernels.split_sentences(chunk)
-    words = [(m.start(), _stem(m.group(0))) for m in _WORD.finditer(low)]
+    matches = list(_WORD.finditer(low))
+    words = [(m.start(), _stem(m.group(0))) for m in matches]
     sentences = []
     for s, e in spans.tolist() if len(spans) else [(0, len(chunk))]:
         cw = frozenset(content_words(low[s:e]))
         if cw:
             sentences.append((s, e, cw, low[s:e]))
-    return low, sentences, words, [w[0] for w in words]
+    return low, sentences, words, [w[0] for w in words], [m.end() for m in matches]
 
 
-def question_context(query: str, context: Sequence[str]) -> QuestionContext:
+def question_context(query: str, context: Sequence[str], query_tokens: Any, chunk_tokens: Sequence[Any]) -> QuestionContext:
+    """``query_tokens`` / ``chunk_tokens``: the encoder's ``TokenStates`` of the query and of each
+    chunk (row for row of ``context``)."""
+    if len(chunk_tokens) != len(context):
+        raise ValueError(f"chunk_tokens: {len(chunk_tokens)} token states for {len(context)} chunks")
     qw = frozenset(content_words(query))
     chunks = []
-    for chunk in context:
-        low, sentences, words, starts = CHUNK_WORDS_CACHE.get_or_make(chunk, _chunk_parts)
+    for chunk, ts in zip(context, chunk_tokens):
+        low, sentences, words, starts, ends = CHUNK_WORDS_CACHE.get_or_make(chunk, _chunk_parts)
         qpos = [k for k, (_, w) in enumerate(words) if w in qw]
-        chunks.append(_ChunkWords(low, sentences, words, starts, qpos))
+        best, fwd, bwd = kernels.focus_tables(np.ascontiguousarray(query_tokens.states @ ts.states.T))
+        chunks.append(_ChunkWords(low, sentences, words, starts, ends, qpos, ts.pieces, best, fwd, bwd))
     return QuestionContext(qw, chunks)
 
 
-def question_features(
-    query: str, response: str, context: Sequence[str], prepared: QuestionContext | None = None
-) -> np.ndarray:
-    """The :data:`QUESTION_FEATURES` row of a (query, response, context) triple.
+def _occurrences(text: str, part: str) -> np.ndarray:
+    """int64[k]: every start of ``part`` in ``text`` (overlapping ones too); ``str.find``, which is
+    much faster than a regular expression on long chunks."""
+    out = []
+    at = text.find(part)
+    while at >= 0:
+        out.append(at)
+        at = text.find(part, at + 1)
+    return np.array(out, dtype=np.int64)
+
+
+def _focus_gap(ch: _ChunkWords, spans: np.ndarray) -> float | None:
+    """The question's focus around the best of the char ``spans`` (int64[m, 2]) of chunk ``ch``
+    (pieces of the span left out) minus its best focus anywhere in the chunk; None when no span
+    reaches a piece (past the encoder's window)."""
+    pieces = ch.pieces
+    lo = np.searchsorted(pieces[:, 1], spans[:, 0], side="right")
+    hi = np.searchsorted(pieces[:, 0], spans[:, 1], side="left") - 1
+    keep = lo <= hi
+    if not keep.any():
+        return None
+    rows = np.ascontiguousarray(np.stack([lo[keep], hi[keep]], axis=1), dtype=np.int64)
+    return float(kernels.focus_at(ch.fwd, ch.bwd, rows).max()) - ch.focus_best
+
+
+def question_features(query: str, response: str, context: Sequence[str], prepared: QuestionContext) -> np.ndarray:
+    """The :data:`QUESTION_FEATURES` row of a (query, response, context) triple; ``prepared`` is
+    :func:`question_context` of (query, context) (shared by the response's sentences).
 
     The answer is located where the context contains it verbatim (case-insensitive), otherwise in
-    the sentence holding most of its content words; then: how much of the question that sentence
-    shares, against the sentence that shares most (``gap``); how much of the question lies within 12
-    words of the answer; how far the nearest question word is; and the expected answer type.
-    ``prepared``: :func:`question_context` of (query, context), when several responses share them.
+    the sentence holding most of its content words (there, at each of its words that the question
+    does not have); then: how much of the question the context
+    says around it, from the encoder's token states, against the most the question gets anywhere
+    in its chunk (``question_focus_gap``, see ``kernels.focus``); how much of the question that
+    sentence shares, against the sentence that shares most (``gap``); how much of the question lies
+    within 12 words of the answer; how far the nearest question word is; and the expected answer
+    type.
     """
-    qc = prepared if prepared is not None else question_context(query, context)
+    qc = prepared
     qw = qc.qw
     nq = max(1, len(qw))
     answer = response.strip().lower()
     a_words = _WORD.findall(answer)
     aset = set(content_words(response))
     located, best_ov, ans_ov, near, dist = 0.0, 0.0, 0.0, 0.0, 99.0
-    fallback: tuple[float, float, float, float] | None = None  # (cover, ov, near, dist) of the best-covering sentence
+    focus: float | None = None
+    # (cover, ov, near, dist, chunk, char spans of the answer's words) of the best-covering sentence
+    fallback: tuple[float, float, float, float, _ChunkWords, np.ndarray] | None = None
     for ch in qc.chunks:
         words, starts, qpos = ch.words, ch.starts, ch.qpos
+        if answer:
+            found = _occurrences(ch.low, answer)
+            if len(found):
+                gap = _focus_gap(ch, np.stack([found, found + len(answer)], axis=1))
+                if gap is not None:
+                    focus = gap if focus is None else max(focus, gap)
         for s, e, cw, sent in ch.sentences:
             ov = len(qw & cw) / nq
             best_ov = max(best_ov, ov)
@@ -390,15 +442,23 @@ def question_features(
                     hits = [k for k in range(first, last) if words[k][1] in aset]
                     lo, hi = hits[0], hits[-1]
                     d = float(min(min(abs(k - lo), abs(k - hi)) for k in qpos)) if qpos else 99.0
-                    fallback = (cover, ov, _near(words, lo, hi, qw, nq), d)
+                    # the focus is read around each of the answer's own words here (an answer that
+                    # restates the question must not hide the question's words inside its span)
+                    own = [k for k in hits if words[k][1] not in qw] or hits
+                    spans = np.array([(starts[k], ch.ends[k]) for k in own], dtype=np.int64)
+                    fallback = (cover, ov, _near(words, lo, hi, qw, nq), d, ch, spans)
     if not located and fallback is not None:
-        _, ans_ov, near, dist = fallback
+        _, ans_ov, near, dist, ch, spans = fallback
+        focus = _focus_gap(ch, spans)
+    if focus is None:  # the answer is nowhere in the context: none of the question is near it
+        focus = -max((ch.focus_best for ch in qc.chunks), default=0.0)
     qt, at = _question_type(query), _answer_type(response.strip())
     if qt == "date" and at == "num" and _YEAR.fullmatch(response.strip()):
         at = "date"  # "In what year…?" "911"
     match = 1.0 if qt == at else (0.5 if qt == "other" else 0.0)
     return np.array(
         [
+            focus,
             located,
             ans_ov,
             ans_ov - best_ov,

@@ -12,6 +12,10 @@ other texts so the feature cache does not hide the work. Both sides get the same
 - new: ``Scorer.score`` (all of that, plus the verifier's features and model, the supporting
   sentence of each claim, question fit and context precision).
 
+``question_fit`` is also shown on its own (the request's question, answer and chunks, their token
+states included), and within it the question focus tables (``kernels.focus_tables`` per chunk, the
+matrix product of question and chunk token states included).
+
 The contextual token alignment (one of the verifier's feature blocks) is also shown on its own:
 what ``Scorer.alignment`` costs inside the new scoring, and what the encoder pays for handing the
 token states over (``encode_tokens`` against ``encode``: the second output, word spans from the
@@ -117,7 +121,7 @@ def main() -> int:
     encoder = build_encoder(cfg)
     kernels.warmup()
     reqs = requests(args.requests)
-    enc_ms, enc_tok_ms, base_ms, new_ms, align_ms = [], [], [], [], []
+    enc_ms, enc_tok_ms, base_ms, new_ms, align_ms, qfit_ms, focus_ms = [], [], [], [], [], [], []
     # warm-up (Numba dispatch, verifier load) on other texts than the timed ones
     warm = requests(args.requests + 10)[-10:]
     for inp in warm:
@@ -148,6 +152,14 @@ def main() -> int:
             Scorer.alignment(sentences, tokens[lay_probe.claims], ctx.tokens, ctx.query_tokens)
 
         align_ms.append(cpu_ms(align))
+        q_tokens, chunk_tokens = tokens[lay_probe.query], tokens[lay_probe.chunks]
+        qfit_ms.append(cpu_ms(lambda: b.verifier.question_fit(inp.query, inp.response, inp.context, q_tokens, chunk_tokens)))
+
+        def focus() -> None:
+            for ts in chunk_tokens:
+                kernels.focus_tables(np.ascontiguousarray(q_tokens.states @ ts.states.T))
+
+        focus_ms.append(cpu_ms(focus))
     b50, n50 = float(np.percentile(base_ms, 50)), float(np.percentile(new_ms, 50))
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
           f"encoder {encoder.variant} on {encoder.provider} (1 thread)")
@@ -159,6 +171,8 @@ def main() -> int:
     e50, t50, a50 = (float(np.percentile(x, 50)) for x in (enc_ms, enc_tok_ms, align_ms))
     print(f"encoder with token states  CPU ms {pct(enc_tok_ms)}")
     print(f"token alignment (in new)   CPU ms {pct(align_ms)}")
+    print(f"question_fit (in new)      CPU ms {pct(qfit_ms)}")
+    print(f"  its focus tables         CPU ms {pct(focus_ms)}")
     print(f"token alignment, all in: p50 {a50 + t50 - e50:+.3f} ms (alignment {a50:.3f} + encoder hand-over "
           f"{t50 - e50:+.3f}; budget +5 ms)")
     return 0

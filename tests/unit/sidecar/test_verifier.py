@@ -85,14 +85,60 @@ def test_glued_knowledge_is_separated_and_names_are_found_mid_sentence() -> None
     assert V.entity_terms("the film starred tom hanks.") == set()
 
 
-def test_question_features_locate_the_answer_and_its_type() -> None:
+def _prepared(encoder: Any, query: str, context: list[str] | tuple[str, ...]) -> V.QuestionContext:
+    _, tokens = encoder.encode_tokens([query, *context])
+    return V.question_context(query, context, tokens[0], tokens[1:])
+
+
+def _question_row(encoder: Any, query: str, answer: str, context: tuple[str, ...]) -> dict[str, float]:
+    return dict(zip(V.QUESTION_FEATURES, V.question_features(query, answer, context, _prepared(encoder, query, context))))
+
+
+def test_question_features_locate_the_answer_and_its_type(encoder: Any) -> None:
     passage = "Rollo settled in Normandy. In 911, Rollo swore fealty to King Charles III."
     q = "In what year did Rollo swear fealty?"
-    right = dict(zip(V.QUESTION_FEATURES, V.question_features(q, "911", (passage,))))
-    wrong = dict(zip(V.QUESTION_FEATURES, V.question_features(q, "Normandy", (passage,))))
+    right = _question_row(encoder, q, "911", (passage,))
+    wrong = _question_row(encoder, q, "Normandy", (passage,))
     assert right["answer_located"] == wrong["answer_located"] == 1.0
     assert right["question_overlap_gap"] == 0.0 and wrong["question_overlap_gap"] < 0.0
     assert right["type_match"] == 1.0 and wrong["type_mismatch"] == 1.0
+
+
+def test_question_focus_reads_the_words_around_the_answer_from_the_token_states(encoder: Any) -> None:
+    """Two answers of the same type in one passage: the one next to what the question asks about
+    has the question's focus around it; the other does not (its gap to the chunk's best focus is
+    lower). Located by its content words when not verbatim; nowhere in the context: below both."""
+    passage = (
+        "The castle was finished in 1204 after a long siege by the French king. "
+        "Many years later, in 1450, the town was rebuilt by merchants from Flanders after a fire."
+    )
+    q = "When was the town rebuilt by the merchants?"
+    right = _question_row(encoder, q, "1450", (passage,))
+    wrong = _question_row(encoder, q, "1204", (passage,))
+    assert right["type_match"] == wrong["type_match"] == 1.0  # the type cannot tell them apart
+    assert right["question_focus_gap"] > wrong["question_focus_gap"]
+    assert -0.5 < wrong["question_focus_gap"] < right["question_focus_gap"] <= 1e-9
+    reworded = _question_row(encoder, q, "It was rebuilt in 1450 by Flanders merchants.", (passage,))
+    assert reworded["answer_located"] == 0.0 and reworded["question_focus_gap"] > wrong["question_focus_gap"]
+    absent = _question_row(encoder, q, "Tokyo", (passage,))
+    assert absent["question_focus_gap"] < wrong["question_focus_gap"]
+
+
+def test_question_focus_past_the_encoder_window_falls_back_to_absent(encoder: Any) -> None:
+    """An answer found only beyond the chunk's 256-token window has no token states to read: it
+    gets the 'nowhere' value, never an error or a stale piece."""
+    chunk = "Filler words about nothing in particular here. " * 60 + "The bridge opened in 1890."
+    q = "When did the bridge open?"
+    row = _question_row(encoder, q, "1890", (chunk,))
+    prepared = _prepared(encoder, q, (chunk,))
+    assert row["answer_located"] == 1.0
+    assert row["question_focus_gap"] == pytest.approx(-prepared.chunks[0].focus_best)
+
+
+def test_question_context_needs_one_token_state_per_chunk(encoder: Any) -> None:
+    _, tokens = encoder.encode_tokens(["Who?", "A chunk."])
+    with pytest.raises(ValueError, match="chunk_tokens: 1 token states for 2 chunks"):
+        V.question_context("Who?", ["A chunk.", "Another."], tokens[0], tokens[1:])
 
 
 def test_mil_takes_each_answers_least_supported_claim() -> None:
@@ -145,22 +191,23 @@ def test_synthetic_edits_are_what_they_say() -> None:
     assert D.synthetic_examples(src, 1) == D.synthetic_examples(src, 1)
 
 
-def test_question_context_reads_each_chunk_once_whatever_the_question() -> None:
+def test_question_context_reads_each_chunk_once_whatever_the_question(encoder: Any) -> None:
     """A retrieved chunk's sentences and words are computed once per chunk text; only the question's
-    positions in it are per request."""
+    positions in it (and its focus tables) are per request."""
     chunk = "The Normans were descended from Norse raiders. They settled in Normandy in the 10th century."
     V.CHUNK_WORDS_CACHE.clear()
-    a = V.question_context("Who were the Normans descended from?", [chunk])
-    b = V.question_context("When did they settle in Normandy?", [chunk])
+    a = _prepared(encoder, "Who were the Normans descended from?", [chunk])
+    b = _prepared(encoder, "When did they settle in Normandy?", [chunk])
     assert (V.CHUNK_WORDS_CACHE.misses, V.CHUNK_WORDS_CACHE.hits) == (1, 1)
     assert a.chunks[0].sentences is b.chunks[0].sentences
     words = [w for _, w in a.chunks[0].words]
     assert [words[k] for k in a.chunks[0].qpos] == [w for w in words if w in a.qw] != []
     assert a.chunks[0].qpos != b.chunks[0].qpos
     long_chunk = chunk * 60  # beyond MAX_CACHED_TEXT_CHARS: computed each time, never kept
-    V.question_context("Who?", [long_chunk])
+    _prepared(encoder, "Who?", [long_chunk])
     assert len(V.CHUNK_WORDS_CACHE) == 1
     # and the features are what they were without the cache
-    x = V.question_features("Who were the Normans descended from?", "Norse raiders", [chunk], prepared=a)
+    x = V.question_features("Who were the Normans descended from?", "Norse raiders", [chunk], a)
     V.CHUNK_WORDS_CACHE.clear()
-    assert np.array_equal(x, V.question_features("Who were the Normans descended from?", "Norse raiders", [chunk]))
+    again = _prepared(encoder, "Who were the Normans descended from?", [chunk])
+    assert np.array_equal(x, V.question_features("Who were the Normans descended from?", "Norse raiders", [chunk], again))
