@@ -43,7 +43,8 @@ METRIC_DEFINITIONS = {
     "from a small monotone perceptron over term, entity, number and embedding evidence (models/verifier.json)",
     "answer_relevancy": "cosine similarity between the query and the response",
     "question_fit": "probability that the answer sits where the context answers this question "
-    "(question overlap around the located answer, expected answer type)",
+    "(how much of the question the context says around the located answer, read from the encoder's token "
+    "states and from word overlap; expected answer type)",
     "context_relevance": "mean cosine similarity between the query and the context chunks",
     "context_precision": "rank-aware precision of the chunks that supported claims rest on (RAGAS definition)",
     "context_recall": "share of the reference answer's sentences supported by the context",
