@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "KernelInputError": "certus.kernels.validation",
     "alignment_rows": "certus.kernels.alignment",
     "N_ALIGNMENT": "certus.kernels.alignment",
+    "PERFECT_ALIGNMENT": "certus.kernels.alignment",
     "best_match": "certus.kernels.alignment",
     "focus_at": "certus.kernels.focus",
     "focus_tables": "certus.kernels.focus",
@@ -47,7 +48,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "warmup"])
 
 if TYPE_CHECKING:
-    from certus.kernels.alignment import N_ALIGNMENT, alignment_rows, best_match
+    from certus.kernels.alignment import N_ALIGNMENT, PERFECT_ALIGNMENT, alignment_rows, best_match
     from certus.kernels.focus import focus_at, focus_tables
     from certus.kernels.grounding import term_grounding, term_grounding_matrix
     from certus.kernels.numbers import NUMBER_CURRENCY, NUMBER_PERCENT, NUMBER_PLAIN, extract_numbers

@@ -21,6 +21,9 @@ from certus.kernels.validation import KernelInputError, require_array
 
 N_ALIGNMENT = 5
 UNSUPPORTED_BELOW = 0.5
+# the row of a claim whose every content token has an exact match (each cosine 1.0); also what a
+# claim with no content token gets
+PERFECT_ALIGNMENT = (1.0, 1.0, 0.0, 0.0, 1.0)
 
 
 @njit("float64[:, ::1](float32[::1], int64[::1], float64)", cache=True, nogil=True)

@@ -10,6 +10,11 @@
   seed; each source (QA, dialogue, summarization) weighs the same. Fit on the "train" parts; the
   epoch count is the one with the best mean AUC on the "val" parts (see
   ``certus.sidecar.toolkit.validate.part_of``). The "test" parts are never read here.
+- Quotes: serving gives a claim the context states word for word the token alignment of an exact
+  match (``Scorer.evidence``, ``verifier.quoted``). The perceptron is fit on the alignment as
+  computed, without that credit. Both ways were compared on the val parts: with the credit applied
+  at serving only, qa 0.935 -> 0.996, dialogue 0.688 and summarization 0.892 unchanged; also fit
+  with it, qa 0.996 but dialogue 0.665 and summarization 0.876.
 - Question fit: L2-regularised logistic regression (Newton's method) over
   :data:`certus.sidecar.verifier.QUESTION_FEATURES` on SQuAD's training article (gold answer vs the
   gold answer of another question on the same passage); the L2 strength is the one of
@@ -89,7 +94,12 @@ class FeatureSource:
                 v, ts = vecs[at], [tokens[i] for i in at]
                 ctx = self.scorer.request_context(inp, lay, v, ts)
                 ev = self.scorer.evidence(
-                    inp.response, lay.claim_spans, np.ascontiguousarray(v[lay.claims]), ts[lay.claims], ctx
+                    inp.response,
+                    lay.claim_spans,
+                    np.ascontiguousarray(v[lay.claims]),
+                    ts[lay.claims],
+                    ctx,
+                    credit_quotes=False,
                 )
                 rows.append(ev.rows)
                 owner.append(np.full(len(ev.rows), b + k, dtype=np.int64))

@@ -249,25 +249,45 @@ class Scorer:
         )
 
     def evidence(
-        self, text: str, spans: np.ndarray, claim_vecs: np.ndarray, claim_tokens: Sequence[Any], ctx: RequestContext
+        self,
+        text: str,
+        spans: np.ndarray,
+        claim_vecs: np.ndarray,
+        claim_tokens: Sequence[Any],
+        ctx: RequestContext,
+        credit_quotes: bool = True,
     ) -> ClaimEvidence:
         """The verifier's view of the sentences ``spans`` of ``text`` (their vectors and
-        ``TokenStates``) against the request's chunks and query."""
+        ``TokenStates``) against the request's chunks and query. ``credit_quotes``: a sentence the
+        context states word for word gets the alignment of an exact match (below); the verifier's
+        trainer reads the alignment as computed (``credit_quotes=False``)."""
         sentences = [text[s:e] for s, e in spans]
         claim_f = [self.features(c) for c in sentences]
         chunk_f = ctx.features
         cos = np.clip(kernels.cosine_matrix(claim_vecs, ctx.vecs), 0.0, 1.0)
-        a, b = kernels.pack_features(claim_f), kernels.pack_features(chunk_f)
+        # Glued words separated ("26 May 2014The 1975", scraped text): the terms and figures of that
+        # text count as the chunk's too ("2014The" is a word, "2014" a number). CERT's own measures
+        # keep the text as given.
+        extra: set[int] = set()
+        read_f = list(chunk_f)
+        for k, c in enumerate(ctx.texts):
+            u = verifier.unglued(c)
+            if u is not None:
+                fu = self.features(u)
+                extra.update(fu.terms.tolist())
+                read_f[k] = kernels.TextFeatures(chunk_f[k].terms, np.concatenate([chunk_f[k].numbers, fu.numbers]))
+        a, b = kernels.pack_features(claim_f), kernels.pack_features(read_f)
         g = kernels.term_grounding_matrix(a.term_offsets, a.terms, b.term_offsets, b.terms)
         n = kernels.numeric_matrix(a.number_offsets, a.numbers, b.number_offsets, b.numbers)
         q_terms = set(ctx.query_features.terms.tolist()) if ctx.query_features is not None else set()
-        extra: set[int] = set()
-        for c in ctx.texts:
-            u = verifier.unglued(c)
-            if u is not None:
-                extra.update(self.features(u).terms.tolist())
-        rows, reasons = verifier.claim_features(sentences, claim_f, chunk_f, q_terms, extra, cos, g, n)
-        rows = np.hstack([rows, self.alignment(sentences, claim_tokens, ctx.tokens, ctx.query_tokens)])
+        rows, reasons = verifier.claim_features(sentences, claim_f, read_f, q_terms, extra, cos, g, n)
+        align = self.alignment(sentences, claim_tokens, ctx.tokens, ctx.query_tokens)
+        # A claim the context states word for word is matched to its own occurrence there (each of
+        # its tokens to itself). Its own contextual states would not do: a short quote ("28", "26
+        # May 2014") read alone has states unlike the same words inside the context's sentence.
+        if credit_quotes:
+            align[verifier.quoted(sentences, ctx.texts)] = kernels.PERFECT_ALIGNMENT * 2  # both blocks
+        rows = np.hstack([rows, align])
         probs = self.verifier.claim_probabilities(rows)
         # the chunk a claim rests on: most of its terms and figures, then its meaning (CERT's weights)
         best = (0.2 * cos + 0.8 * g * n).argmax(axis=1)

@@ -132,6 +132,38 @@ def content_words(text: str) -> list[str]:
     return [_stem(w) for w in _WORD.findall(text.lower()) if w not in stop and len(w) > 1]
 
 
+_QUOTE_EDGES = " \t\r\n.!?;:,\"'\u201c\u201d\u2018\u2019()[]"
+_SPACES = re.compile(r"\s+")
+
+
+def _plain(text: str) -> str:
+    return _SPACES.sub(" ", text.lower())
+
+
+def quoted(claims: Sequence[str], chunks: Sequence[str]) -> np.ndarray:
+    """bool[k]: claim i is a verbatim quote of a chunk: it has a content word, and its text (case,
+    the punctuation and quotes around it, and runs of white space aside) occurs in a chunk (or in
+    the chunk with glued words separated, see :func:`unglued`) between word boundaries."""
+    texts = [_plain(c) for c in chunks] + [_plain(u) for c in chunks if (u := unglued(c)) is not None]
+    out = np.zeros(len(claims), dtype=bool)
+    for i, claim in enumerate(claims):
+        needle = _plain(claim).strip(_QUOTE_EDGES)
+        if not needle or not content_words(needle):
+            continue
+        out[i] = any(_bounded_find(t, needle) for t in texts)
+    return out
+
+
+def _bounded_find(text: str, needle: str) -> bool:
+    at = text.find(needle)
+    while at >= 0:
+        end = at + len(needle)
+        if (at == 0 or not text[at - 1].isalnum()) and (end == len(text) or not text[end].isalnum()):
+            return True
+        at = text.find(needle, at + 1)
+    return False
+
+
 def entity_terms(text: str) -> set[int]:
     """Term hashes of the capitalised words of ``text`` that do not start a sentence."""
     words = _CAPITALISED.findall(text)

@@ -45,6 +45,7 @@ from certus.sidecar.domain import EvaluateInput
 from certus.sidecar.toolkit import roc
 from certus.sidecar.toolkit.engine import OfflineScorer
 from certus.sidecar.toolkit.progress import Progress
+from certus.sidecar.verifier import quoted as quoted_claims
 
 REPORTED_METRICS = (
     "confidence",
@@ -59,8 +60,11 @@ REPORTED_METRICS = (
 # - faithfulness_v0: the faithfulness formula before the learned verifier (share of claims whose best
 #   chunk gives 0.2 * cosine + 0.8 * grounding * numeric >= 0.75), from the same claims;
 # - token_overlap: share of the answer's lower-cased content words (stop words out) found in the context;
-# - shorter_answer: minus the answer's word count (HaluEval's hallucinated answers run longer).
-BASELINES = ("faithfulness_v0", "token_overlap", "shorter_answer")
+# - shorter_answer: minus the answer's word count (HaluEval's hallucinated answers run longer);
+# - quote_or_overlap: 1 + token_overlap when the whole answer is a verbatim quote of the context
+#   (``verifier.quoted``, which faithfulness also credits), else token_overlap: what the quote rule
+#   alone would buy.
+BASELINES = ("faithfulness_v0", "token_overlap", "shorter_answer", "quote_or_overlap")
 CERT_CLAIM = {"dataset": "SQuAD v2", "roc_auc": 0.961, "accuracy": 0.953, "threshold": 0.46, "separation_sigma": 0.247}
 VALIDATION_FORMAT = "certus.validation/v1"
 DATASETS = (
@@ -440,6 +444,8 @@ async def score_examples(
     out["faithfulness_v0"] = np.array([_faithfulness_v0(s.claims) for s in scores])
     out["token_overlap"] = np.array([_overlap(i.response, i.context) for i in inputs])
     out["shorter_answer"] = np.array([-float(len(i.response.split())) for i in inputs])
+    quoted = np.array([bool(quoted_claims([i.response], i.context)[0]) for i in inputs])
+    out["quote_or_overlap"] = out["token_overlap"] + quoted
     return out
 
 

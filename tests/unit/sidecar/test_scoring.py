@@ -227,3 +227,21 @@ def test_token_alignment_finds_the_claim_words_the_context_lacks(encoder: Any) -
     none = Scorer.alignment(["It is."], encoder.encode_tokens(["It is."])[1], stacked([tokens[2].states], dim),
                             stacked([], dim))
     assert none[0, :5].tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_a_short_quote_of_the_context_is_supported(encoder: Any) -> None:
+    """A short answer copied from the context ("28", a date, a name) is supported: its tokens are
+    matched to their own occurrence there. Read alone, their contextual states differ from the same
+    words in the context's sentence, and such answers used to fail (0.70 at most). A figure the
+    context does not state, or one glued to the next word, stays what it was."""
+    ctx = (
+        "The Victor Diamond Mine is owned by De Beers, which operates in 28 countries. "
+        '"Robbers" was released as the sixth single on 26 May 2014The 1975 is the band\'s debut album.',
+    )
+    q = "In how many countries does the owner operate?"
+    for answer in ("28", "26 May 2014", '"Robbers"', "De Beers."):
+        s, _ = score(encoder, answer, context=ctx, query=q)
+        assert s.values[FAITHFULNESS] >= 0.7, answer
+        assert s.claims[0].chunk_index == 0 and s.claims[0].reason == "", answer
+    wrong, _ = score(encoder, "29", context=ctx, query=q)
+    assert wrong.values[FAITHFULNESS] < 0.7 and wrong.claims[0].reason == "number_contradicted"

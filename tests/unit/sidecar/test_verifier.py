@@ -85,6 +85,28 @@ def test_glued_knowledge_is_separated_and_names_are_found_mid_sentence() -> None
     assert V.entity_terms("the film starred tom hanks.") == set()
 
 
+def test_quoted_claims_occur_word_for_word_between_word_boundaries() -> None:
+    ctx = [
+        '"Robbers" is a song released on 26 May 2014The 1975 is the album.\nIt  operates in 28 countries.',
+        "Monson is a town in Piscataquis County.",
+    ]
+    claims = {
+        "26 May 2014": True,  # glued to the next word ("2014The"): found once the words are separated
+        "Piscataquis": True,
+        "28.": True,  # the sentence's full stop is not part of the quote
+        '"Robbers"': True,
+        "it operates in 28 countries": True,  # case and the line break / double space aside
+        "No.": False,  # no content word (and "no" only occurs inside "Monson")
+        "song released on 26": True,
+        "songs": False,  # "song" + "s": not a whole word of the context
+        "operates in 29 countries": False,
+        "Piscataquis County is big.": False,
+        "": False,
+    }
+    assert V.quoted(list(claims), ctx).tolist() == list(claims.values())
+    assert V.quoted([], ctx).tolist() == [] and V.quoted(["28"], []).tolist() == [False]
+
+
 def _prepared(encoder: Any, query: str, context: list[str] | tuple[str, ...]) -> V.QuestionContext:
     _, tokens = encoder.encode_tokens([query, *context])
     return V.question_context(query, context, tokens[0], tokens[1:])
