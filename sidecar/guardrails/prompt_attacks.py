@@ -13,6 +13,12 @@ Per source text:
    confidence becomes ``noisy_or(rule, p)`` with the overlapping segment's score, and a segment
    with no rule hit whose score is >= ``LEARNED_FLOOR`` is reported on its own
    (``injection_classifier`` / ``jailbreak_classifier``).
+
+The jailbreak head reads the query only (:data:`LEARNED_ON_CONTEXT`): it was taught the user's
+prompt (jailbreaks against benign persona prompts), and a retrieved document is not a prompt to
+the model; on encyclopedic text about machines and models it fired (3 of 48 paragraphs of an
+unseen SQuAD article). Attacks hidden in retrieved documents are indirect prompt injection: the
+injection rules and head, and the jailbreak rules, still scan every chunk.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from dataclasses import dataclass
 from certus.sidecar.cache import LruCache, text_key
 from certus.sidecar.domain import EvaluateInput, GuardrailConfig, GuardrailType, GuardrailViolation, Severity
 from certus.sidecar.guardrails.attack_rules import PAYLOAD_WORDS, RULES, Rule
-from certus.sidecar.guardrails.base import make_violation, noisy_or, request_sources
+from certus.sidecar.guardrails.base import QUERY, Source, make_violation, noisy_or, request_sources
 from certus.sidecar.guardrails.encoded import InvisibleRun, decode_tag_chars, find_blobs, find_invisible
 from certus.sidecar.guardrails.learned import LearnedSignal, SegmentScore
 
 LEARNED_FLOOR = 0.5
+# whether a guardrail type's learned head also scores retrieved chunks (see the module docstring)
+LEARNED_ON_CONTEXT = {GuardrailType.PROMPT_INJECTION: True, GuardrailType.JAILBREAK: False}
 FINDINGS_CACHE_ENTRIES = 20_000  # per guardrail type; context chunks repeat across RAG requests
 
 _SEVERITY = {
@@ -85,25 +93,33 @@ class PromptAttackGuardrail:
         # scanned once; keyed by content hash, never by content
         self._findings: LruCache[tuple[_Hit, ...]] = LruCache(FINDINGS_CACHE_ENTRIES)
 
+    def _reads_learned(self, src: Source) -> bool:
+        return self.learned is not None and (src.name == QUERY or LEARNED_ON_CONTEXT[self.guardrail_type])
+
+    def _key(self, src: Source) -> bytes:
+        # the same text is cached apart as a query and as a chunk when only one of them gets the head
+        return text_key(src.text) + (b"L" if self._reads_learned(src) else b"R")
+
     def unscanned(self, inp: EvaluateInput) -> list[str]:
-        """The query/context texts whose findings are not cached yet."""
+        """The query/context texts the learned signal will score (not cached yet)."""
         return [
             s.text
             for s in request_sources(inp, query=True, context=True, response=False)
-            if self._findings.peek(text_key(s.text)) is None
+            if self._reads_learned(s) and self._findings.peek(self._key(s)) is None
         ]
 
     def detect(self, inp: EvaluateInput, cfg: GuardrailConfig) -> list[GuardrailViolation]:
         sources = list(request_sources(inp, query=True, context=True, response=False))
-        keys = [text_key(s.text) for s in sources]
+        keys = [self._key(s) for s in sources]
         findings = [self._findings.get(k) for k in keys]
         todo = [i for i, f in enumerate(findings) if f is None]
         if todo:
-            scores: list[list[SegmentScore]] = [[] for _ in todo]
-            if self.learned is not None:
-                scores = self.learned.score_texts([sources[i].text for i in todo])
-            for i, segs in zip(todo, scores):
-                findings[i] = tuple(self._hits(sources[i].text, segs))
+            learned = [i for i in todo if self._reads_learned(sources[i])]
+            scores: dict[int, list[SegmentScore]] = {}
+            if learned and self.learned is not None:
+                scores = dict(zip(learned, self.learned.score_texts([sources[i].text for i in learned])))
+            for i in todo:
+                findings[i] = tuple(self._hits(sources[i].text, scores.get(i, [])))
                 self._findings.put(keys[i], findings[i])
         out: list[GuardrailViolation] = []
         for src, hits in zip(sources, findings):
