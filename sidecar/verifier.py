@@ -23,10 +23,15 @@ A two-layer perceptron maps a row to P(supported). The response's ``faithfulness
 supported claim's probability (the model was trained so: a response is faithful only when every
 claim is), so one invented sentence fails a long answer.
 
+A claim the context states word for word (:func:`quoted`) gets the alignment of an exact match
+(the scoring stage applies it; the model is fit without it).
+
 ``question_fit`` (logistic regression) asks whether the answer sits where the context answers *this*
-question: it locates the context sentence that carries the answer's terms, and compares how much of
-the question that sentence (and the words around the answer) shares with the best question-matching
-sentence, plus whether the question's expected answer type (a number, a date, a name) fits.
+question: it locates the answer in the context, reads from the token states how much of the question
+the context says around it against the most it says anywhere in the chunk (``kernels.focus``), and
+compares how much of the question the answer's sentence (and the words around the answer) shares
+with the best question-matching sentence, plus whether the question's expected answer type (a
+number, a date, a name) fits.
 """
 
 from __future__ import annotations
@@ -150,18 +155,17 @@ def quoted(claims: Sequence[str], chunks: Sequence[str]) -> np.ndarray:
         needle = _plain(claim).strip(_QUOTE_EDGES)
         if not needle or not content_words(needle):
             continue
-        out[i] = any(_bounded_find(t, needle) for t in texts)
+        out[i] = any(_whole_words_at(t, needle) for t in texts)
     return out
 
 
-def _bounded_find(text: str, needle: str) -> bool:
-    at = text.find(needle)
-    while at >= 0:
-        end = at + len(needle)
-        if (at == 0 or not text[at - 1].isalnum()) and (end == len(text) or not text[end].isalnum()):
-            return True
-        at = text.find(needle, at + 1)
-    return False
+def _whole_words_at(text: str, needle: str) -> bool:
+    """Whether ``needle`` occurs in ``text`` with no letter or digit right before or after it."""
+    n = len(needle)
+    return any(
+        (at == 0 or not text[at - 1].isalnum()) and (at + n == len(text) or not text[at + n].isalnum())
+        for at in _occurrences(text, needle).tolist()
+    )
 
 
 def entity_terms(text: str) -> set[int]:
