@@ -312,11 +312,16 @@ class Scorer:
     ) -> tuple[Claim, ...]:
         out = []
         thr = self.cfg.claim_support_threshold
+        # each chunk's sentences once per request, whatever its size (the LRU keeps short ones
+        # across requests; a long chunk must not be split again for every claim it supports)
+        sentences: dict[int, tuple[np.ndarray, Any]] = {}
         for i, (s, e) in enumerate(spans):
             j = int(ev.best[i])
             p = float(ev.probabilities[i])
             ok = p >= thr
-            cs, ce = self._support_span(context[j], ev.claim_f[i]) if ok else (0, 0)
+            if ok and j not in sentences:
+                sentences[j] = self._chunk_sentences.get_or_make(context[j], self._sentences_packed)
+            cs, ce = self._support_span(context[j], ev.claim_f[i], *sentences[j]) if ok else (0, 0)
             out.append(
                 Claim(
                     start=int(s),
@@ -334,9 +339,10 @@ class Scorer:
             )
         return tuple(out)
 
-    def _support_span(self, chunk: str, claim_f: "kernels.TextFeatures") -> tuple[int, int]:
-        """Char offsets of the chunk sentence that shares most of the claim's terms and figures."""
-        spans, p = self._chunk_sentences.get_or_make(chunk, self._sentences_packed)
+    @staticmethod
+    def _support_span(chunk: str, claim_f: "kernels.TextFeatures", spans: np.ndarray, p: Any) -> tuple[int, int]:
+        """Char offsets of the chunk sentence that shares most of the claim's terms and figures
+        (``spans``, ``p``: the chunk's :meth:`_sentences_packed`)."""
         if p is None:
             return 0, len(chunk)
         c = kernels.pack_features([claim_f])

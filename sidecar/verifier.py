@@ -346,13 +346,26 @@ def _question_type(query: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _ChunkWords:
+class _ChunkParts:
+    """A chunk's sentences and stemmed words, whatever the question (cached per chunk text)."""
+
     low: str
     sentences: list[tuple[int, int, frozenset[str], str]]  # (start, end, content words, lower-cased text)
+    sentence_starts: list[int]
+    sentences_of: dict[str, np.ndarray]  # content word -> int64 indices of the sentences that have it
     words: list[tuple[int, str]]  # (char offset, stem) of every word
     starts: list[int]
     ends: list[int]
-    qpos: list[int]  # word indices of the question's words
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkWords:
+    """A chunk as one question sees it: its parts, where the question's words are, how much of the
+    question each sentence shares, and the question's focus tables over its token states."""
+
+    parts: _ChunkParts
+    qpos: list[int]  # word indices of the question's words (rising)
+    overlap: np.ndarray  # float64 per sentence: share of the question's content words it has
     pieces: np.ndarray  # int64[n, 2] char span of each of the chunk's encoder pieces
     focus_best: float  # kernels.focus_tables: the question's best focus anywhere in the chunk
     fwd: np.ndarray
@@ -366,26 +379,32 @@ class QuestionContext:
     focus tables over each chunk's token states."""
 
     qw: frozenset[str]
+    qtype: str  # the answer type the question expects (num, date, name, other)
     chunks: list[_ChunkWords]
 
 
-_ChunkParts = tuple[str, list[tuple[int, int, frozenset[str], str]], list[tuple[int, str]], list[int], list[int]]
 CHUNK_WORDS_CACHE: LruCache[_ChunkParts] = LruCache(512)
 
 
 def _chunk_parts(chunk: str) -> _ChunkParts:
     """A chunk's sentences and stemmed words, whatever the question (:data:`CHUNK_WORDS_CACHE` keeps
-    them per chunk text: retrieved chunks repeat across requests). Callers must not mutate the lists."""
+    them per chunk text: retrieved chunks repeat across requests). Callers must not mutate them."""
     low = chunk.lower()
     spans = kernels.split_sentences(chunk)
     matches = list(_WORD.finditer(low))
     words = [(m.start(), _stem(m.group(0))) for m in matches]
     sentences = []
+    index: dict[str, list[int]] = {}
     for s, e in spans.tolist() if len(spans) else [(0, len(chunk))]:
         cw = frozenset(content_words(low[s:e]))
         if cw:
+            for w in cw:
+                index.setdefault(w, []).append(len(sentences))
             sentences.append((s, e, cw, low[s:e]))
-    return low, sentences, words, [w[0] for w in words], [m.end() for m in matches]
+    sentences_of = {w: np.array(ids, dtype=np.int64) for w, ids in index.items()}
+    return _ChunkParts(
+        low, sentences, [st[0] for st in sentences], sentences_of, words, [w[0] for w in words], [m.end() for m in matches]
+    )
 
 
 def question_context(query: str, context: Sequence[str], query_tokens: Any, chunk_tokens: Sequence[Any]) -> QuestionContext:
@@ -394,13 +413,29 @@ def question_context(query: str, context: Sequence[str], query_tokens: Any, chun
     if len(chunk_tokens) != len(context):
         raise ValueError(f"chunk_tokens: {len(chunk_tokens)} token states for {len(context)} chunks")
     qw = frozenset(content_words(query))
+    nq = max(1, len(qw))
     chunks = []
     for chunk, ts in zip(context, chunk_tokens):
-        low, sentences, words, starts, ends = CHUNK_WORDS_CACHE.get_or_make(chunk, _chunk_parts)
-        qpos = [k for k, (_, w) in enumerate(words) if w in qw]
+        parts = CHUNK_WORDS_CACHE.get_or_make(chunk, _chunk_parts)
+        qpos = [k for k, (_, w) in enumerate(parts.words) if w in qw]
+        overlap = np.array([len(qw & cw) / nq for _, _, cw, _ in parts.sentences], dtype=np.float64)
         best, fwd, bwd = kernels.focus_tables(np.ascontiguousarray(query_tokens.states @ ts.states.T))
-        chunks.append(_ChunkWords(low, sentences, words, starts, ends, qpos, ts.pieces, best, fwd, bwd))
-    return QuestionContext(qw, chunks)
+        chunks.append(_ChunkWords(parts, qpos, overlap, ts.pieces, best, fwd, bwd))
+    return QuestionContext(qw, _question_type(query), chunks)
+
+
+def _nearest(qpos: list[int], lo: int, hi: int) -> float:
+    """Word distance from the nearest question word to the answer's first or last word (99 when
+    the chunk has none of the question's words)."""
+    if not qpos:
+        return 99.0
+    best = float("inf")
+    for x in (lo, hi):
+        i = bisect.bisect_left(qpos, x)
+        for j in (i - 1, i):
+            if 0 <= j < len(qpos):
+                best = min(best, abs(qpos[j] - x))
+    return float(best)
 
 
 def _occurrences(text: str, part: str) -> np.ndarray:
@@ -445,50 +480,59 @@ def question_features(query: str, response: str, context: Sequence[str], prepare
     qw = qc.qw
     nq = max(1, len(qw))
     answer = response.strip().lower()
-    a_words = _WORD.findall(answer)
+    n_answer_words = max(1, len(_WORD.findall(answer)))
     aset = set(content_words(response))
-    located, best_ov, ans_ov, near, dist = 0.0, 0.0, 0.0, 0.0, 99.0
+    best_ov = max((float(ch.overlap.max()) for ch in qc.chunks if len(ch.overlap)), default=0.0)
+    located, ans_ov, near, dist = 0.0, 0.0, 0.0, 99.0
     focus: float | None = None
-    # (cover, ov, near, dist, chunk, char spans of the answer's words) of the best-covering sentence
-    fallback: tuple[float, float, float, float, _ChunkWords, np.ndarray] | None = None
     for ch in qc.chunks:
-        words, starts, qpos = ch.words, ch.starts, ch.qpos
-        if answer:
-            found = _occurrences(ch.low, answer)
-            if len(found):
-                gap = _focus_gap(ch, np.stack([found, found + len(answer)], axis=1))
-                if gap is not None:
-                    focus = gap if focus is None else max(focus, gap)
-        for s, e, cw, sent in ch.sentences:
-            ov = len(qw & cw) / nq
-            best_ov = max(best_ov, ov)
-            if answer and answer in sent:
-                located = 1.0
-                ans_ov = max(ans_ov, ov)
-                pos = s + sent.index(answer)
-                lo = bisect.bisect_left(starts, pos)
-                hi = lo + max(1, len(a_words)) - 1
-                near = max(near, _near(words, lo, hi, qw, nq))
-                if qpos:
-                    dist = min(dist, float(min(min(abs(k - lo), abs(k - hi)) for k in qpos)))
-            elif not located and aset:
-                cover = len(aset & cw) / len(aset)
-                if cover > 0 and (fallback is None or (cover, ov) > fallback[:2]):
-                    first, last = bisect.bisect_left(starts, s), bisect.bisect_left(starts, e)
-                    hits = [k for k in range(first, last) if words[k][1] in aset]
-                    lo, hi = hits[0], hits[-1]
-                    d = float(min(min(abs(k - lo), abs(k - hi)) for k in qpos)) if qpos else 99.0
-                    # the focus is read around each of the answer's own words here (an answer that
-                    # restates the question must not hide the question's words inside its span)
-                    own = [k for k in hits if words[k][1] not in qw] or hits
-                    spans = np.array([(starts[k], ch.ends[k]) for k in own], dtype=np.int64)
-                    fallback = (cover, ov, _near(words, lo, hi, qw, nq), d, ch, spans)
-    if not located and fallback is not None:
-        _, ans_ov, near, dist, ch, spans = fallback
-        focus = _focus_gap(ch, spans)
+        found = _occurrences(ch.parts.low, answer) if answer else np.empty(0, dtype=np.int64)
+        if not len(found):
+            continue
+        gap = _focus_gap(ch, np.stack([found, found + len(answer)], axis=1))
+        if gap is not None:
+            focus = gap if focus is None else max(focus, gap)
+        # the sentences holding the answer whole (its first occurrence in each)
+        seen: set[int] = set()
+        for pos in found.tolist():
+            i = bisect.bisect_right(ch.parts.sentence_starts, pos) - 1
+            if i < 0 or i in seen or pos + len(answer) > ch.parts.sentences[i][1]:
+                continue
+            seen.add(i)
+            located = 1.0
+            ans_ov = max(ans_ov, float(ch.overlap[i]))
+            lo = bisect.bisect_left(ch.parts.starts, pos)
+            hi = lo + n_answer_words - 1
+            near = max(near, _near(ch.parts.words, lo, hi, qw, nq))
+            dist = min(dist, _nearest(ch.qpos, lo, hi))
+    if not located and aset:
+        # the sentence holding most of the answer's content words (then most of the question's;
+        # the first on a tie), found through each chunk's word -> sentences index
+        best: tuple[float, float, int, int] | None = None  # (cover, overlap, chunk, sentence)
+        for c, ch in enumerate(qc.chunks):
+            postings = [ids for w in aset if (ids := ch.parts.sentences_of.get(w)) is not None]
+            if not postings:
+                continue
+            cover = np.bincount(np.concatenate(postings), minlength=len(ch.overlap)) / len(aset)
+            top = np.flatnonzero(cover == cover.max())
+            i = int(top[np.argmax(ch.overlap[top])])  # the first of the best
+            cand = (float(cover[i]), float(ch.overlap[i]))
+            if best is None or cand > best[:2]:
+                best = (*cand, c, i)
+        if best is not None:
+            ans_ov, ch = best[1], qc.chunks[best[2]]
+            words, starts = ch.parts.words, ch.parts.starts
+            s, e = ch.parts.sentences[best[3]][:2]
+            hits = [k for k in range(bisect.bisect_left(starts, s), bisect.bisect_left(starts, e)) if words[k][1] in aset]
+            lo, hi = hits[0], hits[-1]
+            near, dist = _near(words, lo, hi, qw, nq), _nearest(ch.qpos, lo, hi)
+            # the focus is read around each of the answer's own words here (an answer that
+            # restates the question must not hide the question's words inside its span)
+            own = [k for k in hits if words[k][1] not in qw] or hits
+            focus = _focus_gap(ch, np.array([(starts[k], ch.parts.ends[k]) for k in own], dtype=np.int64))
     if focus is None:  # the answer is nowhere in the context: none of the question is near it
         focus = -max((ch.focus_best for ch in qc.chunks), default=0.0)
-    qt, at = _question_type(query), _answer_type(response.strip())
+    qt, at = qc.qtype, _answer_type(response.strip())
     if qt == "date" and at == "num" and _YEAR.fullmatch(response.strip()):
         at = "date"  # "In what year…?" "911"
     match = 1.0 if qt == at else (0.5 if qt == "other" else 0.0)

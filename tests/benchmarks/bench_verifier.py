@@ -23,6 +23,11 @@ tokenizer, float16 copies), on the same texts.
 
 Prints p50/p90/p99 CPU milliseconds of each, the added p50 and the ratio, and, for scale, the
 encoder's time for the same request. One thread; the figures are process CPU time, not wall.
+
+``--max-request`` instead scores one request at every limit of ``sidecar/validation.py`` (a 10,000-char
+query, a 50,000-char response of ~2,000 short sentences, 50 chunks of 10,000 chars) over a
+16-word vocabulary, so every question word is everywhere and every answer word in every sentence:
+the scoring stage's worst case (CPU seconds of ``Scorer.score``, twice, encoder not counted).
 """
 
 from __future__ import annotations
@@ -113,13 +118,44 @@ def pct(x: list[float]) -> str:
     return " ".join(f"p{p}={np.percentile(a, p):.3f}" for p in (50, 90, 99))
 
 
+def max_request(encoder) -> int:  # type: ignore[no-untyped-def]
+    from certus.sidecar.validation import LIMITS
+
+    rng = np.random.default_rng(0)
+    vocab = "the of alpha beta gamma delta river castle king 1066 report revenue growth market model machine".split()
+
+    def sentence(n: int) -> str:
+        return " ".join(rng.choice(vocab, n)).capitalize() + "."
+
+    def text(n_words: int, limit: int) -> str:
+        return " ".join(sentence(n_words) for _ in range(limit // (6 * n_words)))[:limit]
+
+    inp = EvaluateInput(
+        "bench",
+        text(12, LIMITS.query_max),
+        text(4, LIMITS.response_max),
+        tuple(text(12, LIMITS.chunk_max) for _ in range(LIMITS.context_max_chunks)),
+    )
+    layout = Scorer(ScoringConfig()).layout(inp)
+    vecs, tokens = encoder.encode_tokens(layout.texts)
+    print(f"max request: {len(layout.texts)} texts ({len(layout.texts) - 1 - len(inp.context)} response sentences, "
+          f"{len(inp.context)} chunks of {len(inp.context[0])} chars, a {len(inp.query)}-char query)")
+    for run in (1, 2):
+        scorer = Scorer(ScoringConfig())
+        print(f"Scorer.score, run {run}: {cpu_ms(lambda: scorer.score(inp, layout, vecs, tokens)) / 1000:.2f} s CPU")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--max-request", action="store_true", help="score one request at every size limit instead")
     args = ap.parse_args()
     cfg = load().replace(model={"intra_op_threads": 1})
     encoder = build_encoder(cfg)
     kernels.warmup()
+    if args.max_request:
+        return max_request(encoder)
     reqs = requests(args.requests)
     enc_ms, enc_tok_ms, base_ms, new_ms, align_ms, qfit_ms, focus_ms = [], [], [], [], [], [], []
     # warm-up (Numba dispatch, verifier load) on other texts than the timed ones

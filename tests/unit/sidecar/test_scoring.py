@@ -24,6 +24,7 @@ from certus.sidecar.scoring import (
     content_mask,
     stacked,
 )
+from certus.sidecar.cache import MAX_CACHED_TEXT_CHARS
 from certus.sidecar.verifier import ALIGNMENT_FEATURES
 
 CTX = (
@@ -89,18 +90,31 @@ def test_supporting_span_is_the_sentence_of_the_chunk_that_carries_the_claim(enc
     assert chunk[c.chunk_start : c.chunk_end] == CTX[1]
 
 
-def test_each_claim_gets_its_own_sentence_of_a_shared_chunk(encoder: Any) -> None:
-    """Two claims supported by different sentences of one chunk; the chunk is split once (cached by
-    its text) and the second request over it reads the cache."""
+def test_each_claim_gets_its_own_sentence_of_a_shared_chunk(encoder: Any, monkeypatch: Any) -> None:
+    """Two claims supported by different sentences of one chunk; the chunk is split once per request
+    (not once per claim), the second request over it reads the cache, and a chunk too long for the
+    cache is still split only once per request."""
     chunk = "Apple is based in Cupertino. " + CTX[0] + " " + CTX[1]
+    response = "Q4 revenue was $89.5B, up 8%. Services reached a record $22.3 billion."
     scorer = Scorer(ScoringConfig())
+    splits = []
+    real = scorer._sentences_packed
+    monkeypatch.setattr(scorer, "_sentences_packed", lambda text: splits.append(len(text)) or real(text))
     for n in (1, 2):
-        inp = EvaluateInput(workspace_id="w", query="How did Apple do?", context=(chunk,),
-                            response="Q4 revenue was $89.5B, up 8%. Services reached a record $22.3 billion.")
+        inp = EvaluateInput(workspace_id="w", query="How did Apple do?", context=(chunk,), response=response)
         layout = scorer.layout(inp)
         s = scorer.score(inp, layout, *encoder.encode_tokens(layout.texts))
         assert [chunk[c.chunk_start : c.chunk_end] for c in s.claims] == [CTX[0], CTX[1]]
-        assert len(scorer._chunk_sentences) == 1 and scorer._chunk_sentences.hits == 2 * n - 1
+        assert len(scorer._chunk_sentences) == 1 and scorer._chunk_sentences.hits == n - 1
+    assert splits == [len(chunk)]
+    long_chunk = chunk + " The museum opens at nine on weekdays." * 120  # beyond MAX_CACHED_TEXT_CHARS
+    assert len(long_chunk) > MAX_CACHED_TEXT_CHARS
+    for _ in (1, 2):
+        inp = EvaluateInput(workspace_id="w", query="How did Apple do?", context=(long_chunk,), response=response)
+        layout = scorer.layout(inp)
+        s = scorer.score(inp, layout, *encoder.encode_tokens(layout.texts))
+        assert [long_chunk[c.chunk_start : c.chunk_end] for c in s.claims] == [CTX[0], CTX[1]]
+    assert splits == [len(chunk), len(long_chunk), len(long_chunk)]  # once per request, never kept
 
 
 def test_one_wrong_figure_fails_its_claim_and_says_why(encoder: Any) -> None:

@@ -221,8 +221,8 @@ def test_question_context_reads_each_chunk_once_whatever_the_question(encoder: A
     a = _prepared(encoder, "Who were the Normans descended from?", [chunk])
     b = _prepared(encoder, "When did they settle in Normandy?", [chunk])
     assert (V.CHUNK_WORDS_CACHE.misses, V.CHUNK_WORDS_CACHE.hits) == (1, 1)
-    assert a.chunks[0].sentences is b.chunks[0].sentences
-    words = [w for _, w in a.chunks[0].words]
+    assert a.chunks[0].parts is b.chunks[0].parts
+    words = [w for _, w in a.chunks[0].parts.words]
     assert [words[k] for k in a.chunks[0].qpos] == [w for w in words if w in a.qw] != []
     assert a.chunks[0].qpos != b.chunks[0].qpos
     long_chunk = chunk * 60  # beyond MAX_CACHED_TEXT_CHARS: computed each time, never kept
