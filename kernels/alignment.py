@@ -34,11 +34,8 @@ def _alignment_rows(best, offsets, below):  # type: ignore[no-untyped-def]
         lo, hi = offsets[i], offsets[i + 1]
         n = hi - lo
         if n == 0:  # no content piece: nothing to contradict
-            out[i, 0] = 1.0
-            out[i, 1] = 1.0
-            out[i, 2] = 0.0
-            out[i, 3] = 0.0
-            out[i, 4] = 1.0
+            for a in range(N_ALIGNMENT):
+                out[i, a] = PERFECT_ALIGNMENT[a]
             continue
         s = np.sort(best[lo:hi].astype(np.float64))
         low = 0
