@@ -116,7 +116,7 @@ class FeatureSource:
         rows = []
         for e, ctx in zip(examples, contexts):
             prepared = V.question_context(e.query, ctx, tokens[index[e.query]], [tokens[index[c]] for c in ctx])
-            rows.append(V.question_features(e.query, e.answer, ctx, prepared))
+            rows.append(V.question_features(e.answer, prepared))
         return np.array(rows)
 
 

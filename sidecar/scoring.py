@@ -113,6 +113,12 @@ class RequestContext:
     tokens: np.ndarray  # float32[t, dim] every chunk token's state, stacked
     query_features: "kernels.TextFeatures | None"
     query_tokens: np.ndarray  # float32[q, dim] (empty without a query)
+    # How the verifier reads the chunks. Glued words separated ("26 May 2014The 1975", scraped
+    # text): the terms of that text count as context terms too, and each chunk's figures include
+    # its figures ("2014The" is a word, "2014" a number). CERT's own measures keep the text as given.
+    read_features: Sequence["kernels.TextFeatures"]  # per chunk
+    glued_terms: set[int]
+    quote_texts: list[str]  # verifier.quote_texts of the chunks
 
 
 def context_precision(ev: ClaimEvidence, threshold: float) -> float:
@@ -239,13 +245,25 @@ class Scorer:
         self, inp: EvaluateInput, layout: Layout, vecs: np.ndarray, tokens: Sequence[Any]
     ) -> RequestContext:
         dim = vecs.shape[1]
+        chunk_f = [self.features(c) for c in inp.context]
+        separated = [verifier.unglued(c) for c in inp.context]
+        read_f = list(chunk_f)
+        glued_terms: set[int] = set()
+        for k, u in enumerate(separated):
+            if u is not None:
+                fu = self.features(u)
+                glued_terms.update(fu.terms.tolist())
+                read_f[k] = kernels.TextFeatures(chunk_f[k].terms, np.concatenate([chunk_f[k].numbers, fu.numbers]))
         return RequestContext(
             inp.context,
             np.ascontiguousarray(vecs[layout.chunks]),
-            [self.features(c) for c in inp.context],
+            chunk_f,
             stacked([t.states for t in tokens[layout.chunks]], dim),
             self.features(inp.query) if inp.query else None,
             stacked([tokens[layout.query].states] if inp.query else [], dim),
+            read_f,
+            glued_terms,
+            verifier.quote_texts(inp.context, separated),
         )
 
     def evidence(
@@ -263,30 +281,20 @@ class Scorer:
         trainer reads the alignment as computed (``credit_quotes=False``)."""
         sentences = [text[s:e] for s, e in spans]
         claim_f = [self.features(c) for c in sentences]
-        chunk_f = ctx.features
         cos = np.clip(kernels.cosine_matrix(claim_vecs, ctx.vecs), 0.0, 1.0)
-        # Glued words separated ("26 May 2014The 1975", scraped text): the terms and figures of that
-        # text count as the chunk's too ("2014The" is a word, "2014" a number). CERT's own measures
-        # keep the text as given.
-        extra: set[int] = set()
-        read_f = list(chunk_f)
-        for k, c in enumerate(ctx.texts):
-            u = verifier.unglued(c)
-            if u is not None:
-                fu = self.features(u)
-                extra.update(fu.terms.tolist())
-                read_f[k] = kernels.TextFeatures(chunk_f[k].terms, np.concatenate([chunk_f[k].numbers, fu.numbers]))
-        a, b = kernels.pack_features(claim_f), kernels.pack_features(read_f)
+        a, b = kernels.pack_features(claim_f), kernels.pack_features(ctx.read_features)
         g = kernels.term_grounding_matrix(a.term_offsets, a.terms, b.term_offsets, b.terms)
         n = kernels.numeric_matrix(a.number_offsets, a.numbers, b.number_offsets, b.numbers)
         q_terms = set(ctx.query_features.terms.tolist()) if ctx.query_features is not None else set()
-        rows, reasons = verifier.claim_features(sentences, claim_f, read_f, q_terms, extra, cos, g, n)
+        rows, reasons = verifier.claim_features(
+            sentences, claim_f, ctx.read_features, q_terms, ctx.glued_terms, cos, g, n
+        )
         align = self.alignment(sentences, claim_tokens, ctx.tokens, ctx.query_tokens)
         # A claim the context states word for word is matched to its own occurrence there (each of
         # its tokens to itself). Its own contextual states would not do: a short quote ("28", "26
         # May 2014") read alone has states unlike the same words inside the context's sentence.
         if credit_quotes:
-            align[verifier.quoted(sentences, ctx.texts)] = kernels.PERFECT_ALIGNMENT * 2  # both blocks
+            align[verifier.quoted(sentences, ctx.quote_texts)] = kernels.PERFECT_ALIGNMENT * 2  # both blocks
         rows = np.hstack([rows, align])
         probs = self.verifier.claim_probabilities(rows)
         # the chunk a claim rests on: most of its terms and figures, then its meaning (CERT's weights)

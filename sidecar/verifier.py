@@ -145,11 +145,19 @@ def _plain(text: str) -> str:
     return _SPACES.sub(" ", text.lower())
 
 
-def quoted(claims: Sequence[str], chunks: Sequence[str]) -> np.ndarray:
-    """bool[k]: claim i is a verbatim quote of a chunk: it has a content word, and its text (case,
-    the punctuation and quotes around it, and runs of white space aside) occurs in a chunk (or in
-    the chunk with glued words separated, see :func:`unglued`) between word boundaries."""
-    texts = [_plain(c) for c in chunks] + [_plain(u) for c in chunks if (u := unglued(c)) is not None]
+def quote_texts(chunks: Sequence[str], separated: Sequence[str | None] | None = None) -> list[str]:
+    """What :func:`quoted` searches: each chunk and, where its glued words can be separated
+    (:func:`unglued`; ``separated`` when the caller has them already), that text too; lower-cased,
+    runs of white space as one."""
+    if separated is None:
+        separated = [unglued(c) for c in chunks]
+    return [_plain(c) for c in chunks] + [_plain(u) for u in separated if u is not None]
+
+
+def quoted(claims: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+    """bool[k]: claim i is a verbatim quote of the context: it has a content word, and its text
+    (case, the punctuation and quotes around it, and runs of white space aside) occurs in one of
+    ``texts`` (:func:`quote_texts` of the chunks) between word boundaries."""
     out = np.zeros(len(claims), dtype=bool)
     for i, claim in enumerate(claims):
         needle = _plain(claim).strip(_QUOTE_EDGES)
@@ -250,7 +258,7 @@ class Verifier:
         spans = kernels.split_sentences(response)
         parts = [response[s:e] for s, e in spans] if len(spans) > 1 else [response]
         prepared = question_context(query, context, query_tokens, chunk_tokens)
-        x = np.stack([question_features(query, p, context, prepared) for p in dict.fromkeys(parts)])
+        x = np.stack([question_features(p, prepared) for p in dict.fromkeys(parts)])
         return float(_sigmoid(self.question_model.logits(x)).max())
 
 
@@ -463,18 +471,18 @@ def _focus_gap(ch: _ChunkWords, spans: np.ndarray) -> float | None:
     return float(kernels.focus_at(ch.fwd, ch.bwd, rows).max()) - ch.focus_best
 
 
-def question_features(query: str, response: str, context: Sequence[str], prepared: QuestionContext) -> np.ndarray:
-    """The :data:`QUESTION_FEATURES` row of a (query, response, context) triple; ``prepared`` is
-    :func:`question_context` of (query, context) (shared by the response's sentences).
+def question_features(response: str, prepared: QuestionContext) -> np.ndarray:
+    """The :data:`QUESTION_FEATURES` row of a response (or one of its sentences) against
+    ``prepared``, the :func:`question_context` of the request's query and chunks (shared by the
+    response's sentences).
 
     The answer is located where the context contains it verbatim (case-insensitive), otherwise in
     the sentence holding most of its content words (there, at each of its words that the question
-    does not have); then: how much of the question the context
-    says around it, from the encoder's token states, against the most the question gets anywhere
-    in its chunk (``question_focus_gap``, see ``kernels.focus``); how much of the question that
-    sentence shares, against the sentence that shares most (``gap``); how much of the question lies
-    within 12 words of the answer; how far the nearest question word is; and the expected answer
-    type.
+    does not have); then: how much of the question the context says around it, from the encoder's
+    token states, against the most the question gets anywhere in its chunk
+    (``question_focus_gap``, see ``kernels.focus``); how much of the question that sentence shares,
+    against the sentence that shares most (``gap``); how much of the question lies within 12 words
+    of the answer; how far the nearest question word is; and the expected answer type.
     """
     qc = prepared
     qw = qc.qw

@@ -40,12 +40,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from certus.sidecar import verifier
 from certus.sidecar.config import Config
 from certus.sidecar.domain import EvaluateInput
 from certus.sidecar.toolkit import roc
 from certus.sidecar.toolkit.engine import OfflineScorer
 from certus.sidecar.toolkit.progress import Progress
-from certus.sidecar.verifier import quoted as quoted_claims
 
 REPORTED_METRICS = (
     "confidence",
@@ -444,7 +444,7 @@ async def score_examples(
     out["faithfulness_v0"] = np.array([_faithfulness_v0(s.claims) for s in scores])
     out["token_overlap"] = np.array([_overlap(i.response, i.context) for i in inputs])
     out["shorter_answer"] = np.array([-float(len(i.response.split())) for i in inputs])
-    quoted = np.array([bool(quoted_claims([i.response], i.context)[0]) for i in inputs])
+    quoted = np.array([bool(verifier.quoted([i.response], verifier.quote_texts(i.context))[0]) for i in inputs])
     out["quote_or_overlap"] = out["token_overlap"] + quoted
     return out
 

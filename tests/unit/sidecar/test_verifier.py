@@ -103,8 +103,10 @@ def test_quoted_claims_occur_word_for_word_between_word_boundaries() -> None:
         "Piscataquis County is big.": False,
         "": False,
     }
-    assert V.quoted(list(claims), ctx).tolist() == list(claims.values())
-    assert V.quoted([], ctx).tolist() == [] and V.quoted(["28"], []).tolist() == [False]
+    texts = V.quote_texts(ctx)
+    assert V.quoted(list(claims), texts).tolist() == list(claims.values())
+    assert texts == V.quote_texts(ctx, [V.unglued(c) for c in ctx])  # with the separated texts given
+    assert V.quoted([], texts).tolist() == [] and V.quoted(["28"], V.quote_texts([])).tolist() == [False]
 
 
 def _prepared(encoder: Any, query: str, context: list[str] | tuple[str, ...]) -> V.QuestionContext:
@@ -113,7 +115,7 @@ def _prepared(encoder: Any, query: str, context: list[str] | tuple[str, ...]) ->
 
 
 def _question_row(encoder: Any, query: str, answer: str, context: tuple[str, ...]) -> dict[str, float]:
-    return dict(zip(V.QUESTION_FEATURES, V.question_features(query, answer, context, _prepared(encoder, query, context))))
+    return dict(zip(V.QUESTION_FEATURES, V.question_features(answer, _prepared(encoder, query, context))))
 
 
 def test_question_features_locate_the_answer_and_its_type(encoder: Any) -> None:
@@ -229,7 +231,7 @@ def test_question_context_reads_each_chunk_once_whatever_the_question(encoder: A
     _prepared(encoder, "Who?", [long_chunk])
     assert len(V.CHUNK_WORDS_CACHE) == 1
     # and the features are what they were without the cache
-    x = V.question_features("Who were the Normans descended from?", "Norse raiders", [chunk], a)
+    x = V.question_features("Norse raiders", a)
     V.CHUNK_WORDS_CACHE.clear()
     again = _prepared(encoder, "Who were the Normans descended from?", [chunk])
-    assert np.array_equal(x, V.question_features("Who were the Normans descended from?", "Norse raiders", [chunk], again))
+    assert np.array_equal(x, V.question_features("Norse raiders", again))
