@@ -69,7 +69,7 @@ lock:
 	mkdir -p $(LOCK_TMP)/src/clients && cp -r proto $(LOCK_TMP)/src/proto && cp -r clients/python $(LOCK_TMP)/src/clients/python
 	$(LOCK_TMP)/venv/bin/python -m pip wheel $(PIP_QUIET) --no-deps -w $(LOCK_TMP)/wheels ./$(LOCK_TMP)/src/clients/python
 	# certus-client is ours (installed from clients/python): resolved from the wheel just built, not pinned
-	$(COMPILE) --find-links $(LOCK_TMP)/wheels --unsafe-package certus-client --extra report --extra test \
+	$(COMPILE) --find-links $(LOCK_TMP)/wheels --unsafe-package certus-client --extra report --extra test --extra train \
 		-o requirements/dev.lock pyproject.toml requirements/build.in
 	$(COMPILE) --find-links $(LOCK_TMP)/wheels --unsafe-package certus-client --extra report \
 		-o requirements/serve.lock pyproject.toml requirements/build.in

@@ -96,6 +96,19 @@ STREET_PATTERNS = (
      r"\b(?:ul\.|ulica|via|viale|rue|calle|avenida|av\.|rua|piazza|plac|aleja)\s+(?:[\w'’.-]+\s+){0,3}\d{1,5}[a-z]?\b"),
     ("po_box", r"\bp\.?\s?o\.?\s+box\s+\d{1,6}\b"),
 )
+# Numbers that a phone or payment-card word names, though no validator accepts them: a local
+# number of a country libphonenumber is not asked about ("Phone: 467 3395"), a card number that
+# fails its checksum (a typo is still a card number). The words are Presidio's own context words
+# for these entities; the number must follow them directly ("Mobile: ...", "call me on ..."), and a
+# phone number has at least 7 digits. Every quantifier in the look-behinds is bounded: an unbounded
+# \s* there rescans a long run of white space at every position (a 49,000-space response took 60 s).
+CONTEXT_NUMBER_PATTERNS = (
+    ("PHONE_NUMBER", "phone_named",
+     r"(?<=\b(?:phone|telephone|tel|mobile|cell|cellphone|fax|call(?:\s{1,3}(?:me|us))?\s{1,3}(?:on|at))\b\s{0,3}:?\s{0,3})"
+     r"(?=(?:[\s().+-]{0,3}\d){7})(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]\d{2,4}){1,4}\b", 0.75),
+    ("CREDIT_CARD", "card_named",
+     r"(?<=\b(?:card|cc)\b(?:\s{0,3}(?:number|no\.?|#))?\s{0,3}(?:is\b|:)?\s{0,3})\d{12,19}\b", 0.8),
+)
 # spaCy labels -> Presidio entities (Presidio's own default mapping, restricted to what we report)
 NER_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "DATE": "DATE_TIME",
               "TIME": "DATE_TIME", "ORG": "ORGANIZATION"}
@@ -108,12 +121,14 @@ _NAME_SHAPE = re.compile(r"[^\W\d_](?:[^\W\d_]|[ '’.-])*")
 
 @dataclass(frozen=True, slots=True)
 class PiiSpan:
-    """One Presidio result: entity type, char offsets, score."""
+    """One finding: entity type, char offsets, score; ``learned`` when the token-state head found it
+    (not a pattern recognizer)."""
 
     entity_type: str
     start: int
     end: int
     score: float
+    learned: bool = False
 
 
 def _offline_tld_extractor() -> Any:
@@ -219,13 +234,16 @@ class _Engines:
             PhoneRecognizer(),
             CreditCardRecognizer(),
             IbanRecognizer(),
-            IpRecognizer(),
+            # "address" beside Presidio's "ip": "keep getting address 41.173.96.26 blocked"
+            IpRecognizer(context=[*IpRecognizer.CONTEXT, "address"]),
             UsSsnRecognizer(),
             PatternRecognizer(
                 supported_entity="STREET_ADDRESS",
                 patterns=[Pattern(name, regex, 0.9) for name, regex in STREET_PATTERNS],
                 context=["address", "street", "live", "lives", "located", "mail", "ship", "deliver"],
             ),
+            *(PatternRecognizer(supported_entity=entity, name=f"{name}_recognizer", patterns=[Pattern(name, regex, score)])
+              for entity, name, regex, score in CONTEXT_NUMBER_PATTERNS),
         ):
             registry.add_recognizer(rec)
         entities: tuple[str, ...] = PATTERN_ENTITIES
@@ -370,11 +388,15 @@ def defuse_long_runs(text: str) -> str:
 def _drop_nested(spans: list[PiiSpan]) -> list[PiiSpan]:
     """Presidio may report a span and a larger one around it (e.g. a phone inside an IBAN, a "date"
     inside a phone number): of overlapping spans keep a pattern recognizer's (validated formats) over
-    NER's, and NER's over ORGANIZATION (reported only on request, it must not hide a name or a
-    place), then the highest-scoring, then the longest."""
+    NER's or the head's (a number the head calls part of an address stays the phone number or SSN a
+    pattern validated), and those over ORGANIZATION (reported only on request, it must not hide a
+    name or a place), then the highest-scoring, then the longest."""
     kept: list[PiiSpan] = []
-    rank = {e: 1 for e in NER_ENTITIES} | {"ORGANIZATION": 2}
-    for s in sorted(spans, key=lambda s: (rank.get(s.entity_type, 0), -s.score, -(s.end - s.start), s.start)):
+
+    def rank(s: PiiSpan) -> int:
+        return 2 if s.entity_type == "ORGANIZATION" else 1 if s.learned or s.entity_type in NER_ENTITIES else 0
+
+    for s in sorted(spans, key=lambda s: (rank(s), -s.score, -(s.end - s.start), s.start)):
         if all(s.end <= k.start or s.start >= k.end for k in kept):
             kept.append(s)
     return sorted(kept, key=lambda s: (s.start, s.end))
@@ -408,13 +430,45 @@ class HeadNer:
             states = self.token_states(pieces)
             rest = []
             for (s, e), piece, st, found in zip(todo, pieces, states, self.head.predict_many(pieces, states)):
-                out += [PiiSpan(x.entity_type, s + x.start, s + x.end, max(x.score, HEAD_CONFIDENCE_FLOOR)) for x in found]
+                out += [PiiSpan(x.entity_type, s + x.start, s + x.end, max(x.score, HEAD_CONFIDENCE_FLOOR), True) for x in found]
                 words = st.words
                 seen = int(words[-1][1]) if len(words) else 0
                 if 0 < seen < len(piece.rstrip()):  # truncated by the encoder: continue after it
                     rest.append((s + seen, e))
             todo = [(s, e) for s, e in rest if text[s:e].strip()]
         return out
+
+
+_ADDRESS_WORD = re.compile(r"[^\W\d_]{2,}")
+_DIGIT = re.compile(r"\d")
+
+
+def _address_or_place(text: str, span: PiiSpan) -> PiiSpan | None:
+    """A street address the head found (after its lines are joined) has a number and a word. Without
+    a number it is at most a place ("moved to Lisbon": LOCATION, reported where it is personal); a
+    lone number ("300", a one-word answer) is neither. Other spans pass unchanged."""
+    if span.entity_type != "STREET_ADDRESS" or not span.learned:
+        return span
+    value = text[span.start : span.end]
+    if not _ADDRESS_WORD.search(value):
+        return None
+    if _DIGIT.search(value):
+        return span
+    return PiiSpan("LOCATION", span.start, span.end, span.score, learned=True)
+
+
+def _join_addresses(text: str, spans: list[PiiSpan]) -> list[PiiSpan]:
+    """Street-address spans that overlap or have only white space and commas between them are one
+    address (the patterns' and the head's spans of it, its lines: "Dampfærgevej 77\n7170")."""
+    out = [s for s in spans if s.entity_type != "STREET_ADDRESS"]
+    joined: list[PiiSpan] = []
+    for s in sorted((s for s in spans if s.entity_type == "STREET_ADDRESS"), key=lambda s: (s.start, s.end)):
+        prev = joined[-1] if joined else None
+        if prev is not None and (s.start <= prev.end or not text[prev.end : s.start].strip(" \t\r\n,")):
+            joined[-1] = PiiSpan(s.entity_type, prev.start, max(prev.end, s.end), max(prev.score, s.score), prev.learned and s.learned)
+        else:
+            joined.append(s)
+    return out + joined
 
 
 def _name_like(value: str) -> bool:
@@ -448,7 +502,7 @@ class PiiGuardrail:
         if self.head_ner is None or not text:
             return spans
         ner = [s for s in self.head_ner.spans(text) if s.entity_type != "PERSON" or _name_like(text[s.start : s.end])]
-        return _drop_nested(spans + ner)
+        return _drop_nested([a for s in _join_addresses(text, spans + ner) if (a := _address_or_place(text, s)) is not None])
 
     def detect(self, inp: EvaluateInput, cfg: GuardrailConfig) -> list[GuardrailViolation]:
         sources = [Source(RESPONSE, inp.response)]

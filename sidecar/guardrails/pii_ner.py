@@ -1,4 +1,4 @@
-"""PII NER on the encoder's token states: PERSON, LOCATION, DATE_TIME, ORGANIZATION spans.
+"""PII NER on the encoder's token states: PERSON, LOCATION, DATE_TIME, ORGANIZATION, STREET_ADDRESS spans.
 
 The sidecar already runs MiniLM over every response sentence (the claims of faithfulness) and keeps
 each sentence's contextual token states (``models.encoder.TokenStates``). A small head on those
@@ -18,8 +18,9 @@ to the tokenizer.
 
 The weights (``data/pii_ner_head.npz``, no pickle) are trained by
 ``python -m certus.sidecar.guardrails.train_pii_ner`` from ``../shared/data`` text labelled by spaCy's
-``en_core_web_sm`` as the teacher (never on the presidio-research synth sentences the benchmark
-measures on).
+``en_core_web_sm`` as the teacher, and from template sentences with Faker addresses for
+STREET_ADDRESS, which spaCy does not label (:mod:`certus.sidecar.guardrails.synth_addresses`); never on
+the presidio-research synth sentences the benchmark measures on.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy.typing as npt
 DATA_DIR = Path(__file__).with_name("data")
 HEAD_FILE = DATA_DIR / "pii_ner_head.npz"
 
-ENTITIES = ("PERSON", "LOCATION", "DATE_TIME", "ORGANIZATION")
+ENTITIES = ("PERSON", "LOCATION", "DATE_TIME", "ORGANIZATION", "STREET_ADDRESS")
 LABELS = ("O",) + tuple(f"{p}-{e}" for e in ENTITIES for p in ("B", "I"))
 SHAPE_FEATURES = (
     "title",

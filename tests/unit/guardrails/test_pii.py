@@ -206,9 +206,10 @@ def test_organisations_only_when_the_manifest_lists_them(pii_suite: GuardrailSui
     assert "ORGANIZATION" not in detectors(scan_one(pii_suite, PII, inp))
     cfg = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0, entities=("ORGANIZATION",))
     vs = scan_one(pii_suite, PII, inp, cfg)
-    # and nothing else (spaCy's span takes "the" in, the head's does not)
+    # and nothing else. spaCy's span takes "the" in; the head's may stop short of the legal form
+    # ("Acme": its ORGANIZATION spans agree with spaCy's at val F2 0.37 only, see docs/guardrails.md)
     assert [v.detector for v in vs] == ["ORGANIZATION"]
-    assert text_of(inp, vs[0]) in ("the Acme Corporation", "Acme Corporation")
+    assert text_of(inp, vs[0]) in ("the Acme Corporation", "Acme Corporation", "Acme")
     assert vs[0].severity is Severity.LOW and vs[0].remediation
 
 
@@ -225,3 +226,78 @@ def test_a_pattern_entity_wins_over_an_overlapping_ner_date(pii_suite: Guardrail
     # spaCy calls parts of phone numbers DATE; the validated phone number must survive
     inp = req(response="Call her on 212-555-0199 tomorrow.")
     assert ("PHONE_NUMBER", "212-555-0199") in {(v.detector, text_of(inp, v)) for v in scan_one(pii_suite, PII, inp)}
+
+
+@pytest.mark.parametrize(
+    ("response", "entity", "value"),
+    [
+        ("Contact\nPhone:\n512 7730\nEmail: none", "PHONE_NUMBER", "512 7730"),
+        ("Please call me on 38 207 114 when you land.", "PHONE_NUMBER", "38 207 114"),
+        ("Mobile: +47 (0)2 118 640 21", "PHONE_NUMBER", "+47 (0)2 118 640 21"),
+        ("Block my card 5311802297415520, it was stolen.", "CREDIT_CARD", "5311802297415520"),
+        ("Refund it to card # 480211937765 please.", "CREDIT_CARD", "480211937765"),
+        ("The cc number is 6011239987451203908.", "CREDIT_CARD", "6011239987451203908"),
+    ],
+)
+def test_a_number_named_by_a_phone_or_card_word_is_reported_though_no_validator_accepts_it(
+    pii_suite: GuardrailSuite, response: str, entity: str, value: str
+) -> None:
+    """A local number of a country libphonenumber is not asked about, or a card number failing its
+    checksum, is still a phone or card number when the sentence says so; the default policy reports it."""
+    inp = req(response=response)
+    vs = scan_one(pii_suite, PII, inp, GuardrailConfig())
+    assert (entity, value) in {(v.detector, text_of(inp, v)) for v in vs}
+    assert_no_content(inp, vs)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "We can call at 10 30 tomorrow.",  # under 7 digits: a time, not a phone number
+        "The card game 52 has 1234 players.",  # numbers near "card", not named by it
+        "Order 4111 1111 1111 1112 ships today.",  # fails Luhn and no card word names it
+    ],
+)
+def test_numbers_near_those_words_but_not_named_by_them_are_not_reported(pii_suite: GuardrailSuite, response: str) -> None:
+    found = detectors(scan_one(pii_suite, PII, req(response=response)))
+    assert not found & {"PHONE_NUMBER", "CREDIT_CARD"}
+
+
+def test_an_ip_address_named_an_address_passes_the_default_policy(pii_suite: GuardrailSuite) -> None:
+    inp = req(response="Your firewall keeps blocking address 198.51.100.23 for me.")
+    assert ("IP_ADDRESS", "198.51.100.23") in {(v.detector, text_of(inp, v)) for v in scan_one(pii_suite, PII, inp, GuardrailConfig())}
+
+
+def test_address_pieces_join_and_a_validated_number_beats_the_heads_address() -> None:
+    from certus.sidecar.guardrails.pii import PiiSpan, _drop_nested, _join_addresses
+
+    text = "Kirkeveien 14\n0368 Oslo, SSN 321-54-9876"
+    street = PiiSpan("STREET_ADDRESS", 0, 13, 0.8, learned=True)
+    postcode = PiiSpan("STREET_ADDRESS", 14, 18, 0.8, learned=True)
+    city = PiiSpan("LOCATION", 19, 23, 0.8, learned=True)
+    pattern = PiiSpan("STREET_ADDRESS", 0, 13, 0.9)  # the "<name>veien 12" pattern
+    joined = _join_addresses(text, [street, postcode, city, pattern])
+    assert sorted((s.entity_type, text[s.start : s.end], s.learned) for s in joined) == [
+        ("LOCATION", "Oslo", True), ("STREET_ADDRESS", "Kirkeveien 14\n0368", False)]
+    # the head also tagged the SSN's digits as an address: the validated SSN stays
+    at = text.index("321")
+    ssn = PiiSpan("US_SSN", at, at + 11, 0.85)
+    wrong = PiiSpan("STREET_ADDRESS", at, at + 11, 0.9, learned=True)
+    assert [(s.entity_type, text[s.start : s.end]) for s in _drop_nested([wrong, ssn])] == [("US_SSN", "321-54-9876")]
+
+
+def test_a_learned_address_needs_a_number_and_a_word() -> None:
+    from certus.sidecar.guardrails.pii import PiiSpan, _address_or_place
+
+    text = "300 | Lisbon | 12 Elm Row | 0368"
+    got = [_address_or_place(text, PiiSpan("STREET_ADDRESS", s, e, 0.8, learned=True)) for s, e in ((0, 3), (6, 12), (15, 25), (28, 32))]
+    assert [(g.entity_type, text[g.start : g.end]) if g else None for g in got] == [
+        None, ("LOCATION", "Lisbon"), ("STREET_ADDRESS", "12 Elm Row"), None]
+    pattern = PiiSpan("STREET_ADDRESS", 0, 3, 0.9)  # a pattern's span is the pattern's business
+    assert _address_or_place(text, pattern) == pattern
+
+
+def test_a_city_someone_moved_to_is_a_personal_place(pii_suite: GuardrailSuite) -> None:
+    inp = req(response="John Smith moved to Lisbon in March 2019.")
+    found = {(v.detector, text_of(inp, v)) for v in scan_one(pii_suite, PII, inp)}
+    assert {("PERSON", "John Smith"), ("LOCATION", "Lisbon"), ("DATE_TIME", "March 2019")} <= found
