@@ -234,7 +234,7 @@ class _Engines:
             PhoneRecognizer(),
             CreditCardRecognizer(),
             IbanRecognizer(),
-            # "address" beside Presidio's "ip": "keep getting address 41.173.96.26 blocked"
+            # "address" beside Presidio's "ip": "the firewall blocks address 198.51.100.23"
             IpRecognizer(context=[*IpRecognizer.CONTEXT, "address"]),
             UsSsnRecognizer(),
             PatternRecognizer(
@@ -459,10 +459,15 @@ def _address_or_place(text: str, span: PiiSpan) -> PiiSpan | None:
 
 def _join_addresses(text: str, spans: list[PiiSpan]) -> list[PiiSpan]:
     """Street-address spans that overlap or have only white space and commas between them are one
-    address (the patterns' and the head's spans of it, its lines: "Dampfærgevej 77\n7170")."""
+    address (the patterns' and the head's spans of it, its lines: "Dampfærgevej 77\n7170"). A head
+    address span over a number a pattern validated (a phone line under the street) is dropped first:
+    the number stays what the pattern says, and is not joined into the address."""
     out = [s for s in spans if s.entity_type != "STREET_ADDRESS"]
+    validated = [s for s in out if not s.learned]
+    addresses = [s for s in spans if s.entity_type == "STREET_ADDRESS"
+                 and not (s.learned and any(v.start < s.end and s.start < v.end for v in validated))]
     joined: list[PiiSpan] = []
-    for s in sorted((s for s in spans if s.entity_type == "STREET_ADDRESS"), key=lambda s: (s.start, s.end)):
+    for s in sorted(addresses, key=lambda s: (s.start, s.end)):
         prev = joined[-1] if joined else None
         if prev is not None and (s.start <= prev.end or not text[prev.end : s.start].strip(" \t\r\n,")):
             joined[-1] = PiiSpan(s.entity_type, prev.start, max(prev.end, s.end), max(prev.score, s.score), prev.learned and s.learned)

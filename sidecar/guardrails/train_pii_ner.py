@@ -18,8 +18,9 @@ Teacher and student (the head is described in :mod:`certus.sidecar.guardrails.pi
 3. Student input: each document's sentences (as the sidecar encodes a response's sentences), run
    through the sidecar's ONNX MiniLM (``--variant``, default the CPU serving variant int8); a
    sentence the encoder truncates is left out.
-4. 10% of the documents and synthetic sentences (seed ``SPLIT_SEED``) are validation: they pick the epoch and the operating
-   point (the span score threshold with the best F2 against the teacher, F2 as the PII goal counts).
+4. 10% of the documents and synthetic sentences (seed ``SPLIT_SEED``) are validation: they pick
+   the epoch and the operating point (the span score threshold with the best F2 against the
+   teacher and the synthetic labels, F2 as the PII goal counts).
 5. A two-layer perceptron (``HIDDEN`` ReLU units, softmax over the BIO tags), softmax
    cross-entropy, Adam with a linearly decaying step, fixed seed, float32. The weights file holds the seed, the sha256 of every
    data file read, the teacher, the variant and the validation figures.

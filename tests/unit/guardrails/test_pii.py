@@ -284,6 +284,11 @@ def test_address_pieces_join_and_a_validated_number_beats_the_heads_address() ->
     ssn = PiiSpan("US_SSN", at, at + 11, 0.85)
     wrong = PiiSpan("STREET_ADDRESS", at, at + 11, 0.9, learned=True)
     assert [(s.entity_type, text[s.start : s.end]) for s in _drop_nested([wrong, ssn])] == [("US_SSN", "321-54-9876")]
+    # a phone line under the street that the head took for part of the address is not joined into it
+    text = "12 Elm Street\n555 0142"
+    phone = PiiSpan("PHONE_NUMBER", 14, 22, 0.75)
+    got = _drop_nested(_join_addresses(text, [PiiSpan("STREET_ADDRESS", 0, 13, 0.9), PiiSpan("STREET_ADDRESS", 14, 22, 0.8, learned=True), phone]))
+    assert [(s.entity_type, text[s.start : s.end]) for s in got] == [("STREET_ADDRESS", "12 Elm Street"), ("PHONE_NUMBER", "555 0142")]
 
 
 def test_a_learned_address_needs_a_number_and_a_word() -> None:
