@@ -444,16 +444,17 @@ _DIGIT = re.compile(r"\d")
 
 
 def _address_or_place(text: str, span: PiiSpan) -> PiiSpan | None:
-    """A street address the head found (after its lines are joined) has a number and a word. Without
-    a number it is at most a place ("moved to Lisbon": LOCATION, reported where it is personal); a
-    lone number ("300", a one-word answer) is neither. Other spans pass unchanged."""
+    """A street address the head found (after its lines are joined) has a number and a word, apart:
+    "Kirkeveien 14". Without a number it is at most a place ("moved to Lisbon": LOCATION, reported
+    where it is personal); a lone number ("300", a one-word answer) or one code-like token
+    ("CVE-2024-12345") is neither. Other spans pass unchanged."""
     if span.entity_type != "STREET_ADDRESS" or not span.learned:
         return span
     value = text[span.start : span.end]
     if not _ADDRESS_WORD.search(value):
         return None
     if _DIGIT.search(value):
-        return span
+        return span if len(value.split()) > 1 else None
     return PiiSpan("LOCATION", span.start, span.end, span.score, learned=True)
 
 

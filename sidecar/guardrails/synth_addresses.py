@@ -15,7 +15,9 @@ numbers of the templates without an address (the pattern recognizers report thos
 not call a number an address because it is a number).
 
 Faker is also what presidio-research used for the values of its synthetic benchmark sentences; the
-templates here are this module's own, and the benchmark's sentences are never read.
+templates here are this module's own, and the benchmark's sentences are never read. (They were
+written by someone who had read a few dozen of the benchmark's rows and the head's errors on them;
+templates that echoed its phrasing were rewritten before the shipped weights were trained.)
 """
 
 from __future__ import annotations
@@ -55,12 +57,12 @@ TEMPLATES = (
     "{N} lives at {A}.",
     "Our office is at {A}, on the second floor.",
     "The invoice goes to {A}",
-    "Billing address:\n{A}",
+    "Invoice address:\n{A}",
     "Can you deliver it to {A}?",
     "We moved to {A} recently.",
     "Return address: {A}",
-    "Meet me at {A} after work.",
-    "{N} gave me the address: {A}",
+    "Let's meet at {A} after work.",
+    "{N} wrote down the address for me: {A}",
     "The apartment at {A} is for rent.",
     "Mail the signed form to {N}, {A}.",
     "Hi {N}, is your address still {A}?",
@@ -80,21 +82,20 @@ TEMPLATES = (
     "Send the refund cheque to {A} and not to {B}.",
     "The customer, {N}, listed {A} as her home address.",
     "Where do you live? At {A}.",
-    "The bus drops you off at {A}.",
     "{N}\n{A}\nPhone: {P}",
     "Call {N} on {P} about the delivery to {A}.",
     "Ship it to {N} at {A}.",
 )
 NEGATIVE_TEMPLATES = (
-    "Here is my SSN: {S}",
+    "The applicant's social security number, {S}, is on file.",
     "My phone number is {P}.",
     "Phone: {P}\nEmail: {E}",
-    "my iban is {I}",
+    "Transfer it to the IBAN {I}.",
     "Card: {C}",
     "Please charge card {C} for order {X}.",
     "Order number: {X}",
     "Total: {M}",
-    "What's your last name? {N}",
+    "Our new colleague is {N}.",
     "Name: {N}\nPhone: {P}",
     "The reference code is {X}, and the amount is {M}.",
     "Send {M} to account {I}.",

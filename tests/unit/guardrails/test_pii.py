@@ -294,10 +294,11 @@ def test_address_pieces_join_and_a_validated_number_beats_the_heads_address() ->
 def test_a_learned_address_needs_a_number_and_a_word() -> None:
     from certus.sidecar.guardrails.pii import PiiSpan, _address_or_place
 
-    text = "300 | Lisbon | 12 Elm Row | 0368"
-    got = [_address_or_place(text, PiiSpan("STREET_ADDRESS", s, e, 0.8, learned=True)) for s, e in ((0, 3), (6, 12), (15, 25), (28, 32))]
+    text = "300 | Lisbon | 12 Elm Row | 0368 | CVE-2024-12345"
+    got = [_address_or_place(text, PiiSpan("STREET_ADDRESS", s, e, 0.8, learned=True))
+           for s, e in ((0, 3), (6, 12), (15, 25), (28, 32), (35, 49))]
     assert [(g.entity_type, text[g.start : g.end]) if g else None for g in got] == [
-        None, ("LOCATION", "Lisbon"), ("STREET_ADDRESS", "12 Elm Row"), None]
+        None, ("LOCATION", "Lisbon"), ("STREET_ADDRESS", "12 Elm Row"), None, None]
     pattern = PiiSpan("STREET_ADDRESS", 0, 3, 0.9)  # a pattern's span is the pattern's business
     assert _address_or_place(text, pattern) == pattern
 
