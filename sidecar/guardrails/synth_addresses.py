@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from typing import Any, Callable
 
 # locales whose address providers have their own formats (street before or after the number,
 # postcode before or after the city, Latin and Greek scripts)
@@ -145,25 +145,38 @@ def _real_cities(fake: Any) -> bool:
     return any(hasattr(provider, a) for a in ("cities", "city_names"))
 
 
-def _render(fake: Any, fmt: str) -> tuple[str, list[tuple[str, int, int]]]:
-    """A Faker format rendered part by part: (text, [(entity, start, end)]) with adjacent street parts
-    (and the text between them) joined into one STREET_ADDRESS span."""
-    text, parts, pos = "", [], 0
-    for m in _FIELD.finditer(fmt):
-        text += fmt[pos : m.start()]
-        value = str(getattr(fake, m[1])())
-        if m[1] in STREET_PARTS:
-            kind: str | None = "STREET_ADDRESS"
-        elif m[1] in PLACE_PARTS:
-            kind = "LOCATION" if m[1] not in CITY_PARTS or _real_cities(fake) else MASK
-        else:
-            kind = None
-        if kind:
-            parts.append((kind, len(text), len(text) + len(value)))
+Spans = list[tuple[str, int, int]]
+
+
+def _fill(template: str, slot: re.Pattern[str], value_of: Callable[[str], tuple[str, Spans]]) -> tuple[str, Spans]:
+    """``template`` with each ``slot`` match replaced by ``value_of(its name)`` = (value, spans within
+    the value), in order: (text, the spans moved to their place in the text)."""
+    text, spans, pos = "", [], 0
+    for m in slot.finditer(template):
+        text += template[pos : m.start()]
+        value, parts = value_of(m[1])
+        spans += [(k, len(text) + s, len(text) + e) for k, s, e in parts]
         text += value
         pos = m.end()
-    text += fmt[pos:]
-    joined: list[tuple[str, int, int]] = []
+    return text + template[pos:], spans
+
+
+def _render(fake: Any, fmt: str) -> tuple[str, Spans]:
+    """A Faker format rendered part by part: (text, [(entity, start, end)]) with adjacent street parts
+    (and the text between them) joined into one STREET_ADDRESS span."""
+
+    def part(name: str) -> tuple[str, Spans]:
+        value = str(getattr(fake, name)())
+        if name in STREET_PARTS:
+            kind = "STREET_ADDRESS"
+        elif name in PLACE_PARTS:
+            kind = "LOCATION" if name not in CITY_PARTS or _real_cities(fake) else MASK
+        else:
+            return value, []
+        return value, [(kind, 0, len(value))]
+
+    text, parts = _fill(fmt, _FIELD, part)
+    joined: Spans = []
     for kind, s, e in parts:
         if joined and joined[-1][0] == kind == "STREET_ADDRESS":
             joined[-1] = (kind, joined[-1][1], e)
@@ -218,20 +231,14 @@ def sentences(count: int, seed: int) -> list[tuple[str, list[tuple[str, int, int
     for _ in range(count):
         fake = fakes[rng.choice(LOCALES)]
         template = rng.choice(NEGATIVE_TEMPLATES if rng.random() < NEGATIVE_SHARE else TEMPLATES)
-        text, spans, pos = "", [], 0
-        for m in _SLOT.finditer(template):
-            text += template[pos : m.start()]
-            parts: list[tuple[str, int, int]] = []
-            if m[1] == "N":
+
+        def slot(name: str) -> tuple[str, Spans]:
+            if name == "N":
                 value = fake.name() if rng.random() < 0.7 else f"{fake.first_name()} {fake.last_name()}"
-                parts = [("PERSON", 0, len(value))]
-            elif m[1] in "AB":
-                value, parts = address(fake, rng)
-            else:
-                value = _VALUES[m[1]](fake, rng)
-            spans += [(k, len(text) + s, len(text) + e) for k, s, e in parts]
-            text += value
-            pos = m.end()
-        text += template[pos:]
-        out.append((text, spans))
+                return value, [("PERSON", 0, len(value))]
+            if name in "AB":
+                return address(fake, rng)
+            return _VALUES[name](fake, rng), []
+
+        out.append(_fill(template, _SLOT, slot))
     return out
