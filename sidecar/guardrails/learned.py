@@ -2,9 +2,12 @@
 
 Each scored span is described by its MiniLM embedding (384 values, shared with the scoring stage)
 and by its words: lower-cased word unigrams and bigrams, hashed (CRC-32) into ``HASH_DIM`` buckets,
-presence only, L2-normalised (:func:`lexical_features`). The embedding knows what a text is about;
+presence only, L2-normalised (:func:`lexical_features`), and by its character 3-5-grams, hashed the
+same way into ``CHAR_DIM`` buckets (:func:`char_features`). The embedding knows what a text is about;
 the words know the idioms of an attack ("now write", "ignore", German "vergiss"), which the sentence
-embedding blurs. Two logistic-regression heads over those ``FEATURES`` values, trained offline by
+embedding blurs; the character grams know them through inflection and compounding ("vergessen",
+"ignoriere", "Anweisungen"), which MiniLM's English word pieces and the exact words miss. Two
+logistic-regression heads over those ``FEATURES`` values, trained offline by
 ``python -m certus.sidecar.guardrails.train_injection`` and shipped as ``data/attack_head.npz``:
 
 * prompt injection: its output is a probability, used as the confidence; the operating point
@@ -48,7 +51,9 @@ SEGMENT_CHARS = 320
 WHOLE_CHARS = 4 * SEGMENT_CHARS
 DIM = 384
 HASH_DIM = 4096
-FEATURES = DIM + HASH_DIM
+CHAR_DIM = 4096
+CHAR_NGRAMS = (3, 4, 5)
+FEATURES = DIM + HASH_DIM + CHAR_DIM
 _TOKEN = re.compile(r"[^\W_]+")
 # A segment of fewer words carries no instruction the head can judge ("ok", "q", "hello"): its
 # embedding is noise for a classifier trained on prompts, so it is not scored (rules still run).
@@ -129,9 +134,42 @@ def lexical_features(texts: Sequence[str]) -> npt.NDArray[np.float32]:
     return out
 
 
+_GRAM_MUL = np.uint64(1099511628211)  # FNV-1a's 64-bit prime: the rolling hash of a gram's bytes
+_GRAM_MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bits of hash * 2^64/phi
+
+
+def char_features(texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    """(n, CHAR_DIM): presence of each text's byte 3-, 4- and 5-grams, read over its lower-cased
+    words joined by single spaces (with a space at each end, so a gram can mark a word's start or
+    end), hashed into CHAR_DIM buckets, L2-normalised (a text without words is all zeros).
+    Vectorised over each text's UTF-8 bytes (about 70 us for 300 chars): the hash of every window
+    of one length at once, wrapping uint64 arithmetic, so it is the same on every platform."""
+    out = np.zeros((len(texts), CHAR_DIM), dtype=np.float32)
+    shift = np.uint64(64 - (CHAR_DIM.bit_length() - 1))
+    for i, t in enumerate(texts):
+        words = _TOKEN.findall(t.lower())
+        if not words:
+            continue
+        b = np.frombuffer((" " + " ".join(words) + " ").encode(), dtype=np.uint8).astype(np.uint64)
+        buckets = []
+        with np.errstate(over="ignore"):
+            for n in CHAR_NGRAMS:
+                m = len(b) - n + 1
+                if m <= 0:
+                    continue
+                h = np.full(m, np.uint64(n))
+                for k in range(n):
+                    h = h * _GRAM_MUL + b[k : k + m]
+                buckets.append((h * _GRAM_MIX) >> shift)
+        out[i, np.concatenate(buckets).astype(np.int64)] = 1.0
+        out[i] /= np.sqrt(float(np.count_nonzero(out[i])))
+    return out
+
+
 def features(emb: npt.NDArray[np.float32], texts: Sequence[str]) -> npt.NDArray[np.float32]:
-    """What the heads read: the embeddings and :func:`lexical_features` side by side."""
-    return np.hstack([np.asarray(emb, dtype=np.float32), lexical_features(texts)])
+    """What the heads read: the embeddings, :func:`lexical_features` and :func:`char_features`
+    side by side."""
+    return np.hstack([np.asarray(emb, dtype=np.float32), lexical_features(texts), char_features(texts)])
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
     python -m certus.sidecar.guardrails.train_injection [--data-dir ../shared/data] [--model-dir DIR]
 
-Reproducible (fixed seed, deterministic Newton iterations, CPU embeddings):
+Reproducible (fixed seed, deterministic full-batch Adam fits, CPU embeddings):
 
 1. Split deepset/prompt-injections (train split, 546 rows) 70/30, stratified by label, seed
    ``SPLIT_SEED``; the held-out 30% row indices go to ``data/injection_split.json`` and are never
@@ -15,8 +15,11 @@ Reproducible (fixed seed, deterministic Newton iterations, CPU embeddings):
    docstrings (PSF licence; technical prose full of imperatives such as "Return ...", "Ignore ...",
    which deepset's benign questions lack), sampled by ``--rebuild-benign-docs``.
 3. Embed with the sidecar's ONNX MiniLM (:class:`models.encoder.OnnxEncoder`).
-4. L2-regularised logistic regression (square-root class-balancing weights), lambda chosen by 5-fold
-   stratified cross-validation on the pool (mean log-loss); fitted by Newton's method.
+4. L2-regularised logistic regression (square-root class-balancing weights, full-batch Adam from
+   zero); lambda, the operating point and whether the head reads the char 3-5-grams
+   (:func:`~certus.sidecar.guardrails.learned.char_features`; kept only when they gain
+   ``CHAR_MIN_GAIN`` validation F1, else their weights are zero) chosen on validation rows of the
+   fit part (``VAL_FRACTION``).
 5. Jailbreak head, the same way: jackhhao/jailbreak-classification (1,044 prompts) split 70/30,
    stratified, seed ``SPLIT_SEED``, held-out rows in ``data/jailbreak_split.json`` (never used
    here). Positives: the fit part's jailbreaks and the jailbreak exemplars, each as the whole text
@@ -43,6 +46,7 @@ import numpy.typing as npt
 import structlog
 
 from certus.sidecar.guardrails.learned import (
+    CHAR_DIM,
     DATA_DIR,
     DIM,
     FEATURES,
@@ -76,6 +80,11 @@ EPOCHS = 1200
 LEARNING_RATE = 0.01
 VAL_FRACTION = 0.2  # of the deepset and jackhhao fit parts: picks l2 and the operating point
 OPERATING_P = 0.75  # the validation-chosen threshold becomes this probability
+WORDS_WIDTH = FEATURES - CHAR_DIM  # the embedding and word columns (the char grams come last)
+# A head uses the char grams only when they raise its best validation F1 by at least this much: about
+# one validation item (35 deepset injections, ~60 jailbreaks), so a tie or a one-row wobble keeps the
+# smaller feature set
+CHAR_MIN_GAIN = 0.01
 
 
 def sha256_file(path: Path) -> str:
@@ -307,26 +316,43 @@ def train(data_dir: Path, model_dir: Path | None) -> dict[str, object]:
         sw[keep] = balanced_weights(y[keep])
         sw *= np.where(np.char.startswith(groups, "exemplar_"), EXEMPLAR_WEIGHT, 1.0)
         vx, vy = val_items(val)
-        trials = {}
-        for l2 in L2_GRID:
-            fit = fit_logreg(x_all[keep & ~is_val], y[keep & ~is_val], sw[keep & ~is_val], l2)
-            z = np.array([float((vxi @ fit.w + fit.b).max()) for vxi in vx])
-            trials[l2] = best_threshold(z, vy)
-        l2 = max(L2_GRID, key=lambda k: trials[k][1]["f1"])
-        z0, val_scores = trials[l2]
-        final = fit_logreg(x_all[keep], y[keep], sw[keep], l2)
-        # the validation operating point (logit z0) becomes probability OPERATING_P
-        final = Fit(final.w, final.b - z0 + float(np.log(OPERATING_P / (1 - OPERATING_P))))
+        fit_rows = keep & ~is_val
+        trials: dict[tuple[int, float], tuple[float, dict[str, float]]] = {}
+        for width in (WORDS_WIDTH, FEATURES):  # without, then with the char-gram block (the last columns)
+            for l2 in L2_GRID:
+                fit = fit_logreg(x_all[fit_rows, :width], y[fit_rows], sw[fit_rows], l2)
+                z = np.array([float((vxi[:, :width] @ fit.w + fit.b).max()) for vxi in vx])
+                trials[(width, l2)] = best_threshold(z, vy)
+
+        def best(width: int) -> tuple[int, float]:
+            return max(((width, l2) for l2 in L2_GRID), key=lambda k: trials[k][1]["f1"])
+
+        # the char grams are kept only when they gain at least CHAR_MIN_GAIN validation F1
+        with_chars, without = best(FEATURES), best(WORDS_WIDTH)
+        gain = trials[with_chars][1]["f1"] - trials[without][1]["f1"]
+        width, l2 = with_chars if gain >= CHAR_MIN_GAIN else without
+        z0, val_scores = trials[(width, l2)]
+        final = fit_logreg(x_all[keep, :width], y[keep], sw[keep], l2)
+        # the validation operating point (logit z0) becomes probability OPERATING_P; a head without
+        # the char grams has zero weights on them
+        w_full = np.zeros(FEATURES)
+        w_full[:width] = final.w
+        final = Fit(w_full, final.b - z0 + float(np.log(OPERATING_P / (1 - OPERATING_P))))
         g = groups[keep]
         info = {
             "exemplar_weight": EXEMPLAR_WEIGHT,
             "pool": {grp: int((g == grp).sum()) for grp in sorted(set(g.tolist()))},
             "positives": int(y[keep].sum()),
             "negatives": int(keep.sum() - y[keep].sum()),
+            "char_grams": width == FEATURES,
+            "char_gram_validation_gain": gain,
             "l2": l2,
             "epochs": EPOCHS,
             "validation_items": len(val),
-            "validation": {str(k): {"threshold_logit": v[0], **v[1]} for k, v in trials.items()},
+            "validation": {
+                f"{'words+chars' if w == FEATURES else 'words'} l2={k}": {"threshold_logit": v[0], **v[1]}
+                for (w, k), v in trials.items()
+            },
             "operating_logit": z0,
             "operating_probability": OPERATING_P,
         }
@@ -337,7 +363,7 @@ def train(data_dir: Path, model_dir: Path | None) -> dict[str, object]:
     meta = {
         "trained_by": "python -m certus.sidecar.guardrails.train_injection",
         "encoder": "all-MiniLM-L6-v2 ONNX (models.encoder.OnnxEncoder, fp32, CPU)",
-        "features": f"MiniLM embedding ({DIM}) + hashed word uni/bigrams ({HASH_DIM})",
+        "features": f"MiniLM embedding ({DIM}) + hashed word uni/bigrams ({HASH_DIM}) + hashed char 3-5-grams ({CHAR_DIM})",
         "split_file": SPLIT_FILE.name,
         "jailbreak_split_file": JAILBREAK_SPLIT_FILE.name,
         "split_seed": SPLIT_SEED,
