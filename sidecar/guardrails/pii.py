@@ -76,6 +76,17 @@ _PLACE_CUE = re.compile(
 )
 ADDRESS_REACH = 80  # chars around a street address in which a place is part of it
 _BIRTH_CUE = re.compile(r"\b(?:born|birth\w*|d\.?o\.?b\.?|birthday)\b", re.IGNORECASE)
+# A date is personal data when it names a point in time someone can be found at or by (a birth date,
+# an appointment, a trip): a calendar date, a year, a month, a weekday or a clock time. Relative and
+# vague expressions ("next week", "this morning", "a few months", "the 60s") and ages ("the age of
+# 61", "23 y/o"), which the NER also calls dates, identify no one and are not reported.
+_MONTHS = "jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
+_WEEKDAYS = "mon|tues?|wed(?:nes)?|thu(?:rs?)?|fri|sat(?:ur)?|sun"
+_SPECIFIC_DATE = re.compile(
+    rf"\b(?:{_MONTHS})\b\.?|\b(?:{_WEEKDAYS})(?:day)?\b|\b(?:1[0-9]|20)[0-9]{{2}}\b(?!s)"
+    r"|\b[0-9]{1,4}[/.-][0-9]{1,2}[/.-][0-9]{1,4}\b|\b[0-9]{1,2}:[0-9]{2}\b|\b[0-9]{1,2}\s?[ap]\.?m\b\.?",
+    re.IGNORECASE,
+)
 _SENTENCE_END = re.compile(r"[.!?]\s|\n")
 
 # Street addresses (Presidio has no English recognizer for them): a house number and a street
@@ -561,7 +572,8 @@ class _Sentences:
 def _personal(
     sentences: _Sentences, span: PiiSpan, people: list[tuple[int, int]], addresses: list[tuple[int, int]]
 ) -> str | None:
-    """The detector a span is reported as, or None when it is not personal data: a date in a sentence
+    """The detector a span is reported as, or None when it is not personal data: a date that names no
+    specific point in time (:data:`_SPECIFIC_DATE`: "next week", an age) is not; a date in a sentence
     about a birth is a DATE_OF_BIRTH; a place or another date is reported only in a sentence that
     names a person or says someone lives, comes from or goes somewhere, and a place within
     ``ADDRESS_REACH`` characters of a street address (the city and country lines of an address)."""
@@ -570,6 +582,8 @@ def _personal(
         return kind
     text = sentences.text
     lo, hi = sentences.around(span.start)
+    if kind == "DATE_TIME" and not _SPECIFIC_DATE.search(text, span.start, span.end):
+        return None
     if kind == "DATE_TIME" and _BIRTH_CUE.search(text, lo, hi):
         return "DATE_OF_BIRTH"
     if _PLACE_CUE.search(text, lo, hi) or any(lo <= a and b <= hi for a, b in people):

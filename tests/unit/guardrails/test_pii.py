@@ -193,6 +193,28 @@ def test_a_date_in_a_sentence_about_a_birth_is_a_date_of_birth(pii_suite: Guardr
     assert not any(value == "1919" for _, value, _ in found)  # a date of no one is not personal data
 
 
+@pytest.mark.parametrize(
+    "response, kept",
+    [
+        # relative and vague times and ages identify no one: the NER's dates, not reported
+        ("John Smith told me he will call next week, maybe on the weekend.", set()),
+        ("My uncle Peter Novak died last month at the age of 61.", set()),
+        ("I met Anna Berg this morning; she is 23 y/o and moved here a few months ago.", set()),
+        # a point in time someone can be found at: reported
+        ("John Smith told me he will call on Tuesday at 10:30.", {"Tuesday", "10:30"}),
+        ("My sister Anna Berg flew to Oslo on 12 May 2021.", {"12 May 2021"}),
+    ],
+)
+def test_only_specific_dates_are_personal_dates(pii_suite: GuardrailSuite, response: str, kept: set[str]) -> None:
+    inp = req(response=response)
+    found = scan_one(pii_suite, PII, inp)
+    dates = {text_of(inp, v) for v in found if v.detector == "DATE_TIME"}
+    assert {word for d in dates for word in kept if word in d} == kept
+    assert all(any(word in d for word in kept) for d in dates), dates
+    assert any(v.detector == "PERSON" for v in found)  # the sentences are personal: only the date rule drops
+    assert_no_content(inp, found)
+
+
 def test_places_are_reported_only_where_they_are_personal(pii_suite: GuardrailSuite) -> None:
     public = req(response="Paris is the capital of France.")
     assert scan_one(pii_suite, PII, public) == []
