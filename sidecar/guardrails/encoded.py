@@ -135,10 +135,6 @@ ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 
 
-def _is_tag_char(ch: str) -> bool:
-    return 0xE0000 <= ord(ch) <= 0xE007F
-
-
 def _is_emoji_like(ch: str) -> bool:
     cp = ord(ch)
     return cp >= 0x2190 and not (0xE0000 <= cp <= 0xE007F) and not ch.isalnum()
@@ -151,38 +147,31 @@ class InvisibleRun:
     kind: str  # "unicode_tag_smuggling" | "bidi_control" | "zero_width_chars"
 
 
+_INVISIBLE_RUN = re.compile(
+    "(?P<unicode_tag_smuggling>[\U000E0000-\U000E007F]+)"
+    f"|(?P<bidi_control>[{''.join(sorted(BIDI_CONTROLS))}]+)"
+    f"|(?P<zero_width_chars>[{''.join(sorted(ZERO_WIDTH))}]+)"
+)
+
+
 def find_invisible(text: str) -> list[InvisibleRun]:
-    """Runs of invisible characters that can hide or reorder instructions.
+    """Runs of invisible characters that can hide or reorder instructions (one compiled scan: a
+    run is a maximal stretch of one kind).
 
     Benign uses are skipped: a BOM at position 0, and a zero-width joiner/non-joiner between two
     emoji or symbol characters (emoji ZWJ sequences).
     """
     runs: list[InvisibleRun] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        kind = None
-        if _is_tag_char(ch):
-            kind = "unicode_tag_smuggling"
-        elif ch in BIDI_CONTROLS:
-            kind = "bidi_control"
-        elif ch in ZERO_WIDTH:
-            kind = "zero_width_chars"
-        if kind is None:
-            i += 1
-            continue
-        j = i + 1
-        while j < n and (
-            (kind == "unicode_tag_smuggling" and _is_tag_char(text[j]))
-            or (kind == "bidi_control" and text[j] in BIDI_CONTROLS)
-            or (kind == "zero_width_chars" and text[j] in ZERO_WIDTH)
-        ):
-            j += 1
+    if text.isascii():  # every invisible character is outside ASCII (CPython knows this in O(1))
+        return runs
+    n = len(text)
+    for m in _INVISIBLE_RUN.finditer(text):
+        i, j, kind = m.start(), m.end(), str(m.lastgroup)
         benign = kind == "zero_width_chars" and (
             (i == 0 and text[i:j] == "\ufeff")
             or (
                 j - i == 1
-                and ch in "\u200d\u200c"
+                and text[i] in "\u200d\u200c"
                 and i > 0
                 and j < n
                 and (_is_emoji_like(text[i - 1]) or text[i - 1] == "\ufe0f")
@@ -191,7 +180,6 @@ def find_invisible(text: str) -> list[InvisibleRun]:
         )
         if not benign:
             runs.append(InvisibleRun(i, j, kind))
-        i = j
     return runs
 
 
