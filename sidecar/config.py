@@ -50,6 +50,13 @@ class ServerConfig:
     # e.g. 100 and 2 (docs: bench_overload.py measures both).
     admission_target_ms: float = 250.0
     admission_min_in_flight: int = 8  # CERTUS_ADMISSION_MIN_IN_FLIGHT: never refuse below this many
+    # CERTUS_FRONTENDS: gRPC front-end processes on server.address (SO_REUSEPORT). 1 = one process
+    # does everything. N > 1: this process (the hub) keeps the encoder's batcher, the evidence log,
+    # the forwarder, async jobs, REST, dashboard and metrics, and serves gRPC too; N - 1 more
+    # processes serve gRPC and run guardrails, scoring and policy, sending texts to encode and
+    # decisions to sign to the hub over a local socket, so batches fill across every caller and
+    # there is one hash chain (sidecar/server/frontends.py)
+    frontends: int = 1
 
 
 @dataclass(frozen=True)
@@ -261,6 +268,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_MEMORY_RECLAIM_GROWTH_MIB": ("server", "memory_reclaim_growth_mib"),
     "CERTUS_ADMISSION_TARGET_MS": ("server", "admission_target_ms"),
     "CERTUS_ADMISSION_MIN_IN_FLIGHT": ("server", "admission_min_in_flight"),
+    "CERTUS_FRONTENDS": ("server", "frontends"),
     "CERTUS_MODEL_DIR": ("model", "model_dir"),
     "CERTUS_MODEL_VARIANT": ("model", "variant"),
     "CERTUS_PROVIDER": ("model", "provider"),

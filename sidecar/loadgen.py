@@ -123,12 +123,13 @@ def _count(resp: Any, ms: float, latencies: list[float], errors: Counter[str], s
         latencies.append(ms)
 
 
-async def _closed_loop(stub: Any, mix: Mix, concurrency: int, duration_s: float, stream: bool) -> RunResult:
+async def _closed_loop(stubs: list[Any], mix: Mix, concurrency: int, duration_s: float, stream: bool) -> RunResult:
+    """``concurrency`` workers, worker k on connection k mod len(stubs)."""
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     stop_at = time.perf_counter() + duration_s
 
-    async def unary_worker() -> None:
+    async def unary_worker(stub: Any) -> None:
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
             try:
@@ -137,7 +138,7 @@ async def _closed_loop(stub: Any, mix: Mix, concurrency: int, duration_s: float,
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] += 1
 
-    async def stream_worker() -> None:
+    async def stream_worker(stub: Any) -> None:
         call = stub.EvaluateStream()
         try:
             while time.perf_counter() < stop_at:
@@ -154,19 +155,20 @@ async def _closed_loop(stub: Any, mix: Mix, concurrency: int, duration_s: float,
 
     t0 = time.perf_counter()
     worker = stream_worker if stream else unary_worker
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(stubs[k % len(stubs)]) for k in range(concurrency)))
     kind = "stream" if stream else "unary"
     return RunResult(f"{kind} c={concurrency}", time.perf_counter() - t0, latencies, errors)
 
 
-async def _open_loop(stub: Any, mix: Mix, rate: float, duration_s: float) -> RunResult:
+async def _open_loop(stubs: list[Any], mix: Mix, rate: float, duration_s: float) -> RunResult:
+    """Request i at ``start + i / rate`` on connection i mod len(stubs)."""
     latencies: list[float] = []
     skipped: list[float] = []
     errors: Counter[str] = Counter()
     n = int(rate * duration_s)
     start = time.perf_counter()
 
-    async def one(scheduled: float) -> None:
+    async def one(stub: Any, scheduled: float) -> None:
         try:
             resp = await stub.Evaluate(mix.request(), timeout=30)
             _count(resp, (time.perf_counter() - scheduled) * 1000, latencies, errors, skipped)
@@ -179,30 +181,46 @@ async def _open_loop(stub: Any, mix: Mix, rate: float, duration_s: float) -> Run
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(scheduled)))
+        tasks.append(asyncio.create_task(one(stubs[i % len(stubs)], scheduled)))
     await asyncio.gather(*tasks)
     return RunResult(f"unary rate={rate:g}/s", time.perf_counter() - start, latencies, errors, skipped)
 
 
 async def run_bench(
-    target: str, concurrencies: list[int], duration_s: float, warmup_s: float, stream: bool, rates: list[float]
+    target: str,
+    concurrencies: list[int],
+    duration_s: float,
+    warmup_s: float,
+    stream: bool,
+    rates: list[float],
+    connections: int = 1,
 ) -> list[RunResult]:
+    """``connections``: HTTP/2 connections the load is spread over (each its own channel with a
+    local subchannel pool, so they are really distinct); a sidecar with several front-end
+    processes (server.frontends) gets its connections spread across them by the kernel."""
     from certus.sidecar.protos import pb_grpc
 
     results = []
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.EvaluatorStub(channel)
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(max(1, connections))
+    ]
+    try:
+        stubs = [pb_grpc.EvaluatorStub(ch) for ch in channels]
         mix = Mix()
         if warmup_s > 0:  # JIT, caches (the chunk pool), allocator
-            await _closed_loop(stub, mix, 4, warmup_s, False)
+            await _closed_loop(stubs, mix, max(4, len(stubs)), warmup_s, False)
         for c in concurrencies:
-            r = await _closed_loop(stub, mix, c, duration_s, stream)
+            r = await _closed_loop(stubs, mix, c, duration_s, stream)
             print(r.line(), flush=True)
             results.append(r)
         for rate in rates:
-            r = await _open_loop(stub, mix, rate, duration_s)
+            r = await _open_loop(stubs, mix, rate, duration_s)
             print(r.line(), flush=True)
             results.append(r)
+    finally:
+        for ch in channels:
+            await ch.close()
     return results
 
 
@@ -318,6 +336,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--duration", type=float, default=10.0, help="seconds per level (bounded)")
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--stream", action="store_true", help="use EvaluateStream instead of unary Evaluate")
+    p.add_argument("--connections", type=int, default=1,
+                   help="HTTP/2 connections to spread the load over (several front-ends share them out)")
+    p.add_argument("--frontends", type=int, default=0, metavar="N",
+                   help="start the local sidecar with N front-end processes (server.frontends); needs no --target")
     p.add_argument("--h2load", type=int, default=0, metavar="N",
                    help="also drive N unary calls with h2load (same body each time: cached path)")
     p.add_argument("--json", help="write results as JSON to this file")
@@ -331,14 +353,18 @@ def _bench(args: argparse.Namespace) -> int:
         raise SystemExit("--duration must be in (0, 600] seconds")
     proc = None
     target = args.target
+    if args.frontends and target:
+        raise SystemExit("--frontends starts a local sidecar: leave out --target")
     if not target:
-        proc, target, _ = start_local_sidecar()
+        proc, target, _ = start_local_sidecar({"CERTUS_FRONTENDS": str(args.frontends)} if args.frontends else None)
     host = target.rsplit(":", 1)[0].strip("[]")
     if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
         raise SystemExit("bench only targets loopback addresses")
     try:
         print(f"target {target}  duration {args.duration:g}s per level", flush=True)
-        results = asyncio.run(run_bench(target, concurrencies, args.duration, args.warmup, args.stream, rates))
+        results = asyncio.run(
+            run_bench(target, concurrencies, args.duration, args.warmup, args.stream, rates, args.connections)
+        )
         if args.h2load:
             for c in concurrencies:
                 r = run_h2load(target, args.h2load, clients=min(c, 4), streams=max(1, c // min(c, 4)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,7 @@ class App:
     rest: Any = None  # the REST API (sidecar/server/rest.py), when server.rest_address is set
     dashboard: Any = None  # the web dashboard (sidecar/dashboard), when dashboard.address is set
     mlflow: Forwarder | None = None  # MLflow run logging, when forwarder.mlflow_tracking_uri is set
+    hub: Any = None  # the other front-end processes' hub, when server.frontends > 1
     _serving: bool | None = None  # the last health status set_health gave
 
     @classmethod
@@ -138,12 +140,7 @@ class App:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         await loop.run_in_executor(None, kernels.warmup)
-        probe = EvaluateInput(
-            workspace_id="warmup",
-            query="What is the warm-up probe?",
-            response="The warm-up probe is 1 sentence. It costs $5.",
-            context=("The warm-up probe is one sentence and costs 5 dollars.",),
-        )
+        probe = warm_probe()
         layout = self.scorer.layout(probe)
         vecs, tokens = await self.batcher.embed_tokens(layout.texts)
         await loop.run_in_executor(None, self.scorer.score, probe, layout, vecs, tokens)
@@ -151,6 +148,14 @@ class App:
         self.batcher.cache.clear()
         self.batcher.token_cache.clear()
         log.info("warmed_up", seconds=round(loop.time() - t0, 3))
+
+    async def job_view(self, evaluation_id: str, workspace_id: str) -> Any:
+        """GetEvaluation's answer (a front-end process asks the hub's table the same way)."""
+        return self.jobs.get(evaluation_id, workspace_id)
+
+    async def get_info(self) -> tuple[dict[str, Any], bytes]:
+        """GetInfo's details and the current public key."""
+        return self.info(), self.evidence.public_key.public_bytes
 
     async def set_health(self, serving: bool, reason: str = "") -> None:
         """SERVING or NOT_SERVING for the whole server and the Evaluator service: NOT_SERVING while
@@ -192,11 +197,14 @@ class App:
         details.update({f"manifests.{k}": v for k, v in self.manifests.health_details().items()})
         details.update({f"ratelimit.{k}": v for k, v in self.access.limiter.stats().as_dict().items()})
         details["auth.enabled"] = self.access.auth_enabled
-        details["pii.ner_model"] = self.guardrails.pii.ner_model
-        pii = self.guardrails.pii.analyzer
-        if isinstance(pii, ProcessPiiAnalyzer):  # the child process that runs Presidio (and spaCy NER)
-            details["pii.worker_pid"] = pii.pid
-            details["pii.worker_restarts"] = pii.restarts
+        details["frontends"] = self.cfg.server.frontends
+        if self.hub is not None:  # the other front-end processes (sidecar/server/frontends.py)
+            details["frontends.pids"] = ",".join(str(p) for p in self.hub.pids)
+            details["frontends.restarts"] = self.hub.restarts
+            details["frontends.hub_requests"] = self.hub.requests
+            details["frontend.index"] = 0  # this process; the others report their own
+            details["frontend.pid"] = os.getpid()
+        details.update(pii_details(self.guardrails))
         return {
             "key_id": self.evidence.key_id,  # the current key: a rotation replaces signing_key's
             "payload_type": signing.DECISION_PAYLOAD_TYPE,
@@ -227,6 +235,15 @@ class App:
         if self.metrics_server is not None:
             self.metrics_server.stop()
             self.metrics_server = None
+
+
+def pii_details(guardrails: GuardrailSuite) -> dict[str, Any]:
+    details: dict[str, Any] = {"pii.ner_model": guardrails.pii.ner_model}
+    pii = guardrails.pii.analyzer
+    if isinstance(pii, ProcessPiiAnalyzer):  # the child process that runs Presidio (and spaCy NER)
+        details["pii.worker_pid"] = pii.pid
+        details["pii.worker_restarts"] = pii.restarts
+    return details
 
 
 async def _start_mlflow(cfg: Config, evidence: EvidenceLog, manifests: ManifestStore) -> Forwarder:
@@ -269,15 +286,8 @@ async def _listen(cfg: Config, app: App, credentials: grpc.ServerCredentials | N
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if app.access.authenticator is not None:
         interceptors.append(AuthInterceptor(app.access.authenticator))
-    options = [
-        ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
-        ("grpc.max_send_message_length", cfg.server.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    if cfg.server.max_concurrent_streams > 0:  # per connection; bounds the bytes a flood can park
-        options.append(("grpc.max_concurrent_streams", cfg.server.max_concurrent_streams))
     server = grpc.aio.server(
-        options=options, interceptors=interceptors, maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs
+        options=server_options(cfg), interceptors=interceptors, maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs
     )
     service = EvaluatorService(app)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, method_handlers(service)),))
@@ -303,6 +313,30 @@ async def _listen(cfg: Config, app: App, credentials: grpc.ServerCredentials | N
         app.dashboard = await start_in_sidecar(cfg, app)
     await app.set_health(app.evidence.healthy, app.evidence.failure_reason)
     return server, port
+
+
+def server_options(cfg: Config) -> list[tuple[str, Any]]:
+    """The main gRPC server's channel options (the front-end processes use the same). SO_REUSEPORT
+    only when several front-ends share the port: else a second sidecar started on the same port by
+    mistake fails at bind instead of silently taking half the connections."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.server.max_message_bytes),
+        ("grpc.so_reuseport", 1 if cfg.server.frontends > 1 else 0),
+    ]
+    if cfg.server.max_concurrent_streams > 0:  # per connection; bounds the bytes a flood can park
+        options.append(("grpc.max_concurrent_streams", cfg.server.max_concurrent_streams))
+    return options
+
+
+def warm_probe() -> EvaluateInput:
+    """The request every process scores once before it serves (nothing of it is recorded)."""
+    return EvaluateInput(
+        workspace_id="warmup",
+        query="What is the warm-up probe?",
+        response="The warm-up probe is 1 sentence. It costs $5.",
+        context=("The warm-up probe is one sentence and costs 5 dollars.",),
+    )
 
 
 def bind(server: grpc.aio.Server, setting: str, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
@@ -332,6 +366,9 @@ async def start_health_listener(address: str, health: HealthServicer) -> grpc.ai
 
 async def shutdown(server: grpc.aio.Server, app: App) -> None:
     await app.health.enter_graceful_shutdown()
+    if app.hub is not None:  # the other front-ends drain first: their calls still need this process
+        await asyncio.gather(app.hub.stop(app.cfg.server.grace_s), server.stop(app.cfg.server.grace_s))
+        app.hub = None
     if app.rest is not None:  # stops accepting, finishes the requests in flight
         await app.rest.stop()
         app.rest = None
@@ -347,7 +384,10 @@ async def shutdown(server: grpc.aio.Server, app: App) -> None:
 
 
 async def serve(cfg: Config) -> None:
+    from certus.sidecar.server.frontends import Hub, check_config
+
     try:
+        check_config(cfg)
         server, port, app = await build_server(cfg)
     except (BindingRefused, TlsConfigError, TokensFileError, CertusError, ExportError) as exc:
         # a setting to fix or a missing model (the message names it): no traceback
@@ -355,6 +395,14 @@ async def serve(cfg: Config) -> None:
     except OSError as exc:  # a path it cannot create or write (read-only volume, permissions)
         raise SystemExit(f"certus-sidecar: cannot start: {exc}") from exc
     await server.start()
+    if cfg.server.frontends > 1:
+        hub = Hub(app, port)
+        try:
+            await hub.start()  # every other front-end listens on the port before this says so
+        except (CertusError, OSError) as exc:  # one did not start (it said why on stderr)
+            await shutdown(server, app)
+            raise SystemExit(f"certus-sidecar: {exc}") from exc
+        app.hub = hub
     host = cfg.server.address.rsplit(":", 1)[0]
     log.info("serving", address=f"{host}:{port}", key_id=app.evidence.key_id, provider=info_provider(app))
     print(f"certus-sidecar listening on {host}:{port}", flush=True)

@@ -236,16 +236,16 @@ class EvaluatorService:
     async def GetEvaluation(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         evaluation_id, workspace_id = convert.get_evaluation_from_pb(request)
         self.app.authorize_workspace(context, workspace_id)
-        view = self.app.jobs.get(evaluation_id, workspace_id)
+        view = await self.app.job_view(evaluation_id, workspace_id)
         return convert.job_view_to_pb(evaluation_id, view)
 
     @unary
     async def GetInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        info = self.app.info()
+        info, public_key = await self.app.get_info()
         return pb.GetInfoResponse(
             version=__version__,
             key_id=info["key_id"],
-            public_key=self.app.evidence.public_key.public_bytes,
+            public_key=public_key,
             signature_algorithm="ed25519",
             payload_type=info["payload_type"],
             model=info["model"],

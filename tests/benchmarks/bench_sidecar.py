@@ -1,6 +1,7 @@
 """Serving overhead and latency vs load of the full sidecar, against the raw encoder in the same run.
 
     python tests/benchmarks/bench_sidecar.py [--duration 10] [--variant fp32|int8] [--json out.json]
+        [--frontends 1,2 --connections 8]
 
 1. Raw encoder: ONNX Runtime (same model, variant and thread count as the sidecar) on the texts a
    request of the mix makes the sidecar encode (query + response sentences + the guardrail's query
@@ -10,6 +11,8 @@
    loop at fixed rates; requests/s and p50/p90/p99. The sidecar's own encoder counters (GetInfo)
    give the tokens it encoded per request, so the "encoder bound" for the same work is
    raw tokens/s ÷ tokens per request, and the sidecar's throughput is reported as a share of it.
+   ``--frontends 1,2`` measures a sidecar per count of front-end processes (server.frontends),
+   ``--connections`` spreads the load over that many connections (the kernel shares them out).
 (Latency against offered load beyond capacity, with admission on and off, and its plot:
 ``tests/benchmarks/bench_overload.py``.)
 
@@ -80,25 +83,12 @@ def raw_encoder(variant: str, threads: int, seconds: float) -> dict[str, float]:
     return best
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=float, default=10.0)
-    ap.add_argument("--variant", default=os.environ.get("CERTUS_MODEL_VARIANT", "fp32"))
-    ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--rates", default="10,25,50,100")
-    ap.add_argument("--json", default="")
-    ap.add_argument(
-        "--no-guardrails",
-        action="store_true",
-        help="workspace manifest with every guardrail disabled: the scoring path alone vs the encoder",
-    )
-    args = ap.parse_args()
-    threads = os.cpu_count() or 2
-
-    print(f"raw encoder ({args.variant}, {threads} threads):", flush=True)
-    raw = raw_encoder(args.variant, threads, min(args.duration, 5.0))
-
-    proc, target, home = start_local_sidecar({"CERTUS_MODEL_VARIANT": args.variant, "LOG_LEVEL": "ERROR"})
+def measure_sidecar(args: argparse.Namespace, raw: dict[str, float], frontends: int) -> list[dict[str, object]]:
+    """One sidecar with ``frontends`` front-end processes: closed loop at each concurrency, then
+    the open-loop rates, the load spread over ``--connections`` connections."""
+    env = {"CERTUS_MODEL_VARIANT": args.variant, "LOG_LEVEL": "ERROR", "CERTUS_FRONTENDS": str(frontends)}
+    proc, target, home = start_local_sidecar(env)
+    print(f"sidecar with {frontends} front-end process(es), {args.connections} connection(s):", flush=True)
     if args.no_guardrails:
         default = json.loads((ROOT / "sidecar" / "default_manifest.json").read_text())
         default.update(
@@ -110,15 +100,16 @@ def main() -> None:
         (home / "manifests" / "bench").mkdir(parents=True, exist_ok=True)
         (home / "manifests" / "bench" / "2025-01.json").write_text(json.dumps(default))
         time.sleep(2.5)  # the store polls for changes every second
+    conns = args.connections
+    rows: list[dict[str, object]] = []
     try:
         concurrencies = [int(c) for c in args.concurrency.split(",") if c]
         rates = [float(r) for r in args.rates.split(",") if r]
         # warm the chunk pool (40 chunks) so the steady state is measured
-        asyncio.run(run_bench(target, [], 0, 4.0, False, []))
-        rows = []
+        asyncio.run(run_bench(target, [], 0, 4.0, False, [], conns))
         for c in concurrencies:
             before = sidecar_counters(target)
-            (r,) = asyncio.run(run_bench(target, [c], args.duration, 0, False, []))
+            (r,) = asyncio.run(run_bench(target, [c], args.duration, 0, False, [], conns))
             after = sidecar_counters(target)
             d = r.as_dict()
             n = max(1, d["ok"])
@@ -126,25 +117,52 @@ def main() -> None:
             d["texts_per_request"] = (after["encoder.texts_encoded"] - before["encoder.texts_encoded"]) / n
             d["encoder_bound_rps"] = raw["tokens_per_s"] / max(d["tokens_per_request"], 1e-9)
             d["share_of_bound"] = d["rps"] / d["encoder_bound_rps"]
+            d["frontends"] = frontends
             rows.append(d)
         for rate in rates:
-            (r,) = asyncio.run(run_bench(target, [], args.duration, 0, False, [rate]))
-            rows.append(r.as_dict())
+            (r,) = asyncio.run(run_bench(target, [], args.duration, 0, False, [rate], conns))
+            rows.append({**r.as_dict(), "frontends": frontends})
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--variant", default=os.environ.get("CERTUS_MODEL_VARIANT", "fp32"))
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--rates", default="10,25,50,100")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--frontends", default="1", help="front-end process counts to measure, e.g. 1,2 (server.frontends)")
+    ap.add_argument("--connections", type=int, default=1, help="connections the load is spread over")
+    ap.add_argument(
+        "--no-guardrails",
+        action="store_true",
+        help="workspace manifest with every guardrail disabled: the scoring path alone vs the encoder",
+    )
+    args = ap.parse_args()
+    threads = os.cpu_count() or 2
+
+    print(f"raw encoder ({args.variant}, {threads} threads):", flush=True)
+    raw = raw_encoder(args.variant, threads, min(args.duration, 5.0))
+
+    rows = []
+    for frontends in [int(n) for n in args.frontends.split(",") if n]:
+        rows += measure_sidecar(args, raw, frontends)
 
     print()
     print(f"raw encoder: {raw['tokens_per_s']:.0f} tokens/s (best batch {raw['batch']}), variant {args.variant}")
     print()
-    print("| load | req/s | p50 ms | p90 ms | p99 ms | tokens/req | encoder bound req/s | share | errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| front-ends | load | req/s | p50 ms | p90 ms | p99 ms | tokens/req | encoder bound req/s | share | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for d in rows:
         bound = f"{d['encoder_bound_rps']:.1f}" if "encoder_bound_rps" in d else "–"
         share = f"{d['share_of_bound']:.0%}" if "share_of_bound" in d else "–"
         tpr = f"{d['tokens_per_request']:.0f}" if "tokens_per_request" in d else "–"
         print(
-            f"| {d['label']} | {d['rps']:.1f} | {d['p50_ms']:.1f} | {d['p90_ms']:.1f} | {d['p99_ms']:.1f} | "
+            f"| {d['frontends']} | {d['label']} | {d['rps']:.1f} | {d['p50_ms']:.1f} | {d['p90_ms']:.1f} | {d['p99_ms']:.1f} | "
             f"{tpr} | {bound} | {share} | {d['errors'] or 'none'} |"
         )
     if args.json:
