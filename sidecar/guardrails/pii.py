@@ -120,6 +120,11 @@ CONTEXT_NUMBER_PATTERNS = (
     ("CREDIT_CARD", "card_named",
      r"(?<=\b(?:card|cc)\b(?:\s{0,3}(?:number|no\.?|#))?\s{0,3}(?:is\b|:)?\s{0,3})\d{12,19}\b", 0.8),
 )
+# Every pattern recognizer above needs a digit (cards, SSNs, IBANs, phones, IPv4, house numbers,
+# Unicode digits included: their patterns use \d), an "@" (emails) or a ":" (IPv6 without digits,
+# "abcd::ef"). A text with none of them cannot match any: an analyzer without NER is not asked about
+# it (no round trip to the worker, no spaCy tokenization; most answers have no such character).
+PATTERN_CUE = re.compile(r"[\d@:]")
 # spaCy labels -> Presidio entities (Presidio's own default mapping, restricted to what we report)
 NER_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "DATE": "DATE_TIME",
               "TIME": "DATE_TIME", "ORG": "ORGANIZATION"}
@@ -508,6 +513,8 @@ class PiiGuardrail:
         the analyzer runs Presidio's pattern recognizers only (no spaCy NER)."""
         self.head_ner = head_ner if ner else None
         self.analyzer = analyzer or PiiAnalyzer(ner and head_ner is None)
+        # patterns only (names, places and dates come from the head, or nowhere): see PATTERN_CUE
+        self.patterns_only = not set(self.analyzer.entities) & set(NER_ENTITIES)
 
     @property
     def ner_model(self) -> str:
@@ -515,7 +522,10 @@ class PiiGuardrail:
 
     def analyze(self, text: str) -> list[PiiSpan]:
         """Every PII span of ``text``: the analyzer's, plus the head's when it is used."""
-        spans = self.analyzer.analyze(text)
+        if self.patterns_only and not PATTERN_CUE.search(text):
+            spans: list[PiiSpan] = []
+        else:
+            spans = self.analyzer.analyze(text)
         if self.head_ner is None or not text:
             return spans
         ner = [s for s in self.head_ner.spans(text) if s.entity_type != "PERSON" or _name_like(text[s.start : s.end])]

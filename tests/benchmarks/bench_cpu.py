@@ -16,6 +16,7 @@ numbers a pod pays are both visible. Not counted here: gRPC and protobuf (the no
 (``tests/benchmarks/bench_evidence.py``).
 
     python tests/benchmarks/bench_cpu.py [--requests 150] [--variant int8] [--profile 25]
+        [--no-email] [--ask-always]
 
 ``--profile N`` also prints the N functions with the most own CPU (cProfile, a second pass).
 """
@@ -27,6 +28,7 @@ import cProfile
 import io
 import json
 import pstats
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,17 +78,13 @@ class Cached:
         return [self.states[t] for t in texts]
 
 
-def requests(n: int) -> list[EvaluateInput]:
+def requests(n: int, email: bool = True) -> list[EvaluateInput]:
     rows = [json.loads(line) for line in (DATA / "halueval" / "qa_dev.jsonl").open(encoding="utf-8")][:n]
     squad = json.loads((DATA / "squad_v2" / "dev_subset.json").read_text())
     shared = [p["context"] for a in squad["data"] for p in a["paragraphs"]][:2]
+    tail = " Write to john.smith@example.com for details." if email else ""
     return [
-        EvaluateInput(
-            "bench",
-            r["question"],
-            f"{r['right_answer']} {r['knowledge'][:300]} Write to john.smith@example.com for details.",
-            (r["knowledge"], *shared),
-        )
+        EvaluateInput("bench", r["question"], f"{r['right_answer']} {r['knowledge'][:300]}{tail}", (r["knowledge"], *shared))
         for r in rows
     ]
 
@@ -96,7 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=150)
     ap.add_argument("--variant", default="int8")
     ap.add_argument("--profile", type=int, default=0, metavar="N")
+    ap.add_argument("--no-email", action="store_true",
+                    help="responses without the e-mail sentence (then many hold no digit, @ or colon)")
+    ap.add_argument("--ask-always", action="store_true",
+                    help="baseline of the PII cue check: the pattern analyzer is asked about every text")
     args = ap.parse_args(argv)
+    if args.ask_always:
+        from certus.sidecar.guardrails import pii
+
+        pii.PATTERN_CUE = re.compile("")  # matches every text: nothing is skipped
     if not (DATA / "halueval" / "qa_dev.jsonl").exists():
         print(f"needs ../shared/data ({DATA})", file=sys.stderr)
         return 2
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = Scorer(Config().scoring)
     manifest = ManifestStore(Config().manifests).resolve("bench", "")
     configs = manifest.guardrails
-    inps = requests(args.requests)
+    inps = requests(args.requests, email=not args.no_email)
 
     # the baseline: the encoder's CPU for each request's new texts (the shared chunks once)
     encoder_ms = []

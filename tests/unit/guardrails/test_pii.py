@@ -329,3 +329,67 @@ def test_a_city_someone_moved_to_is_a_personal_place(pii_suite: GuardrailSuite) 
     inp = req(response="John Smith moved to Lisbon in March 2019.")
     found = {(v.detector, text_of(inp, v)) for v in scan_one(pii_suite, PII, inp)}
     assert {("PERSON", "John Smith"), ("LOCATION", "Lisbon"), ("DATE_TIME", "March 2019")} <= found
+
+
+# -- the pattern analyzer is asked only about text a pattern could match ---------------------------
+
+
+class _Counting:
+    """The real analyzer, counting the texts it is asked about."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.entities = inner.entities  # type: ignore[attr-defined]
+        self.ner_model = inner.ner_model  # type: ignore[attr-defined]
+        self.asked: list[str] = []
+
+    def analyze(self, text: str) -> list:  # type: ignore[type-arg]
+        self.asked.append(text)
+        return self.inner.analyze(text)  # type: ignore[attr-defined]
+
+
+def test_text_without_a_digit_at_sign_or_colon_never_reaches_the_pattern_analyzer() -> None:
+    from certus.sidecar.guardrails.pii import PiiAnalyzer, PiiGuardrail
+
+    counting = _Counting(PiiAnalyzer(ner=False))
+    g = PiiGuardrail(counting, ner=False)  # type: ignore[arg-type]
+    assert g.patterns_only
+    cfg = GuardrailConfig(severity_threshold=Severity.LOW, confidence_threshold=0.0)
+    plain = "John Smith lives on Maple Avenue and writes to ann at example dot org."
+    assert g.detect(req(response=plain), cfg) == [] and counting.asked == []
+    for text, entity in [
+        ("Call 212-555-0199 today.", "PHONE_NUMBER"),
+        ("Mail ann.lee@example.org now.", "EMAIL_ADDRESS"),
+        ("The host is abcd::ef01 on the lab network.", None),  # a colon: IPv6 may have no digit
+        ("Card ４１１１１１１１１１１１１１１１ was used.", None),  # full-width digits are digits too
+    ]:
+        found = {v.detector for v in g.detect(req(response=text), cfg)}
+        assert counting.asked[-1] == text
+        assert entity is None or entity in found, (text, found)
+    # with spaCy NER in the analyzer, every text is its business
+    ner = _Counting(PiiAnalyzer(ner=True))
+    assert not PiiGuardrail(ner, ner=True).patterns_only  # type: ignore[arg-type]
+
+
+def test_every_pattern_finding_in_real_text_holds_a_cue_character() -> None:
+    """What makes skipping safe, on text full of PII: no span the pattern recognizers find in the
+    presidio-research synth sentences or in HaluEval answers lacks a digit, "@" or ":"."""
+    import json
+
+    from certus.sidecar.guardrails.pii import PATTERN_CUE, PiiAnalyzer
+    from tests.conftest import shared_data
+
+    texts = [json.loads(line)["full_text"] for line in shared_data("pii", "presidio_synth_dev.jsonl").open()]
+    with shared_data("halueval", "qa_dev.jsonl").open() as f:
+        for line in f:
+            row = json.loads(line)
+            texts += [row["right_answer"], row["hallucinated_answer"], row["knowledge"]]
+    analyzer = PiiAnalyzer(ner=False)
+    found: dict[str, int] = {}
+    for text in texts:
+        for span in analyzer.analyze(text):
+            found[span.entity_type] = found.get(span.entity_type, 0) + 1
+            assert PATTERN_CUE.search(text[span.start : span.end]), (span, text[span.start : span.end])
+    # the check saw findings of every pattern kind the synth set holds
+    assert {"CREDIT_CARD", "EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "STREET_ADDRESS", "IBAN_CODE"} <= set(found)
+    assert sum(found.values()) > 200
