@@ -393,3 +393,40 @@ def test_every_pattern_finding_in_real_text_holds_a_cue_character() -> None:
     # the check saw findings of every pattern kind the synth set holds
     assert {"CREDIT_CARD", "EMAIL_ADDRESS", "PHONE_NUMBER", "IP_ADDRESS", "STREET_ADDRESS", "IBAN_CODE"} <= set(found)
     assert sum(found.values()) > 200
+
+
+def test_spacy_runs_for_the_pattern_analyzer_only_when_a_recognizer_found_something() -> None:
+    """Without NER, Presidio's spaCy artifacts serve context enhancement of findings only: they are
+    made on first use, and the findings are the same as with artifacts made up front."""
+    import json
+
+    from certus.sidecar.guardrails.pii import PiiAnalyzer
+    from tests.conftest import shared_data
+
+    analyzer = PiiAnalyzer(ner=False)
+    engine = analyzer._analyzer.nlp_engine
+    calls: list[str] = []
+    process_text = engine.process_text
+
+    def counting(text: str, language: str) -> object:
+        calls.append(text)
+        return process_text(text, language)
+
+    engine.process_text = counting
+    try:
+        assert analyzer.analyze("The 1939 season ended on 12 May with 4 wins.") == [] and calls == []
+        found = analyzer.analyze("Call me on 212-555-0199 tomorrow.")
+        assert [s.entity_type for s in found] == ["PHONE_NUMBER"] and len(calls) == 1
+    finally:
+        engine.process_text = process_text
+
+    texts = [json.loads(line)["full_text"] for line in shared_data("pii", "presidio_synth_dev.jsonl").open()][:300]
+    with shared_data("halueval", "qa_dev.jsonl").open() as f:
+        texts += [json.loads(line)["knowledge"] for line in list(f)[:200]]
+    lazy = [analyzer.analyze(t) for t in texts]
+    analyzer._lazy = False
+    try:
+        eager = [analyzer.analyze(t) for t in texts]
+    finally:
+        analyzer._lazy = True
+    assert lazy == eager and sum(map(len, eager)) > 100
