@@ -295,7 +295,9 @@ async def _listen(cfg: Config, app: App, credentials: grpc.ServerCredentials | N
     reflection.enable(server, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     port = bind(server, "server.address", cfg.server.address, credentials)
     if cfg.server.metrics_address and app.metrics_server is None:
-        app.metrics_server = MetricsServer.start(cfg.server.metrics_address, app.metrics.registry)
+        from certus.sidecar.server.frontends import metrics_registry
+
+        app.metrics_server = MetricsServer.start(cfg.server.metrics_address, metrics_registry(app))
     if cfg.server.health_address and app.health_server is None:
         app.health_server = await start_health_listener(cfg.server.health_address, app.health)
     if cfg.server.rest_address and app.rest is None:

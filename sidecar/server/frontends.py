@@ -25,8 +25,10 @@ restarts a front-end that dies (after 1 s, then up to 30 s between attempts); SI
 every front-end gracefully (in-flight calls finish: they still need the hub) before the hub stops.
 
 Limits: per-workspace rate limits would be counted per process, so ``auth.rate_limit_rps`` with
-more than one front-end is refused at start; Prometheus metrics and the dashboard's live claims
-cover the hub's own share of the requests (the evidence log, which the dashboard reads, has all).
+more than one front-end is refused at start; the dashboard's live claims cover the hub's own share
+of the requests (the evidence log, which its other pages read, has all). The hub's Prometheus
+endpoint asks every front-end for its request metrics at scrape time and adds them into its own
+(:class:`MergedMetrics`; the hub also asks over the socket: frames with a negative id).
 """
 
 from __future__ import annotations
@@ -171,6 +173,9 @@ class Hub:
         self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._conns: set[_Connection] = set()
+        self._asks: dict[int, asyncio.Future[Any]] = {}  # the hub's own questions to front-ends
+        self._next_ask = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.requests = 0
 
     @property
@@ -183,7 +188,7 @@ class Hub:
 
     async def start(self) -> None:
         """Listen, start every front-end and wait until each serves on the port (or fail, naming it)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._server = await asyncio.start_unix_server(self._serve_conn, path=self.path, limit=1 << 20)
         os.chmod(self.path, 0o600)
         self.app.evidence.add_state_listener(
@@ -279,6 +284,33 @@ class Hub:
                 await self._server.wait_closed()
         shutil.rmtree(self._dir, ignore_errors=True)
 
+    def gather(self, op: str, timeout_s: float = 2.0) -> list[Any]:
+        """Ask every running front-end ``op`` (from any thread but the hub's loop); each answer, or
+        None for one that did not answer within ``timeout_s``."""
+        if self._loop is None:
+            return []
+        return asyncio.run_coroutine_threadsafe(self._ask_all(op, timeout_s), self._loop).result(timeout_s + 5.0)
+
+    async def _ask_all(self, op: str, timeout_s: float) -> list[Any]:
+        async def ask(child: _Child) -> Any:
+            conn = child.conn
+            if conn is None or child.proc is None or child.proc.returncode is not None:
+                return None
+            self._next_ask -= 1
+            rid = self._next_ask
+            fut = asyncio.get_running_loop().create_future()
+            self._asks[rid] = fut
+            try:
+                await conn.send((rid, op, ()))
+                return await asyncio.wait_for(fut, timeout_s)
+            except Exception as exc:  # noqa: BLE001 - a front-end that cannot answer is left out
+                log.warning("frontend_no_answer", index=child.index, op=op, error_type=type(exc).__name__)
+                return None
+            finally:
+                self._asks.pop(rid, None)
+
+        return list(await asyncio.gather(*(ask(c) for c in self._children)))
+
     def _push_health(self, healthy: bool, reason: str) -> None:
         for conn in list(self._conns):
             self._keep(asyncio.create_task(self._quiet_send(conn, (0, "health", (healthy, reason)))))
@@ -296,6 +328,11 @@ class Hub:
                     rid, op, args = await _read(reader)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
+                if rid < 0:  # a front-end's answer to one of the hub's questions: (rid, ok, value)
+                    fut = self._asks.get(rid)
+                    if fut is not None and not fut.done():
+                        fut.set_result(args if op else None)
+                    continue
                 self._keep(asyncio.create_task(self._answer(conn, rid, op, args)))
         finally:
             self._conns.discard(conn)
@@ -357,6 +394,8 @@ class HubClient:
         self._next = 0
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self.on_health: Any = None  # callable(healthy, reason)
+        self.on_request: Any = None  # callable(op) -> value: the hub's questions (metrics)
+        self._answers: set[asyncio.Task[None]] = set()
         self.lost = asyncio.get_running_loop().create_future()  # set when the hub goes away
         self._reader = asyncio.create_task(self._read_loop())
 
@@ -385,6 +424,11 @@ class HubClient:
         try:
             while True:
                 rid, first, value = await _read(self.conn.reader)
+                if rid < 0:  # the hub asks: (rid, op, args)
+                    task = asyncio.create_task(self._answer_hub(rid, first))
+                    self._answers.add(task)
+                    task.add_done_callback(self._answers.discard)
+                    continue
                 if rid == 0:
                     if first == "health" and self.on_health is not None:
                         self.on_health(*value)
@@ -401,6 +445,15 @@ class HubClient:
                     fut.set_exception(gone)
             if not self.lost.done():
                 self.lost.set_result(None)
+
+    async def _answer_hub(self, rid: int, op: str) -> None:
+        try:
+            value, ok = self.on_request(op), True
+        except Exception as exc:  # noqa: BLE001 - the hub leaves this process out of its answer
+            log.warning("hub_question_failed", op=op, error_type=type(exc).__name__)
+            value, ok = None, False
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.conn.send((rid, ok, value))
 
     async def close(self) -> None:
         self._reader.cancel()
@@ -581,6 +634,9 @@ class FrontendApp:
             admission=admission,
         )
         self.hub.on_health = self._on_health
+        self.hub.on_request = self._on_hub_request
+        manifests = self.manifests  # workspaces with a manifest keep their metric label, as in the hub
+        self.metrics.workspace_label.known = lambda ws: manifests.resolve(ws).workspace_id == ws
         await self.warmup()
         self.reclaimer.start()  # as in the hub: memory back after a burst
         await self.set_health(healthy, reason)
@@ -598,6 +654,11 @@ class FrontendApp:
         vecs, tokens = await self.batcher.embed_tokens(layout.texts)
         await loop.run_in_executor(None, scorer.score, probe, layout, vecs, tokens)
         await loop.run_in_executor(None, self.guardrails.scan, probe, self.manifests.resolve("default", "").guardrails)
+
+    def _on_hub_request(self, op: str) -> Any:
+        if op == "metrics":  # this process's request metrics, for the hub's endpoint to add in
+            return list(self.metrics.registry.collect())
+        raise ValueError(f"unknown question {op!r}")
 
     def _on_health(self, serving: bool, reason: str) -> None:  # the hub's push, on this loop
         task = asyncio.ensure_future(self.set_health(serving, reason))
@@ -647,6 +708,63 @@ class FrontendApp:
         if self.guardrails is not None:
             await loop.run_in_executor(None, self.guardrails.close)
         self.manifests.stop()
+
+
+class MergedMetrics:
+    """The hub's metrics endpoint with several front-ends: the hub's own metrics with each front-end's
+    request metrics (counters, histograms, gauges) added in sample by sample at scrape time, so
+    ``certus_evaluate_*`` counts every call whichever process answered it. A front-end that does not
+    answer within 2 s is left out of that scrape (and logged). Registered with no names, so
+    ``name[]`` filters still apply."""
+
+    MERGED = frozenset({"counter", "gauge", "histogram", "summary"})
+
+    def __init__(self, base: Any, app: Any) -> None:
+        self.base = base
+        self.app = app
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.metrics_core import Metric
+
+        own = list(self.base.collect())
+        hub = self.app.hub
+        if hub is None:
+            return own
+        by_name = {m.name: m for m in own}
+        for families in hub.gather("metrics"):
+            for fam in families or ():
+                if fam.type not in self.MERGED:
+                    continue
+                target = by_name.get(fam.name)
+                if target is None:
+                    target = by_name[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                    own.append(target)
+                at = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(target.samples)}
+                for sample in fam.samples:
+                    if sample.name.endswith("_created"):  # a timestamp, not an amount
+                        continue
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    i = at.get(key)
+                    if i is None:
+                        at[key] = len(target.samples)
+                        target.samples.append(sample)
+                    else:
+                        target.samples[i] = target.samples[i]._replace(value=target.samples[i].value + sample.value)
+        return own
+
+
+def metrics_registry(app: Any) -> Any:
+    """What the hub's metrics endpoint serves (the app's own registry with one front-end)."""
+    if app.cfg.server.frontends <= 1:
+        return app.metrics.registry
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MergedMetrics(app.metrics.registry, app))
+    return registry
 
 
 async def run_frontend(path: str, index: int) -> int:

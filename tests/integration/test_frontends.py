@@ -12,6 +12,7 @@ on the same loopback port. Clients open separate connections until each process 
 - an async evaluation accepted by one process is fetched through the other;
 - errors raised in the hub reach the caller with their status (NOT_FOUND), and a bad request is
   refused in the front-end itself with the field named;
+- the hub's Prometheus endpoint counts the calls every process answered;
 - a front-end killed with SIGKILL is started again and serves; SIGTERM stops every process, exit 0.
 
 Settings that cannot work with several processes are refused before anything loads.
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -35,15 +37,17 @@ from certus.sidecar.evidence.records import iter_log
 from certus.sidecar.loadgen import start_local_sidecar
 from certus.sidecar.protos import pb, pb_grpc
 from certus.sidecar.signing import VerifyKey
-from tests.conftest import OUTSIDE, cli_argv, cli_env, wait_until
+from tests.conftest import OUTSIDE, cli_argv, cli_env, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 class Sidecar:
     def __init__(self) -> None:
+        self.metrics = f"127.0.0.1:{free_port()}"
         self.proc, self.target, self.home = start_local_sidecar(
-            {"CERTUS_FRONTENDS": "2", "CERTUS_GRACE_S": "5", "LOG_LEVEL": "INFO"}, stderr_file="stderr.log",
+            {"CERTUS_FRONTENDS": "2", "CERTUS_GRACE_S": "5", "LOG_LEVEL": "INFO", "CERTUS_METRICS_ADDRESS": self.metrics},
+            stderr_file="stderr.log",
             drain_stdout=True,
         )
         self.channels: list[grpc.Channel] = []
@@ -206,6 +210,34 @@ def test_errors_keep_their_status_across_the_hub(sidecar: Sidecar) -> None:
     with pytest.raises(grpc.RpcError) as bad:
         stubs["1"].Evaluate(pb.EvaluateRequest(workspace_id="no spaces", query="q", response="r"), timeout=30)
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "workspace_id" in bad.value.details()
+
+
+def test_the_metrics_endpoint_counts_the_calls_of_every_process(sidecar: Sidecar) -> None:
+    """The hub's Prometheus endpoint adds each front-end's request metrics into its own."""
+    stubs = sidecar.stub_per_process()
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://{sidecar.metrics}/metrics", timeout=30) as resp:
+            return str(resp.read().decode())
+
+    def evaluate_ok(text: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("certus_evaluate_grpc_requests_total{") and 'method="Evaluate"' in line and 'code="OK"' in line
+        )
+
+    before = scrape()
+    for i in range(5):
+        stubs["1"].Evaluate(request(4000 + i), timeout=60)
+    for i in range(3):
+        stubs["0"].Evaluate(request(4100 + i), timeout=60)
+    after = scrape()
+    assert evaluate_ok(after) - evaluate_ok(before) == 8  # the hub alone answered 3 of them
+    # one family per name: the front-ends' samples are merged in, not listed a second time
+    for family in ("certus_evaluate_grpc_requests_total", "certus_evaluate_request_duration_seconds"):
+        assert sum(line.startswith(f"# TYPE {family} ") for line in after.splitlines()) == 1, family
+    assert sum(line.startswith("certus_evaluate_service_info{") for line in after.splitlines()) == 1
 
 
 def test_a_killed_frontend_is_started_again_then_sigterm_stops_all(sidecar: Sidecar) -> None:
