@@ -43,7 +43,6 @@ import signal
 import struct
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -822,10 +821,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         uvloop.install()
-    t0 = time.perf_counter()
-    code = asyncio.run(run_frontend(path, index))
-    log.debug("frontend_exit", seconds=round(time.perf_counter() - t0, 1))
-    return code
+    return asyncio.run(run_frontend(path, index))
 
 
 if __name__ == "__main__":

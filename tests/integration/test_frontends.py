@@ -166,6 +166,9 @@ def test_same_request_same_scores_through_either_process(sidecar: Sidecar) -> No
     assert [(m.name, m.value) for m in a.metrics] == [(m.name, m.value) for m in b.metrics]
     assert [(c.start, c.end, c.support) for c in a.claims] == [(c.start, c.end, c.support) for c in b.claims]
     assert a.evidence_id != b.evidence_id and a.passed == b.passed
+    measure = pb.MeasureRequest(text1="The budget grew by 7 percent.", text2="Spending rose 7% this year.")
+    m0, m1 = (stubs[k].Measure(measure, timeout=60) for k in "01")
+    assert (m0.semantic_score, m0.confidence, m0.matched) == (m1.semantic_score, m1.confidence, m1.matched)
 
 
 def test_concurrent_requests_of_both_processes_share_encoder_batches(sidecar: Sidecar) -> None:
@@ -291,3 +294,41 @@ def test_settings_several_frontends_cannot_honour_are_refused(tmp_path: Path, en
     assert done.returncode != 0
     assert named in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+def test_every_frontend_enforces_the_tokens(tmp_path: Path) -> None:
+    """A front-end process is not a side door: the same tokens file, scopes and workspaces."""
+    import json
+
+    from tests.integration.test_auth import ADMIN, BETA, READER, TOKENS, bearer, code_of
+    from tests.integration.test_auth import request as acme_request
+
+    tokens_file = tmp_path / "tokens.json"
+    tokens_file.write_text(json.dumps(TOKENS))
+    proc, target, _home = start_local_sidecar(
+        {"CERTUS_FRONTENDS": "2", "CERTUS_AUTH_TOKENS_FILE": str(tokens_file)}, drain_stdout=True
+    )
+    channels: list[grpc.Channel] = []
+    try:
+        stubs: dict[str, pb_grpc.EvaluatorStub] = {}
+        for _ in range(40):
+            ch = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            channels.append(ch)
+            stub = pb_grpc.EvaluatorStub(ch)
+            details = stub.GetInfo(pb.GetInfoRequest(), metadata=bearer(ADMIN), timeout=30).details
+            stubs.setdefault(details["frontend.index"], stub)
+            if len(stubs) == 2:
+                break
+        assert set(stubs) == {"0", "1"}
+        for stub in stubs.values():
+            assert code_of(stub.Evaluate, acme_request(), timeout=30) == grpc.StatusCode.UNAUTHENTICATED
+            assert code_of(stub.Evaluate, acme_request(), metadata=bearer("wrong-token-0123456789"), timeout=30) == (
+                grpc.StatusCode.UNAUTHENTICATED
+            )
+            assert code_of(stub.Evaluate, acme_request(), metadata=bearer(BETA), timeout=30) == grpc.StatusCode.PERMISSION_DENIED
+            assert stub.Evaluate(acme_request(), metadata=bearer(READER), timeout=60).evidence_id.startswith("sha256:")
+    finally:
+        for ch in channels:
+            ch.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
