@@ -26,6 +26,13 @@ WINDOW_S = 1.0  # completions counted over this sliding window
 DECAY_S = 10.0  # time constant of the measured service rate's decay
 
 
+def process_floor(min_in_flight: int, processes: int) -> int:
+    """Each of ``processes`` front-end processes (server.frontends) admits on its own, measuring its
+    own share of the completions, so the limits add up to the sidecar's rate x target; the floor is
+    the sidecar's, shared out the same way (else N processes would let N floors in at once)."""
+    return max(1, math.ceil(min_in_flight / max(1, processes)))
+
+
 class Admission:
     def __init__(self, target_ms: float, *, min_in_flight: int = 2, clock: Callable[[], float] = time.monotonic) -> None:
         if target_ms < 0 or min_in_flight < 1:

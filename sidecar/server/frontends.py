@@ -53,7 +53,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from certus.sidecar import policy
-from certus.sidecar.admission import Admission
+from certus.sidecar.admission import Admission, process_floor
 from certus.sidecar.batcher import BatcherStats
 from certus.sidecar.cache import LruCache, text_key
 from certus.sidecar.config import BatcherConfig, Config
@@ -620,7 +620,10 @@ class FrontendApp:
                 pii_ner_model=cfg.guardrails.pii_ner_model,
             ),
         )
-        admission = Admission(cfg.server.admission_target_ms, min_in_flight=cfg.server.admission_min_in_flight)
+        admission = Admission(
+            cfg.server.admission_target_ms,
+            min_in_flight=process_floor(cfg.server.admission_min_in_flight, cfg.server.frontends),
+        )
         self.pipeline = FrontendPipeline(
             self.hub,
             self.batcher,  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
     python tests/benchmarks/bench_overload.py [--duration 8] [--factors 0.5,0.75,1,1.25,1.5,2,2.5] \
         [--configs 0:0,100:2,250:8] [--png docs/latency_vs_load.png] [--json out.json]
+        [--frontends 2 --connections 8]
 
 For each configuration ``TARGET_MS:MIN_IN_FLIGHT`` (default: admission off, 0:0, the baseline in the
 same run, whose closed loop measures the capacity every configuration is then offered multiples of;
@@ -29,18 +30,31 @@ sys.path.insert(0, str(ROOT))
 from certus.sidecar.loadgen import run_bench, start_local_sidecar  # noqa: E402
 
 
-def sweep(target_ms: float, floor: int, factors: list[float], duration: float, capacity: float | None = None) -> dict:
+def sweep(
+    target_ms: float,
+    floor: int,
+    factors: list[float],
+    duration: float,
+    capacity: float | None = None,
+    frontends: int = 1,
+    connections: int = 1,
+) -> dict:
     """One configuration; offered rates are ``factor x capacity`` (measured here unless given, so
     every configuration of a run is offered the same rates)."""
-    env = {"CERTUS_ADMISSION_TARGET_MS": f"{target_ms:g}", "CERTUS_ADMISSION_MIN_IN_FLIGHT": str(max(1, floor)), "LOG_LEVEL": "ERROR"}
+    env = {
+        "CERTUS_ADMISSION_TARGET_MS": f"{target_ms:g}",
+        "CERTUS_ADMISSION_MIN_IN_FLIGHT": str(max(1, floor)),
+        "CERTUS_FRONTENDS": str(frontends),
+        "LOG_LEVEL": "ERROR",
+    }
     proc, target, _home = start_local_sidecar(env, drain_stdout=True)
     try:
-        asyncio.run(run_bench(target, [], 0, 4.0, False, []))  # warm the chunk pool and caches
-        (cap,) = asyncio.run(run_bench(target, [8], duration, 0, False, []))
+        asyncio.run(run_bench(target, [], 0, 4.0, False, [], connections))  # warm the chunk pool and caches
+        (cap,) = asyncio.run(run_bench(target, [8], duration, 0, False, [], connections))
         capacity = capacity or cap.rps
         rows = []
         for f in factors:
-            (r,) = asyncio.run(run_bench(target, [], duration, 0, False, [round(f * capacity, 1)]))
+            (r,) = asyncio.run(run_bench(target, [], duration, 0, False, [round(f * capacity, 1)], connections))
             d = r.as_dict()
             d["factor"] = f
             d["offered_rps"] = round(f * capacity, 1)
@@ -100,13 +114,16 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--factors", default="0.5,0.75,1,1.25,1.5,2,2.5")
     ap.add_argument("--configs", default="0:0,100:2,250:8", help="TARGET_MS:MIN_IN_FLIGHT,... (the first one measures the capacity)")
+    ap.add_argument("--frontends", type=int, default=1, help="front-end processes of every sidecar (server.frontends)")
+    ap.add_argument("--connections", type=int, default=1, help="connections the load is spread over")
     ap.add_argument("--png", default="")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     factors = [float(f) for f in args.factors.split(",") if f]
     configs = [(float(c.split(":")[0]), int(c.split(":")[1])) for c in args.configs.split(",") if c]
-    runs = [sweep(*configs[0], factors, args.duration)]
-    runs += [sweep(t, floor, factors, args.duration, runs[0]["capacity_rps"]) for t, floor in configs[1:]]
+    kw = {"frontends": args.frontends, "connections": args.connections}
+    runs = [sweep(*configs[0], factors, args.duration, **kw)]
+    runs += [sweep(t, floor, factors, args.duration, runs[0]["capacity_rps"], **kw) for t, floor in configs[1:]]
     for run in runs:
         print(
             f"\n{_name(run)}: closed loop c=8 {run['closed_loop_c8_rps']:.1f} Evaluate/s (p99 {run['closed_loop_c8_p99_ms']} ms); "

@@ -111,6 +111,8 @@ def test_both_processes_serve_the_port(sidecar: Sidecar) -> None:
     # each process runs its own PII worker; the key and the log position are the hub's
     assert hub["pii.worker_pid"] != other["pii.worker_pid"]
     assert hub["evidence.key_id"] == other["evidence.key_id"]
+    # each process admits on its own: the default floor of 8 in flight is shared out, 4 each
+    assert hub["admission.limit"] == other["admission.limit"] == "4"
 
 
 def test_decisions_of_both_processes_share_one_chain(sidecar: Sidecar, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from certus.sidecar.admission import DECAY_S, Admission
+from certus.sidecar.admission import DECAY_S, Admission, process_floor
 
 
 class Clock:
@@ -60,3 +60,8 @@ def test_target_zero_turns_admission_off() -> None:
         Admission(-1.0)
     with pytest.raises(ValueError):
         Admission(10.0, min_in_flight=0)
+
+
+def test_the_floor_is_shared_out_among_front_end_processes() -> None:
+    assert [process_floor(8, n) for n in (1, 2, 3, 8, 16)] == [8, 4, 3, 1, 1]
+    assert process_floor(1, 4) == 1 and process_floor(8, 0) == 8
