@@ -20,17 +20,42 @@ from __future__ import annotations
 import collections
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 WINDOW_S = 1.0  # completions counted over this sliding window
 DECAY_S = 10.0  # time constant of the measured service rate's decay
 
 
-def process_floor(min_in_flight: int, processes: int) -> int:
-    """Each of ``processes`` front-end processes (server.frontends) admits on its own, measuring its
-    own share of the completions, so the limits add up to the sidecar's rate x target; the floor is
-    the sidecar's, shared out the same way (else N processes would let N floors in at once)."""
-    return max(1, math.ceil(min_in_flight / max(1, processes)))
+class PeerSlots:
+    """With several front-end processes (server.frontends) admission is the sidecar's, not each
+    process's: every process publishes its calls in flight and its measured rate in its own slot of
+    a small file mapped into all of them (float64 pairs; one writer per slot, so no lock, and an
+    aligned 8-byte store is never torn), and admits against the sums. A process that died leaves a
+    stale slot until the hub clears it (:meth:`clear`)."""
+
+    def __init__(self, path: str | Path, processes: int, index: int) -> None:
+        import numpy as np
+
+        self.index = index
+        self._slots = np.memmap(path, dtype=np.float64, mode="r+", shape=(processes, 2))
+        self.publish(0, 0.0)
+
+    @staticmethod
+    def create(path: str | Path, processes: int) -> None:
+        Path(path).write_bytes(b"\0" * (processes * 16))
+
+    def publish(self, in_flight: int, rate: float) -> None:
+        self._slots[self.index, 0] = in_flight
+        self._slots[self.index, 1] = rate
+
+    def clear(self, index: int) -> None:
+        self._slots[index] = 0.0
+
+    def totals(self) -> tuple[float, float]:
+        """Calls in flight and completions/s, over every process."""
+        in_flight, rate = self._slots.sum(axis=0)
+        return float(in_flight), float(rate)
 
 
 class Admission:
@@ -46,6 +71,7 @@ class Admission:
         self.in_flight = 0
         self.admitted = 0
         self.refused = 0
+        self.peers: PeerSlots | None = None  # set when several front-end processes share the sidecar
 
     @property
     def enabled(self) -> bool:
@@ -55,17 +81,28 @@ class Admission:
         """Evaluations/s the sidecar has shown it completes (decayed maximum)."""
         return self._rate * math.exp(-(self._clock() - self._rate_at) / DECAY_S)
 
+    def _load(self) -> tuple[float, float]:
+        """Calls in flight and service rate: this process's, or with peers every process's."""
+        if self.peers is None:
+            return self.in_flight, self.service_rate()
+        self.peers.publish(self.in_flight, self.service_rate())
+        return self.peers.totals()
+
     @property
     def limit(self) -> int:
-        return max(self.min_in_flight, int(self.service_rate() * self.target_s))
+        return max(self.min_in_flight, int(self._load()[1] * self.target_s))
 
     def try_enter(self) -> bool:
         """Admit one evaluation (then call :meth:`leave` when it completes) or refuse it."""
-        if self.enabled and self.in_flight >= self.limit:
-            self.refused += 1
-            return False
+        if self.enabled:
+            in_flight, rate = self._load()
+            if in_flight >= max(self.min_in_flight, int(rate * self.target_s)):
+                self.refused += 1
+                return False
         self.in_flight += 1
         self.admitted += 1
+        if self.peers is not None:
+            self.peers.publish(self.in_flight, self.service_rate())
         return True
 
     def leave(self) -> None:
@@ -76,12 +113,14 @@ class Admission:
         while done and done[0] <= now - WINDOW_S:
             done.popleft()
         self._rate, self._rate_at = max(len(done) / WINDOW_S, self.service_rate()), now
+        if self.peers is not None:
+            self.peers.publish(self.in_flight, self._rate)
 
     def stats(self) -> dict[str, float | int]:
         return {
             "target_ms": round(self.target_s * 1000.0, 1),
             "limit": self.limit,
-            "in_flight": self.in_flight,
+            "in_flight": self.in_flight,  # this process's (the limit is over every process)
             "service_rate": round(self.service_rate(), 1),
             "admitted": self.admitted,
             "refused": self.refused,

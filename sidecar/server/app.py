@@ -23,7 +23,7 @@ from grpc_health.v1._async import HealthServicer
 
 from certus.models.artifacts import ExportError
 from certus.sidecar import __version__, signing
-from certus.sidecar.admission import Admission, process_floor
+from certus.sidecar.admission import Admission
 from certus.sidecar.batcher import Batcher
 from certus.sidecar.config import Config
 from certus.sidecar.domain import EvaluateInput
@@ -116,10 +116,7 @@ class App:
         )
         jobs = JobTable(cfg.async_jobs)
         scorer = Scorer(cfg.scoring)
-        admission = Admission(
-            cfg.server.admission_target_ms,
-            min_in_flight=process_floor(cfg.server.admission_min_in_flight, cfg.server.frontends),
-        )
+        admission = Admission(cfg.server.admission_target_ms, min_in_flight=cfg.server.admission_min_in_flight)
         pipeline = Pipeline(batcher, scorer, guardrails, manifests, evidence, jobs, metrics=metrics, admission=admission)
         app = cls(cfg, encoder, batcher, scorer, manifests, key, evidence, forwarder, guardrails, jobs, pipeline)
         app.metrics = metrics

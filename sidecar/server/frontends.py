@@ -15,7 +15,10 @@ kernel spreads new connections across the N listeners) and run the whole request
 - every decision is signed and appended by the hub's evidence log (:class:`RemoteEvidence`), and
   the front-end answers only once it is durable there, as in one process;
 - async-mode evaluations run in the hub (its job table answers GetEvaluation from any process);
-- GetInfo reports the hub's state (key, model, log, batcher) plus the front-end's own ids.
+- GetInfo reports the hub's state (key, model, log, batcher) plus the front-end's own ids;
+- admission is one over all processes: each publishes its calls in flight and its service rate in
+  its slot of a file in the hub's directory (:class:`~sidecar.admission.PeerSlots`) and admits
+  against the sums.
 
 The hub talks to front-ends over a Unix stream socket in a fresh 0700 directory of the hub's user:
 frames of an 8-byte length and a pickle (protocol 5; both ends are this package, run by the same
@@ -53,7 +56,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from certus.sidecar import policy
-from certus.sidecar.admission import Admission, process_floor
+from certus.sidecar.admission import Admission, PeerSlots
 from certus.sidecar.batcher import BatcherStats
 from certus.sidecar.cache import LruCache, text_key
 from certus.sidecar.config import BatcherConfig, Config
@@ -167,6 +170,10 @@ class Hub:
         self.port = port
         self._dir = Path(tempfile.mkdtemp(prefix="certus-hub-"))  # mode 0700: only this user connects
         self.path = str(self._dir / "hub.sock")
+        # every process's calls in flight and service rate, for one admission over all of them
+        self.peers_path = str(self._dir / "admission.f64")
+        PeerSlots.create(self.peers_path, self.cfg.server.frontends)
+        self._peers = PeerSlots(self.peers_path, self.cfg.server.frontends, 0)
         self._server: asyncio.AbstractServer | None = None
         self._children = [_Child(i) for i in range(1, self.cfg.server.frontends)]
         self._stopping = False
@@ -188,6 +195,7 @@ class Hub:
     async def start(self) -> None:
         """Listen, start every front-end and wait until each serves on the port (or fail, naming it)."""
         loop = self._loop = asyncio.get_running_loop()
+        self.app.pipeline.admission.peers = self._peers
         self._server = await asyncio.start_unix_server(self._serve_conn, path=self.path, limit=1 << 20)
         os.chmod(self.path, 0o600)
         self.app.evidence.add_state_listener(
@@ -241,6 +249,7 @@ class Hub:
                 if self._stopping:
                     return
                 log.error("frontend_died", index=child.index, pid=child.pid, exit_code=proc.returncode if proc else None)
+                self._peers.clear(child.index)  # its calls in flight are gone with it
                 await asyncio.sleep(delay)
                 if self._stopping:
                     return
@@ -281,6 +290,7 @@ class Hub:
             self._server.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+        self.app.pipeline.admission.peers = None  # alone again: its own count
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def gather(self, op: str, timeout_s: float = 2.0) -> list[Any]:
@@ -347,11 +357,11 @@ class Hub:
         await self._quiet_send(conn, reply)
 
     # -- operations a front-end may ask for ------------------------------------------------------
-    async def _op_hello(self, conn: _Connection, index: int, pid: int) -> tuple[Config, int, int, bool, str]:
+    async def _op_hello(self, conn: _Connection, index: int, pid: int) -> tuple[Config, int, int, str, bool, str]:
         child = self._children[index - 1]
         child.conn, child.pid = conn, pid
         ev = self.app.evidence
-        return self.cfg, self.port, self.app.batcher.encoder.dim, ev.healthy, ev.failure_reason
+        return self.cfg, self.port, self.app.batcher.encoder.dim, self.peers_path, ev.healthy, ev.failure_reason
 
     async def _op_ready(self, conn: _Connection, index: int) -> None:
         child = self._children[index - 1]
@@ -590,8 +600,9 @@ class FrontendPipeline(Pipeline):
 class FrontendApp:
     """What the servicer needs of an app, in a front-end process."""
 
-    def __init__(self, cfg: Config, index: int, hub: HubClient, dim: int) -> None:
+    def __init__(self, cfg: Config, index: int, hub: HubClient, dim: int, peers_path: str) -> None:
         self.cfg = cfg
+        self.peers_path = peers_path
         self.index = index
         self.hub = hub
         self.health = HealthServicer()
@@ -620,10 +631,8 @@ class FrontendApp:
                 pii_ner_model=cfg.guardrails.pii_ner_model,
             ),
         )
-        admission = Admission(
-            cfg.server.admission_target_ms,
-            min_in_flight=process_floor(cfg.server.admission_min_in_flight, cfg.server.frontends),
-        )
+        admission = Admission(cfg.server.admission_target_ms, min_in_flight=cfg.server.admission_min_in_flight)
+        admission.peers = PeerSlots(self.peers_path, cfg.server.frontends, self.index)
         self.pipeline = FrontendPipeline(
             self.hub,
             self.batcher,  # type: ignore[arg-type]
@@ -775,10 +784,10 @@ async def run_frontend(path: str, index: int) -> int:
     from certus.sidecar.telemetry import configure_logging, configure_tracing
 
     hub = await HubClient.connect(path)
-    cfg, port, dim, healthy, reason = await hub.request("hello", index, os.getpid())
+    cfg, port, dim, peers_path, healthy, reason = await hub.request("hello", index, os.getpid())
     configure_logging(cfg.telemetry)
     configure_tracing(cfg.telemetry)
-    app = FrontendApp(cfg, index, hub, dim)
+    app = FrontendApp(cfg, index, hub, dim, peers_path)
     await app.start(healthy, reason)
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if app.access.authenticator is not None:

@@ -3,9 +3,11 @@ drops below the floor, it follows the rate down as it decays, and 0 turns it off
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from certus.sidecar.admission import DECAY_S, Admission, process_floor
+from certus.sidecar.admission import DECAY_S, Admission, PeerSlots
 
 
 class Clock:
@@ -62,6 +64,26 @@ def test_target_zero_turns_admission_off() -> None:
         Admission(10.0, min_in_flight=0)
 
 
-def test_the_floor_is_shared_out_among_front_end_processes() -> None:
-    assert [process_floor(8, n) for n in (1, 2, 3, 8, 16)] == [8, 4, 3, 1, 1]
-    assert process_floor(1, 4) == 1 and process_floor(8, 0) == 8
+def test_processes_sharing_peer_slots_admit_as_one_sidecar(tmp_path: Path) -> None:
+    """Several front-end processes: the floor and the limit are the sidecar's, over every process."""
+    path = tmp_path / "slots"
+    PeerSlots.create(path, 2)
+    clock = [0.0]
+    a, b = (Admission(250.0, min_in_flight=8, clock=lambda: clock[0]) for _ in range(2))
+    a.peers, b.peers = PeerSlots(path, 2, 0), PeerSlots(path, 2, 1)
+    assert all(a.try_enter() for _ in range(5)) and all(b.try_enter() for _ in range(3))
+    assert not a.try_enter() and not b.try_enter()  # 8 in flight over both: the floor is reached
+    assert (a.in_flight, b.in_flight, a.limit) == (5, 3, 8)
+    a.leave()
+    assert b.try_enter() and not a.try_enter()
+    # completions of both count toward the rate: 40/s in each process -> limit 80/s x 0.25 s = 20
+    for proc in (a, b):
+        for _ in range(40):
+            proc.try_enter()
+            proc.leave()
+    assert a.limit == b.limit == 20
+    a.peers.clear(1)  # the hub clears a dead process's slot
+    assert b.peers.totals()[0] == a.in_flight
+    # alone (no peers), each counts only itself
+    alone = Admission(250.0, min_in_flight=8)
+    assert all(alone.try_enter() for _ in range(8)) and not alone.try_enter()
