@@ -11,7 +11,8 @@ finds the limit reached is answered at once with a signed ``skipped=true, skip_r
 decision, in the time it takes to sign and log it, instead of waiting in a queue.
 
 The limit never goes below ``min_in_flight`` (light load is never refused, and a rate is always
-being measured). ``target_ms = 0`` turns admission off (the encoder queue's own bound still holds).
+being measured). With several front-end processes the counts and rates are summed over all of them
+(:class:`PeerSlots`), so the floor and the limit are the sidecar's. ``target_ms = 0`` turns admission off (the encoder queue's own bound still holds).
 The controller is touched only by the event loop thread: no lock.
 """
 
@@ -88,15 +89,18 @@ class Admission:
         self.peers.publish(self.in_flight, self.service_rate())
         return self.peers.totals()
 
+    def _limit(self, rate: float) -> int:
+        return max(self.min_in_flight, int(rate * self.target_s))
+
     @property
     def limit(self) -> int:
-        return max(self.min_in_flight, int(self._load()[1] * self.target_s))
+        return self._limit(self._load()[1])
 
     def try_enter(self) -> bool:
         """Admit one evaluation (then call :meth:`leave` when it completes) or refuse it."""
         if self.enabled:
             in_flight, rate = self._load()
-            if in_flight >= max(self.min_in_flight, int(rate * self.target_s)):
+            if in_flight >= self._limit(rate):
                 self.refused += 1
                 return False
         self.in_flight += 1
