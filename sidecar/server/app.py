@@ -57,8 +57,51 @@ log = structlog.get_logger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Evaluator"].full_name
 
 
+class Serving:
+    """What every process that serves the Evaluator has in common (this module's :class:`App`, and a
+    front-end process's ``FrontendApp``): ``access``, ``health``, ``scorer``, ``batcher``,
+    ``guardrails`` and ``manifests`` attributes, and these methods on them."""
+
+    access: AccessControl
+    health: HealthServicer
+    scorer: Scorer
+    batcher: Any
+    guardrails: Any
+    manifests: ManifestStore
+
+    # -- auth hooks (the auth interceptor binds the caller's identity; without a tokens file every
+    # caller is admin). authorize() also admits the call through the workspace's rate limit. --
+    def authorize(self, context: grpc.aio.ServicerContext, inp: EvaluateInput | None) -> bool:
+        if inp is None:
+            self.access.authorize_measure()
+            return False
+        return self.access.authorize_evaluate(inp)
+
+    def authorize_workspace(self, context: grpc.aio.ServicerContext, workspace_id: str) -> None:
+        self.access.authorize_workspace(workspace_id)
+
+    async def set_status(self, serving: bool) -> None:
+        """SERVING or NOT_SERVING for the whole server and the Evaluator service."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+
+    async def warm(self) -> None:
+        """Pay one-time costs (Numba cache load, ONNX first run, Presidio/regex first use) before
+        health says SERVING, so the first caller does not. Nothing is recorded."""
+        from certus import kernels
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, kernels.warmup)
+        probe = warm_probe()
+        layout = self.scorer.layout(probe)
+        vecs, tokens = await self.batcher.embed_tokens(layout.texts)
+        await loop.run_in_executor(None, self.scorer.score, probe, layout, vecs, tokens)
+        await loop.run_in_executor(None, self.guardrails.scan, probe, self.manifests.resolve("default", "").guardrails)
+
+
 @dataclass
-class App:
+class App(Serving):
     """Every component of one running sidecar."""
 
     cfg: Config
@@ -133,18 +176,10 @@ class App:
         return app
 
     async def warmup(self) -> None:
-        """Pay one-time costs (Numba cache load, ONNX first run, Presidio/regex first use) before
-        health says SERVING, so the first caller does not. Nothing is recorded."""
-        from certus import kernels
-
+        """:meth:`Serving.warm`, then the encoder caches emptied of the probe's texts."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await loop.run_in_executor(None, kernels.warmup)
-        probe = warm_probe()
-        layout = self.scorer.layout(probe)
-        vecs, tokens = await self.batcher.embed_tokens(layout.texts)
-        await loop.run_in_executor(None, self.scorer.score, probe, layout, vecs, tokens)
-        await loop.run_in_executor(None, self.guardrails.scan, probe, self.manifests.resolve("default", "").guardrails)
+        await self.warm()
         self.batcher.cache.clear()
         self.batcher.token_cache.clear()
         log.info("warmed_up", seconds=round(loop.time() - t0, 3))
@@ -161,25 +196,12 @@ class App:
         """SERVING or NOT_SERVING for the whole server and the Evaluator service: NOT_SERVING while
         the evidence log cannot record decisions (a kubelet stops routing to the pod or restarts it),
         SERVING again once it has repaired itself. After shutdown began, health stays NOT_SERVING."""
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.health.set("", status)
-        await self.health.set(SERVICE_NAME, status)
+        await self.set_status(serving)
         if not serving:
             log.error("health_not_serving", reason=reason)
         elif self._serving is False:
             log.warning("health_serving_again", reason="evidence log repaired")
         self._serving = serving
-
-    # -- auth hooks (the auth interceptor binds the caller's identity; without a tokens file every
-    # caller is admin). authorize() also admits the call through the workspace's rate limit. --
-    def authorize(self, context: grpc.aio.ServicerContext, inp: EvaluateInput | None) -> bool:
-        if inp is None:
-            self.access.authorize_measure()
-            return False
-        return self.access.authorize_evaluate(inp)
-
-    def authorize_workspace(self, context: grpc.aio.ServicerContext, workspace_id: str) -> None:
-        self.access.authorize_workspace(workspace_id)
 
     def info(self) -> dict[str, Any]:
         details: dict[str, Any] = {}
@@ -282,7 +304,9 @@ async def build_server(cfg: Config, app: App | None = None) -> tuple[grpc.aio.Se
     return server, port, app
 
 
-async def _listen(cfg: Config, app: App, credentials: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
+def grpc_server(cfg: Config, app: Serving) -> grpc.aio.Server:
+    """The Evaluator service with health and reflection, the sidecar's options, limits and auth
+    (every front-end process builds the same one)."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if app.access.authenticator is not None:
         interceptors.append(AuthInterceptor(app.access.authenticator))
@@ -293,6 +317,11 @@ async def _listen(cfg: Config, app: App, credentials: grpc.ServerCredentials | N
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, method_handlers(service)),))
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable(server, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
+    return server
+
+
+async def _listen(cfg: Config, app: App, credentials: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
+    server = grpc_server(cfg, app)
     port = bind(server, "server.address", cfg.server.address, credentials)
     if cfg.server.metrics_address and app.metrics_server is None:
         from certus.sidecar.server.frontends import metrics_registry

@@ -49,10 +49,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-import grpc
 import numpy as np
 import structlog
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from certus.sidecar import policy
@@ -69,11 +67,8 @@ from certus.sidecar.memory import MemoryReclaimer
 from certus.sidecar.metrics import Metrics
 from certus.sidecar.pipeline import Pipeline
 from certus.sidecar.scoring import Scorer
-from certus.sidecar.security import AccessControl, AuthInterceptor, server_credentials
-from certus.sidecar.server import reflection
-from certus.sidecar.server.app import bind, pii_details, server_options, warm_probe
-from certus.sidecar.server.servicer import SERVICE as SERVICE_NAME
-from certus.sidecar.server.servicer import EvaluatorService, method_handlers
+from certus.sidecar.security import AccessControl, server_credentials
+from certus.sidecar.server.app import Serving, bind, grpc_server, pii_details
 
 log = structlog.get_logger(__name__)
 
@@ -597,7 +592,7 @@ class FrontendPipeline(Pipeline):
         return await super().evaluate(inp, grpc_deadline_ms=grpc_deadline_ms, is_admin=is_admin)
 
 
-class FrontendApp:
+class FrontendApp(Serving):
     """What the servicer needs of an app, in a front-end process."""
 
     def __init__(self, cfg: Config, index: int, hub: HubClient, dim: int, peers_path: str) -> None:
@@ -633,10 +628,11 @@ class FrontendApp:
         )
         admission = Admission(cfg.server.admission_target_ms, min_in_flight=cfg.server.admission_min_in_flight)
         admission.peers = PeerSlots(self.peers_path, cfg.server.frontends, self.index)
+        self.scorer = Scorer(cfg.scoring)
         self.pipeline = FrontendPipeline(
             self.hub,
             self.batcher,  # type: ignore[arg-type]
-            Scorer(cfg.scoring),
+            self.scorer,
             self.guardrails,
             self.manifests,
             self.evidence,
@@ -648,23 +644,9 @@ class FrontendApp:
         self.hub.on_request = self._on_hub_request
         manifests = self.manifests  # workspaces with a manifest keep their metric label, as in the hub
         self.metrics.workspace_label.known = lambda ws: manifests.resolve(ws).workspace_id == ws
-        await self.warmup()
+        await self.warm()  # before this process listens
         self.reclaimer.start()  # as in the hub: memory back after a burst
         await self.set_health(healthy, reason)
-
-    async def warmup(self) -> None:
-        """The kernels' compiled code and the guardrails' first use, before this process listens."""
-        from certus import kernels
-
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, kernels.warmup)
-        assert self.pipeline is not None and self.guardrails is not None
-        probe = warm_probe()
-        scorer = self.pipeline.scorer
-        layout = scorer.layout(probe)
-        vecs, tokens = await self.batcher.embed_tokens(layout.texts)
-        await loop.run_in_executor(None, scorer.score, probe, layout, vecs, tokens)
-        await loop.run_in_executor(None, self.guardrails.scan, probe, self.manifests.resolve("default", "").guardrails)
 
     def _on_hub_request(self, op: str) -> Any:
         if op == "metrics":  # this process's request metrics, for the hub's endpoint to add in
@@ -679,19 +661,9 @@ class FrontendApp:
     async def set_health(self, serving: bool, reason: str = "") -> None:
         """The hub's evidence log state, as in one process: NOT_SERVING while it cannot record."""
         self.evidence.healthy, self.evidence.failure_reason = serving, reason
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.health.set("", status)
-        await self.health.set(SERVICE_NAME, status)
+        await self.set_status(serving)
 
-    # -- what the servicer calls -----------------------------------------------------------------
-    def authorize(self, context: grpc.aio.ServicerContext, inp: EvaluateInput | None) -> bool:
-        if inp is None:
-            self.access.authorize_measure()
-            return False
-        return self.access.authorize_evaluate(inp)
-
-    def authorize_workspace(self, context: grpc.aio.ServicerContext, workspace_id: str) -> None:
-        self.access.authorize_workspace(workspace_id)
+    # -- what the servicer calls besides Serving's -------------------------------------------------
 
     async def job_view(self, evaluation_id: str, workspace_id: str) -> Any:
         return await self.hub.request("job", evaluation_id, workspace_id)
@@ -789,17 +761,7 @@ async def run_frontend(path: str, index: int) -> int:
     configure_tracing(cfg.telemetry)
     app = FrontendApp(cfg, index, hub, dim, peers_path)
     await app.start(healthy, reason)
-    interceptors: list[grpc.aio.ServerInterceptor] = []
-    if app.access.authenticator is not None:
-        interceptors.append(AuthInterceptor(app.access.authenticator))
-    server = grpc.aio.server(
-        options=server_options(cfg), interceptors=interceptors, maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE_NAME, method_handlers(EvaluatorService(app))),)
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
-    reflection.enable(server, [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
+    server = grpc_server(cfg, app)
     host = cfg.server.address.rsplit(":", 1)[0]
     bind(server, "server.address", f"{host}:{port}", server_credentials(cfg.auth))
     await server.start()
