@@ -14,6 +14,8 @@ on the same loopback port. Clients open separate connections until each process 
 - errors raised in the hub reach the caller with their status (NOT_FOUND), and a bad request is
   refused in the front-end itself with the field named;
 - the hub's Prometheus endpoint counts the calls every process answered;
+- when the hub's evidence log fails (a full disk), calls through a front-end are refused and both
+  processes report NOT_SERVING, then SERVING again once it repairs itself;
 - a front-end killed with SIGKILL is started again and serves; SIGTERM stops every process, exit 0.
 
 Settings that cannot work with several processes are refused before anything loads.
@@ -33,12 +35,14 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from certus.sidecar.evidence.records import iter_log
 from certus.sidecar.loadgen import start_local_sidecar
 from certus.sidecar.protos import pb, pb_grpc
 from certus.sidecar.signing import VerifyKey
 from tests.conftest import OUTSIDE, cli_argv, cli_env, free_port, wait_until
+from tests.integration.test_disk_faults import small_fs  # noqa: F401 - the size-limited tmpfs fixture
 
 pytestmark = pytest.mark.slow
 
@@ -342,6 +346,66 @@ def test_every_frontend_enforces_the_tokens(tmp_path: Path) -> None:
             )
             assert code_of(stub.Evaluate, acme_request(), metadata=bearer(BETA), timeout=30) == grpc.StatusCode.PERMISSION_DENIED
             assert stub.Evaluate(acme_request(), metadata=bearer(READER), timeout=60).evidence_id.startswith("sha256:")
+    finally:
+        for ch in channels:
+            ch.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+def test_a_full_disk_under_the_hub_turns_every_process_not_serving_and_back(small_fs: Path, tmp_path: Path) -> None:
+    """The hub's evidence log fails (its disk fills up): calls through a front-end are refused
+    (UNAVAILABLE, never an answer without its record) and both processes' health goes NOT_SERVING
+    (the hub pushes the log's state); once space is freed both are SERVING again, no restart."""
+    env = {
+        "CERTUS_FRONTENDS": "2",
+        "CERTUS_EVIDENCE_DIR": str(small_fs / "evidence"),
+        "CERTUS_OUTBOX_DIR": str(small_fs / "outbox"),
+        "CERTUS_INTEGRITY_FILE": str(tmp_path / "integrity" / "decisions.jsonl"),
+        "CERTUS_SIGNING_KEY": str(tmp_path / "keys" / "signing.key"),
+        "CERTUS_INTRA_OP_THREADS": "1",
+    }
+    proc, target, _home = start_local_sidecar(env, drain_stdout=True)
+    channels: list[grpc.Channel] = []
+    try:
+        stubs: dict[str, tuple[pb_grpc.EvaluatorStub, health_pb2_grpc.HealthStub]] = {}
+        for _ in range(40):
+            ch = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            channels.append(ch)
+            stub = pb_grpc.EvaluatorStub(ch)
+            index = stub.GetInfo(pb.GetInfoRequest(), timeout=30).details["frontend.index"]
+            stubs.setdefault(index, (stub, health_pb2_grpc.HealthStub(ch)))
+            if len(stubs) == 2:
+                break
+        assert set(stubs) == {"0", "1"}
+
+        def serving(index: str) -> bool:
+            status = stubs[index][1].Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status
+            return bool(status == health_pb2.HealthCheckResponse.SERVING)
+
+        def evaluate() -> grpc.StatusCode:
+            try:
+                stubs["1"][0].Evaluate(request(int(uuid.uuid4().int % 10**6)), timeout=30)
+            except grpc.RpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        assert evaluate() is grpc.StatusCode.OK and serving("0") and serving("1")
+        filler = small_fs / "filler"
+        with filler.open("wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        codes = [evaluate() for _ in range(5)]
+        assert codes[-1] is grpc.StatusCode.UNAVAILABLE, codes
+        wait_until(lambda: not serving("0") and not serving("1"), "both processes NOT_SERVING", timeout_s=20)
+        assert dict(stubs["1"][0].GetInfo(pb.GetInfoRequest(), timeout=30).details)["evidence.healthy"] == "False"
+        filler.unlink()
+        wait_until(lambda: serving("0") and serving("1"), "both processes SERVING again", timeout_s=60)
+        assert evaluate() is grpc.StatusCode.OK
     finally:
         for ch in channels:
             ch.close()
