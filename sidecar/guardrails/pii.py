@@ -271,6 +271,11 @@ class _Engines:
         return analyzer, model_name, entities
 
 
+def runs_ner(entities: Sequence[str]) -> bool:
+    """Whether an analyzer reporting ``entities`` runs spaCy NER (else: pattern recognizers only)."""
+    return bool(set(entities) & set(NER_ENTITIES))
+
+
 class _LazyArtifacts:
     """Presidio's NlpArtifacts (spaCy tokens, lemmas, keywords), made on first use. Without NER
     only context enhancement reads them, and only for a text in which a recognizer found something:
@@ -296,7 +301,7 @@ class PiiAnalyzer:
         self._analyzer, self.ner_model, self.entities = _Engines.get(ner)
         self._lock = threading.Lock()
         # with NER the recognizers read the spaCy entities at once: nothing to put off
-        self._lazy = not set(self.entities) & set(NER_ENTITIES)
+        self._lazy = not runs_ner(self.entities)
 
     def analyze(self, text: str, entities: Sequence[str] | None = None) -> list[PiiSpan]:
         if not text:
@@ -535,7 +540,7 @@ class PiiGuardrail:
         self.head_ner = head_ner if ner else None
         self.analyzer = analyzer or PiiAnalyzer(ner and head_ner is None)
         # patterns only (names, places and dates come from the head, or nowhere): see PATTERN_CUE
-        self.patterns_only = not set(self.analyzer.entities) & set(NER_ENTITIES)
+        self.patterns_only = not runs_ner(self.analyzer.entities)
 
     @property
     def ner_model(self) -> str:
