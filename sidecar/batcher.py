@@ -68,14 +68,39 @@ class BatcherStats:
         return dict(self.__dict__)
 
 
-class Batcher:
+def text_caches(cfg: BatcherConfig) -> tuple[LruCache[np.ndarray], LruCache[Any]]:
+    """The embedding cache and the token-state cache a batcher (or a front-end's remote batcher) keeps."""
+    # 0 MB = no token cache (every scored text is encoded again), never "unbounded"
+    token_bytes = max(cfg.token_cache_mb, 0) << 20
+    return LruCache(cfg.cache_entries), LruCache(cfg.cache_entries if token_bytes else 0, token_bytes)
+
+
+class SyncCalls:
+    """``embed_sync`` / ``token_states_sync`` for worker threads (guardrails, the PII head): the
+    subclass's ``embed`` / ``embed_tokens`` coroutines run on its event loop (``_loop``, set at
+    start) while the calling thread blocks."""
+
+    _loop: asyncio.AbstractEventLoop | None
+
+    def embed_sync(self, texts: Sequence[str]) -> np.ndarray:
+        """For worker threads (guardrails): the same batched path, blocking the calling thread."""
+        if self._loop is None:
+            raise Unavailable("batcher not started")
+        return asyncio.run_coroutine_threadsafe(self.embed(list(texts)), self._loop).result()  # type: ignore[attr-defined]
+
+    def token_states_sync(self, texts: Sequence[str]) -> list[Any]:
+        """For worker threads (the PII head): each text's ``TokenStates``, same batched path and
+        caches as :meth:`embed_tokens`, blocking the calling thread."""
+        if self._loop is None:
+            raise Unavailable("batcher not started")
+        return asyncio.run_coroutine_threadsafe(self.embed_tokens(list(texts)), self._loop).result()[1]  # type: ignore[attr-defined]
+
+
+class Batcher(SyncCalls):
     def __init__(self, encoder: Encoder, cfg: BatcherConfig) -> None:
         self.encoder = encoder
         self.cfg = cfg
-        self.cache: LruCache[np.ndarray] = LruCache(cfg.cache_entries)
-        # 0 MB = no token cache (every scored text is encoded again), never "unbounded"
-        token_bytes = max(cfg.token_cache_mb, 0) << 20
-        self.token_cache: LruCache[Any] = LruCache(cfg.cache_entries if token_bytes else 0, token_bytes)
+        self.cache, self.token_cache = text_caches(cfg)
         self.stats = BatcherStats()
         self._queue: dict[bytes, _Item] = {}  # waiting, insertion ordered
         self._inflight: dict[bytes, _Item] = {}
@@ -171,19 +196,6 @@ class Batcher:
             for _, item in waits:
                 item.waiters -= 1
         return out
-
-    def embed_sync(self, texts: Sequence[str]) -> np.ndarray:
-        """For worker threads (guardrails): the same batched path, blocking the calling thread."""
-        if self._loop is None:
-            raise Unavailable("batcher not started")
-        return asyncio.run_coroutine_threadsafe(self.embed(list(texts)), self._loop).result()
-
-    def token_states_sync(self, texts: Sequence[str]) -> list[Any]:
-        """For worker threads (the PII head): each text's ``TokenStates``, same batched path and
-        caches as :meth:`embed_tokens`, blocking the calling thread."""
-        if self._loop is None:
-            raise Unavailable("batcher not started")
-        return asyncio.run_coroutine_threadsafe(self.embed_tokens(list(texts)), self._loop).result()[1]
 
     # -- the loop ---------------------------------------------------------------------------------
     async def _run(self) -> None:

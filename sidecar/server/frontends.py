@@ -55,8 +55,8 @@ from grpc_health.v1._async import HealthServicer
 
 from certus.sidecar import policy
 from certus.sidecar.admission import Admission, PeerSlots
-from certus.sidecar.batcher import BatcherStats
-from certus.sidecar.cache import LruCache, text_key
+from certus.sidecar.batcher import BatcherStats, SyncCalls, text_caches
+from certus.sidecar.cache import text_key
 from certus.sidecar.config import BatcherConfig, Config
 from certus.sidecar.domain import EvaluateInput, EvaluationResult, Mode
 from certus.sidecar.errors import CertusError, Fatal, Unavailable
@@ -73,6 +73,7 @@ from certus.sidecar.server.app import Serving, bind, grpc_server, pii_details
 log = structlog.get_logger(__name__)
 
 _LEN = struct.Struct(">Q")
+HUB_GONE = "the hub process is gone (the sidecar is stopping)"
 READY_TIMEOUT_S = 600.0  # a front-end loads the PII analyzer and warms its kernels before it is ready
 RESTART_DELAY_S = (1.0, 30.0)  # first and longest wait before a dead front-end is started again
 
@@ -110,10 +111,9 @@ def _error_state(exc: BaseException) -> tuple[type, tuple[Any, ...], dict[str, A
     """An exception as (class, args, attributes): CertusError subclasses take other constructor
     arguments than their ``args`` (InvalidArgument's violations, ResourceExhausted's retry), so
     they are rebuilt field by field instead of through their constructor."""
-    cls = type(exc) if isinstance(exc, CertusError) else Unavailable
-    if cls is Unavailable and not isinstance(exc, Unavailable):
+    if not isinstance(exc, CertusError):  # a fault of the hub itself: the caller may retry
         return Unavailable, (f"hub: {type(exc).__name__}",), {"retry_after_ms": 1000}
-    return cls, exc.args, dict(getattr(exc, "__dict__", {}))
+    return type(exc), exc.args, dict(exc.__dict__)
 
 
 def _rebuild_error(state: tuple[type, tuple[Any, ...], dict[str, Any]]) -> BaseException:
@@ -410,7 +410,7 @@ class HubClient:
 
     async def request(self, op: str, *args: Any) -> Any:
         if self.lost.done():
-            raise Unavailable("the hub process is gone (the sidecar is stopping)")
+            raise Unavailable(HUB_GONE)
         self._next += 1
         rid = self._next
         fut = asyncio.get_running_loop().create_future()
@@ -443,7 +443,7 @@ class HubClient:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            gone = Unavailable("the hub process is gone (the sidecar is stopping)")
+            gone = Unavailable(HUB_GONE)
             for fut in self._waiting.values():
                 if not fut.done():
                     fut.set_exception(gone)
@@ -466,7 +466,7 @@ class HubClient:
         await self.conn.close()
 
 
-class RemoteBatcher:
+class RemoteBatcher(SyncCalls):
     """The :class:`~sidecar.batcher.Batcher` API over the hub's batcher: texts missing from this
     process's caches are sent in one request per call (a text another call of this process is
     already fetching is awaited, not sent again); the hub merges them with every other process's."""
@@ -475,9 +475,7 @@ class RemoteBatcher:
         self.hub = hub
         self.cfg = cfg
         self.dim = dim
-        self.cache: LruCache[np.ndarray] = LruCache(cfg.cache_entries)
-        token_bytes = max(cfg.token_cache_mb, 0) << 20
-        self.token_cache: LruCache[Any] = LruCache(cfg.cache_entries if token_bytes else 0, token_bytes)
+        self.cache, self.token_cache = text_caches(cfg)
         self.stats = BatcherStats()  # here: round trips (batches) and texts sent to the hub
         # text key -> (the fetch carrying it, its position there); a fetch with token states
         # serves both kinds of caller, one without only callers of embed()
@@ -552,16 +550,6 @@ class RemoteBatcher:
                 self.token_cache.put(key, states[pos])
         self.stats.texts_encoded += len(texts)
         return vecs, states
-
-    def embed_sync(self, texts: Sequence[str]) -> np.ndarray:
-        if self._loop is None:
-            raise Unavailable("batcher not started")
-        return asyncio.run_coroutine_threadsafe(self.embed(list(texts)), self._loop).result()
-
-    def token_states_sync(self, texts: Sequence[str]) -> list[Any]:
-        if self._loop is None:
-            raise Unavailable("batcher not started")
-        return asyncio.run_coroutine_threadsafe(self.embed_tokens(list(texts)), self._loop).result()[1]
 
 
 class RemoteEvidence:
