@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--out", type=Path, default=None, help="output dir (default: model.model_dir from config)")
     export.add_argument("--force", action="store_true", help="re-export even when a matching export exists")
     export.set_defaults(func=_export)
-    from certus.models import train_verifier
+    from certus.models import train_answer_head, train_verifier
 
+    train_answer_head.register(sub)
     train_verifier.register(sub)
 
 

@@ -29,9 +29,11 @@ A claim the context states word for word (:func:`quoted`) gets the alignment of 
 ``question_fit`` (logistic regression) asks whether the answer sits where the context answers *this*
 question: it locates the answer in the context, reads from the token states how much of the question
 the context says around it against the most it says anywhere in the chunk (``kernels.focus``), and
-compares how much of the question the answer's sentence (and the words around the answer) shares
-with the best question-matching sentence, plus whether the question's expected answer type (a
-number, a date, a name) fits.
+reads the answer head (:class:`AnswerHead`, a small reader over the same token states trained on
+HotpotQA questions) on the answer's pieces against the chunk's best, compares how much of the
+question the answer's sentence (and the words around the answer) shares with the best
+question-matching sentence, plus whether the question's expected answer type (a number, a date, a
+name) fits.
 """
 
 from __future__ import annotations
@@ -85,8 +87,12 @@ MONOTONE = {
     "novel_share": -1,  # restating the question is not a hallucination
     **{f"{p}{a}": sign for p in ("align_", "align_q_") for a, sign in zip(_ALIGNMENT, (1, 1, -1, -1, 1))},
 }
+# answer_head_gap of an answer found nowhere in the context (none of its content words): about the
+# lowest the head gives a located answer (the 1st percentile on SQuAD's training article is -9.5)
+NOWHERE_ANSWER_GAP = -9.5
 QUESTION_FEATURES = (
     "question_focus_gap",
+    "answer_head_gap",
     "answer_located",
     "question_overlap_answer_sentence",
     "question_overlap_gap",
@@ -124,6 +130,7 @@ _Q_WHO = re.compile(r"\b(who|whom|whose)\b")
 _Q_WHERE = re.compile(r"\bwhere\b")
 
 
+@lru_cache(maxsize=1 << 16)  # words repeat; the suffix loop in Python was the stage's hottest line
 def _stem(w: str) -> str:
     for suf in ("'s", "es", "s", "ed", "ing"):
         if len(w) > 4 and w.endswith(suf):
@@ -211,6 +218,95 @@ class _Linear:
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0)))
+
+
+class AnswerHead:
+    """The answer locator ``question_fit`` reads: a logit per chunk piece, "the answer to this
+    question is here", from the encoder's token states of the question and of the chunk, encoded
+    apart (no extra encoder pass). Trained by ``certus.models.train_answer_head`` (its docstring has
+    the architecture and the data); ``forward`` is shared by training and serving.
+
+    Parameters (float, K channels, rank R, window W): ``A``, ``B`` [K, 384, R] (bilinear maps between
+    chunk and question pieces), ``conv`` [K+1, 2W+1] and ``conv_bias`` [1] (a convolution over the
+    pieces of each piece's best question match per map, plus its best raw cosine), ``u`` [384] and
+    ``u_bias`` [1] (the piece alone), ``D``, ``E`` [384, R] (the piece against the mean question
+    state)."""
+
+    DIM = 384
+    NAMES = ("A", "B", "conv", "conv_bias", "u", "u_bias", "D", "E")
+
+    def __init__(self, params: dict[str, np.ndarray], meta: str = "") -> None:
+        missing = [k for k in self.NAMES if k not in params]
+        if missing:
+            raise VerifierWeightsError(f"answer head weights: missing {', '.join(missing)}")
+        self.p = params
+        self.meta = meta
+        k, d, r = params["A"].shape
+        self.channels, self.rank = int(k), int(r)
+        self.window = (int(params["conv"].shape[1]) - 1) // 2
+        # A's K maps as one matrix product on the chunk side, B's on the question side
+        self._chunk_w = np.ascontiguousarray(params["A"].transpose(1, 0, 2).reshape(d, k * r))
+        self._query_w = np.ascontiguousarray(params["B"].transpose(1, 0, 2).reshape(d, k * r))
+
+    def forward(self, q: np.ndarray, c: np.ndarray, keep: bool = False, raw: np.ndarray | None = None) -> Any:
+        """Logits [n] of chunk states ``c`` [n, 384] for question states ``q`` [m, 384] (with
+        ``keep``: also what :meth:`backward` needs). ``raw``: each chunk piece's best cosine with a
+        question piece, when the caller has it (``q @ c.T`` maxed over the question). An empty
+        question or chunk gives zeros."""
+        n, m = c.shape[0], q.shape[0]
+        if n == 0 or m == 0:
+            return (np.zeros(n), None) if keep else np.zeros(n)
+        p, k, r, w = self.p, self.channels, self.rank, self.window
+        ca = (c @ self._chunk_w).reshape(n, k, r).transpose(1, 0, 2)  # [K, n, R]
+        qb = (q @ self._query_w).reshape(m, k, r).transpose(1, 0, 2)  # [K, m, R]
+        s = np.matmul(ca, qb.transpose(0, 2, 1)) / math.sqrt(r)  # [K, n, m]
+        best = s.argmax(axis=2) if keep else None
+        x = np.concatenate([s.max(axis=2), ((c @ q.T).max(axis=1) if raw is None else raw)[None]])
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (w, w))), 2 * w + 1, axis=1)
+        qm = q.mean(axis=0)
+        v = qm @ p["E"]
+        # the piece's own term and its answer type against the question's: c @ u + (c @ D) @ v / sqrt(R)
+        # as one vector per question
+        own = c @ (p["u"] + p["D"] @ v / math.sqrt(r)) + p["u_bias"][0]
+        z = np.einsum("cnt,ct->n", windows, p["conv"]) + p["conv_bias"][0] + own
+        if not keep:
+            return z
+        return z, (q, c, ca, qb, best, windows, qm, v)
+
+    def backward(self, dz: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
+        """Gradients of the parameters for the loss gradient ``dz`` [n] of :meth:`forward`'s logits
+        (training only)."""
+        p, r, w = self.p, self.rank, self.window
+        if cache is None:
+            return {k: np.zeros_like(v) for k, v in p.items()}
+        q, c, ca, qb, best, windows, qm, v = cache
+        n, k = c.shape[0], ca.shape[0]
+        sr = math.sqrt(r)
+        cdz = c.T @ dz
+        g = {"conv_bias": np.array([dz.sum()]), "u": cdz, "u_bias": np.array([dz.sum()])}
+        g["D"] = np.outer(cdz, v) / sr
+        g["E"] = np.outer(qm, p["D"].T @ cdz) / sr
+        g["conv"] = np.einsum("cnt,n->ct", windows, dz)
+        dxp = np.zeros((k + 1, n + 2 * w))
+        for t in range(2 * w + 1):
+            dxp[:, t : t + n] += p["conv"][:, t : t + 1] * dz
+        dm = dxp[:k, w : w + n]  # [K, n]; the raw cosine channel has no parameters
+        sel = np.take_along_axis(qb, best[..., None], axis=1)  # [K, n, R]: qb at each piece's best
+        dca = dm[..., None] * sel / sr
+        dqb = np.zeros_like(qb)
+        for ch in range(k):
+            np.add.at(dqb[ch], best[ch], dm[ch][:, None] * ca[ch] / sr)
+        g["A"] = np.einsum("nd,knr->kdr", c, dca)
+        g["B"] = np.einsum("md,kmr->kdr", q, dqb)
+        return g
+
+
+@lru_cache(maxsize=1)
+def default_answer_head() -> AnswerHead:
+    with resources.files("certus.models").joinpath("answer_head.npz").open("rb") as fh, np.load(fh) as z:
+        params = {k: np.asarray(z[k], dtype=np.float32) for k in AnswerHead.NAMES}
+        meta = str(z["meta"]) if "meta" in z.files else ""
+    return AnswerHead(params, meta)
 
 
 class VerifierWeightsError(ValueError):
@@ -378,6 +474,7 @@ class _ChunkWords:
     focus_best: float  # kernels.focus_tables: the question's best focus anywhere in the chunk
     fwd: np.ndarray
     bwd: np.ndarray
+    answer: "_AnswerLogits"  # the answer head's logit per piece, computed on first use
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,6 +512,22 @@ def _chunk_parts(chunk: str) -> _ChunkParts:
     )
 
 
+class _AnswerLogits:
+    """The answer head's logits of one chunk for the question, computed when first read: only the
+    chunks where an answer is located need them (most of the head's cost is the chunk's side)."""
+
+    __slots__ = ("_q", "_c", "_raw", "_z")
+
+    def __init__(self, q: np.ndarray, c: np.ndarray, raw: np.ndarray) -> None:
+        self._q, self._c, self._raw, self._z = q, c, raw, None
+
+    @property
+    def z(self) -> np.ndarray:
+        if self._z is None:
+            self._z = default_answer_head().forward(self._q, self._c, raw=self._raw)
+        return self._z
+
+
 def question_context(query: str, context: Sequence[str], query_tokens: Any, chunk_tokens: Sequence[Any]) -> QuestionContext:
     """``query_tokens`` / ``chunk_tokens``: the encoder's ``TokenStates`` of the query and of each
     chunk (row for row of ``context``)."""
@@ -427,8 +540,10 @@ def question_context(query: str, context: Sequence[str], query_tokens: Any, chun
         parts = CHUNK_WORDS_CACHE.get_or_make(chunk, _chunk_parts)
         qpos = [k for k, (_, w) in enumerate(parts.words) if w in qw]
         overlap = np.array([len(qw & cw) / nq for _, _, cw, _ in parts.sentences], dtype=np.float64)
-        best, fwd, bwd = kernels.focus_tables(np.ascontiguousarray(query_tokens.states @ ts.states.T))
-        chunks.append(_ChunkWords(parts, qpos, overlap, ts.pieces, best, fwd, bwd))
+        sim = np.ascontiguousarray(query_tokens.states @ ts.states.T)
+        best, fwd, bwd = kernels.focus_tables(sim)
+        raw = sim.max(axis=0) if sim.size else np.zeros(sim.shape[1], dtype=np.float32)
+        chunks.append(_ChunkWords(parts, qpos, overlap, ts.pieces, best, fwd, bwd, _AnswerLogits(query_tokens.states, ts.states, raw)))
     return QuestionContext(qw, _question_type(query), chunks)
 
 
@@ -457,9 +572,10 @@ def _occurrences(text: str, part: str) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
-def _focus_gap(ch: _ChunkWords, spans: np.ndarray) -> float | None:
-    """The question's focus around the best of the char ``spans`` (int64[m, 2]) of chunk ``ch``
-    (pieces of the span left out) minus its best focus anywhere in the chunk; None when no span
+def _span_gaps(ch: _ChunkWords, spans: np.ndarray) -> tuple[float, float] | None:
+    """For the best of the char ``spans`` (int64[m, 2]) of chunk ``ch``: the question's focus
+    around it (pieces of the span left out) minus its best focus anywhere in the chunk, and the
+    answer head's highest logit on its pieces minus its highest in the chunk; None when no span
     reaches a piece (past the encoder's window)."""
     pieces = ch.pieces
     lo = np.searchsorted(pieces[:, 1], spans[:, 0], side="right")
@@ -468,7 +584,9 @@ def _focus_gap(ch: _ChunkWords, spans: np.ndarray) -> float | None:
     if not keep.any():
         return None
     rows = np.ascontiguousarray(np.stack([lo[keep], hi[keep]], axis=1), dtype=np.int64)
-    return float(kernels.focus_at(ch.fwd, ch.bwd, rows).max()) - ch.focus_best
+    z = ch.answer.z
+    answer = max(float(z[a : b + 1].max()) for a, b in rows.tolist())
+    return float(kernels.focus_at(ch.fwd, ch.bwd, rows).max()) - ch.focus_best, answer - float(z.max())
 
 
 def question_features(response: str, prepared: QuestionContext) -> np.ndarray:
@@ -480,7 +598,9 @@ def question_features(response: str, prepared: QuestionContext) -> np.ndarray:
     the sentence holding most of its content words (there, at each of its words that the question
     does not have); then: how much of the question the context says around it, from the encoder's
     token states, against the most the question gets anywhere in its chunk
-    (``question_focus_gap``, see ``kernels.focus``); how much of the question that sentence shares,
+    (``question_focus_gap``, see ``kernels.focus``); the answer head's logit on the answer's pieces
+    against its highest in the chunk (``answer_head_gap``, :class:`AnswerHead`: a reader taught on
+    HotpotQA where answers sit); how much of the question that sentence shares,
     against the sentence that shares most (``gap``); how much of the question lies within 12 words
     of the answer; how far the nearest question word is; and the expected answer type.
     """
@@ -492,14 +612,14 @@ def question_features(response: str, prepared: QuestionContext) -> np.ndarray:
     aset = set(content_words(response))
     best_ov = max((float(ch.overlap.max()) for ch in qc.chunks if len(ch.overlap)), default=0.0)
     located, ans_ov, near, dist = 0.0, 0.0, 0.0, 99.0
-    focus: float | None = None
+    focus: tuple[float, float] | None = None  # (question focus gap, answer head gap)
     for ch in qc.chunks:
         found = _occurrences(ch.parts.low, answer) if answer else np.empty(0, dtype=np.int64)
         if not len(found):
             continue
-        gap = _focus_gap(ch, np.stack([found, found + len(answer)], axis=1))
-        if gap is not None:
-            focus = gap if focus is None else max(focus, gap)
+        gaps = _span_gaps(ch, np.stack([found, found + len(answer)], axis=1))
+        if gaps is not None:
+            focus = gaps if focus is None else (max(focus[0], gaps[0]), max(focus[1], gaps[1]))
         # the sentences holding the answer whole (its first occurrence in each)
         seen: set[int] = set()
         for pos in found.tolist():
@@ -537,16 +657,17 @@ def question_features(response: str, prepared: QuestionContext) -> np.ndarray:
             # the focus is read around each of the answer's own words here (an answer that
             # restates the question must not hide the question's words inside its span)
             own = [k for k in hits if words[k][1] not in qw] or hits
-            focus = _focus_gap(ch, np.array([(starts[k], ch.parts.ends[k]) for k in own], dtype=np.int64))
+            focus = _span_gaps(ch, np.array([(starts[k], ch.parts.ends[k]) for k in own], dtype=np.int64))
     if focus is None:  # the answer is nowhere in the context: none of the question is near it
-        focus = -max((ch.focus_best for ch in qc.chunks), default=0.0)
+        focus = (-max((ch.focus_best for ch in qc.chunks), default=0.0), NOWHERE_ANSWER_GAP)
     qt, at = qc.qtype, _answer_type(response.strip())
     if qt == "date" and at == "num" and _YEAR.fullmatch(response.strip()):
         at = "date"  # "In what year…?" "911"
     match = 1.0 if qt == at else (0.5 if qt == "other" else 0.0)
     return np.array(
         [
-            focus,
+            focus[0],
+            focus[1],
             located,
             ans_ov,
             ans_ov - best_ov,

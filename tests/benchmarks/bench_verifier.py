@@ -14,7 +14,9 @@ other texts so the feature cache does not hide the work. Both sides get the same
 
 ``question_fit`` is also shown on its own (the request's question, answer and chunks, their token
 states included), and within it the question focus tables (``kernels.focus_tables`` per chunk, the
-matrix product of question and chunk token states included).
+matrix product of question and chunk token states included) and the answer head
+(``verifier.AnswerHead.forward`` on the chunks where question_fit located one of the answer's
+sentences: it runs only there).
 
 The contextual token alignment (one of the verifier's feature blocks) is also shown on its own:
 what ``Scorer.alignment`` costs inside the new scoring, and what the encoder pays for handing the
@@ -45,6 +47,7 @@ import numpy as np
 from certus import kernels
 from certus.sidecar.config import ScoringConfig, load
 from certus.sidecar.domain import EvaluateInput
+from certus.sidecar import verifier as V
 from certus.sidecar.scoring import Scorer
 from certus.sidecar.toolkit.engine import build_encoder
 
@@ -157,7 +160,8 @@ def main() -> int:
     if args.max_request:
         return max_request(encoder)
     reqs = requests(args.requests)
-    enc_ms, enc_tok_ms, base_ms, new_ms, align_ms, qfit_ms, focus_ms = [], [], [], [], [], [], []
+    enc_ms, enc_tok_ms, base_ms, new_ms, align_ms, qfit_ms, focus_ms, head_ms = [], [], [], [], [], [], [], []
+    head_chunks = []
     # warm-up (Numba dispatch, verifier load) on other texts than the timed ones
     warm = requests(args.requests + 10)[-10:]
     for inp in warm:
@@ -196,6 +200,17 @@ def main() -> int:
                 kernels.focus_tables(np.ascontiguousarray(q_tokens.states @ ts.states.T))
 
         focus_ms.append(cpu_ms(focus))
+        prepared = V.question_context(inp.query, inp.context, q_tokens, chunk_tokens)
+        for s, e in lay_probe.claim_spans:
+            V.question_features(inp.response[s:e], prepared)
+        touched = [ts for ts, ch in zip(chunk_tokens, prepared.chunks) if ch.answer._z is not None]
+        head_chunks.append(len(touched))
+
+        def head() -> None:
+            for ts in touched:
+                V.default_answer_head().forward(q_tokens.states, ts.states)
+
+        head_ms.append(cpu_ms(head))
     b50, n50 = float(np.percentile(base_ms, 50)), float(np.percentile(new_ms, 50))
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
           f"encoder {encoder.variant} on {encoder.provider} (1 thread)")
@@ -209,6 +224,7 @@ def main() -> int:
     print(f"token alignment (in new)   CPU ms {pct(align_ms)}")
     print(f"question_fit (in new)      CPU ms {pct(qfit_ms)}")
     print(f"  its focus tables         CPU ms {pct(focus_ms)}")
+    print(f"  its answer head          CPU ms {pct(head_ms)} (on {np.mean(head_chunks):.2f} of 5 chunks on average)")
     print(f"token alignment, all in: p50 {a50 + t50 - e50:+.3f} ms (alignment {a50:.3f} + encoder hand-over "
           f"{t50 - e50:+.3f}; budget +5 ms)")
     return 0
