@@ -47,6 +47,23 @@ from tests.integration.test_disk_faults import small_fs  # noqa: F401 - the size
 pytestmark = pytest.mark.slow
 
 
+def channel_per_process(
+    target: str, channels: list[grpc.Channel], metadata: tuple[tuple[str, str], ...] = (), tries: int = 40
+) -> dict[str, grpc.Channel]:
+    """frontend.index -> a connection of its own that process serves (the kernel picks the process
+    of each new connection: 40 tries miss one of two with probability 2^-39). Every channel opened
+    is appended to ``channels`` for the caller to close."""
+    out: dict[str, grpc.Channel] = {}
+    for _ in range(tries):
+        ch = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        channels.append(ch)
+        details = pb_grpc.EvaluatorStub(ch).GetInfo(pb.GetInfoRequest(), metadata=metadata, timeout=30).details
+        out.setdefault(details["frontend.index"], ch)
+        if len(out) == 2:
+            break
+    return out
+
+
 class Sidecar:
     def __init__(self) -> None:
         self.metrics = f"127.0.0.1:{free_port()}"
@@ -57,23 +74,9 @@ class Sidecar:
         )
         self.channels: list[grpc.Channel] = []
 
-    def connect(self) -> tuple[pb_grpc.EvaluatorStub, dict[str, str]]:
-        """A stub on a connection of its own, and the GetInfo details of the process it reached."""
-        ch = grpc.insecure_channel(self.target, options=[("grpc.use_local_subchannel_pool", 1)])
-        self.channels.append(ch)
-        stub = pb_grpc.EvaluatorStub(ch)
-        return stub, dict(stub.GetInfo(pb.GetInfoRequest(), timeout=30).details)
-
-    def stub_per_process(self, tries: int = 40) -> dict[str, pb_grpc.EvaluatorStub]:
-        """frontend.index -> a stub whose connection that process serves (the kernel picks the
-        process of each new connection: 40 tries miss one of two with probability 2^-39)."""
-        stubs: dict[str, pb_grpc.EvaluatorStub] = {}
-        for _ in range(tries):
-            stub, details = self.connect()
-            stubs.setdefault(details["frontend.index"], stub)
-            if len(stubs) == 2:
-                break
-        return stubs
+    def stub_per_process(self) -> dict[str, pb_grpc.EvaluatorStub]:
+        """frontend.index -> a stub whose connection that process serves."""
+        return {i: pb_grpc.EvaluatorStub(ch) for i, ch in channel_per_process(self.target, self.channels).items()}
 
     def close(self) -> None:
         for ch in self.channels:
@@ -329,15 +332,7 @@ def test_every_frontend_enforces_the_tokens(tmp_path: Path) -> None:
     )
     channels: list[grpc.Channel] = []
     try:
-        stubs: dict[str, pb_grpc.EvaluatorStub] = {}
-        for _ in range(40):
-            ch = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-            channels.append(ch)
-            stub = pb_grpc.EvaluatorStub(ch)
-            details = stub.GetInfo(pb.GetInfoRequest(), metadata=bearer(ADMIN), timeout=30).details
-            stubs.setdefault(details["frontend.index"], stub)
-            if len(stubs) == 2:
-                break
+        stubs = {i: pb_grpc.EvaluatorStub(ch) for i, ch in channel_per_process(target, channels, bearer(ADMIN)).items()}
         assert set(stubs) == {"0", "1"}
         for stub in stubs.values():
             assert code_of(stub.Evaluate, acme_request(), timeout=30) == grpc.StatusCode.UNAUTHENTICATED
@@ -368,15 +363,9 @@ def test_a_full_disk_under_the_hub_turns_every_process_not_serving_and_back(smal
     proc, target, _home = start_local_sidecar(env, drain_stdout=True)
     channels: list[grpc.Channel] = []
     try:
-        stubs: dict[str, tuple[pb_grpc.EvaluatorStub, health_pb2_grpc.HealthStub]] = {}
-        for _ in range(40):
-            ch = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-            channels.append(ch)
-            stub = pb_grpc.EvaluatorStub(ch)
-            index = stub.GetInfo(pb.GetInfoRequest(), timeout=30).details["frontend.index"]
-            stubs.setdefault(index, (stub, health_pb2_grpc.HealthStub(ch)))
-            if len(stubs) == 2:
-                break
+        stubs = {
+            i: (pb_grpc.EvaluatorStub(ch), health_pb2_grpc.HealthStub(ch)) for i, ch in channel_per_process(target, channels).items()
+        }
         assert set(stubs) == {"0", "1"}
 
         def serving(index: str) -> bool:
