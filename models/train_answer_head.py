@@ -35,7 +35,6 @@ differences in the tests).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import sys
 import time
@@ -46,7 +45,8 @@ import numpy as np
 
 from certus import kernels
 from certus.sidecar.toolkit import validate as D
-from certus.sidecar.verifier import AnswerHead, unglued
+from certus.models.train_verifier import sha256_file
+from certus.sidecar.verifier import AnswerHead, occurrences, unglued
 
 SEED = 20261207
 CHANNELS = 4  # K
@@ -176,11 +176,9 @@ def items(examples: Sequence[D.Example], encoder: object, batch: int = 512) -> l
         for q, ctx, a in part:
             for c in ctx:
                 ts = tokens[index[c]]
-                low, mask = c.lower(), np.zeros(len(ts.pieces), dtype=bool)
-                at = low.find(a)
-                while at >= 0:
+                mask = np.zeros(len(ts.pieces), dtype=bool)
+                for at in occurrences(c.lower(), a).tolist():
                     mask |= (ts.pieces[:, 0] < at + len(a)) & (ts.pieces[:, 1] > at)
-                    at = low.find(a, at + 1)
                 if mask.any():
                     out.append((tokens[index[q]].states.astype(np.float64), ts.states.astype(np.float64), mask))
     return out
@@ -223,7 +221,7 @@ def train(data: Path, encoder: object, log: object = print) -> dict[str, np.ndar
         if vl < best[0]:
             best = (vl, epoch, {k: v.copy() for k, v in params.items()}, vtop)
     vl, epoch, params, vtop = best
-    sha = hashlib.sha256((data / FILE).read_bytes()).hexdigest()
+    sha = sha256_file(data / FILE)
     meta = (
         f"trainer=certus.models.train_answer_head seed={SEED} data={FILE} sha256={sha} "
         f"fit_chunks={len(fit)} val_chunks={len(val)} epoch={epoch} val_loss={vl:.4f} val_top_piece={vtop:.4f}"

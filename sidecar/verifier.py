@@ -179,7 +179,7 @@ def _whole_words_at(text: str, needle: str) -> bool:
     n = len(needle)
     return any(
         (at == 0 or not text[at - 1].isalnum()) and (at + n == len(text) or not text[at + n].isalnum())
-        for at in _occurrences(text, needle).tolist()
+        for at in occurrences(text, needle).tolist()
     )
 
 
@@ -561,7 +561,7 @@ def _nearest(qpos: list[int], lo: int, hi: int) -> float:
     return float(best)
 
 
-def _occurrences(text: str, part: str) -> np.ndarray:
+def occurrences(text: str, part: str) -> np.ndarray:
     """int64[k]: every start of ``part`` in ``text`` (overlapping ones too); ``str.find``, which is
     much faster than a regular expression on long chunks."""
     out = []
@@ -617,7 +617,7 @@ def question_features(response: str, prepared: QuestionContext) -> np.ndarray:
     located, ans_ov, near, dist = 0.0, 0.0, 0.0, 99.0
     focus: tuple[float, float] | None = None  # (question focus gap, answer head gap)
     for ch in qc.chunks:
-        found = _occurrences(ch.parts.low, answer) if answer else np.empty(0, dtype=np.int64)
+        found = occurrences(ch.parts.low, answer) if answer else np.empty(0, dtype=np.int64)
         if not len(found):
             continue
         gaps = _span_gaps(ch, np.stack([found, found + len(answer)], axis=1))
