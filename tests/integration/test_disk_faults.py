@@ -158,21 +158,22 @@ def _check_log(sc: Running, fs: Path, output: str) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def fill_up(filler: Path) -> None:
+    """Write ``filler`` until its file system has no space left."""
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
 def test_a_full_disk_fails_health_and_heals_once_space_is_freed(small_fs: Path, tmp_path: Path) -> None:
     sc = Running(small_fs, tmp_path)
     filler = small_fs / "filler"
-
-    def fill() -> None:
-        with filler.open("wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
-
     try:
-        _fault_then_heal(sc, fill, lambda: filler.unlink(), "No space left on device")
+        _fault_then_heal(sc, lambda: fill_up(filler), lambda: filler.unlink(), "No space left on device")
         assert int(sc.details()["evidence.failures"]) >= 1
     finally:
         output = sc.stop()

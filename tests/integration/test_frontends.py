@@ -42,7 +42,7 @@ from certus.sidecar.loadgen import start_local_sidecar
 from certus.sidecar.protos import pb, pb_grpc
 from certus.sidecar.signing import VerifyKey
 from tests.conftest import OUTSIDE, cli_argv, cli_env, free_port, wait_until
-from tests.integration.test_disk_faults import small_fs  # noqa: F401 - the size-limited tmpfs fixture
+from tests.integration.test_disk_faults import fill_up, small_fs  # noqa: F401 - small_fs: the size-limited tmpfs fixture
 
 pytestmark = pytest.mark.slow
 
@@ -381,13 +381,7 @@ def test_a_full_disk_under_the_hub_turns_every_process_not_serving_and_back(smal
 
         assert evaluate() is grpc.StatusCode.OK and serving("0") and serving("1")
         filler = small_fs / "filler"
-        with filler.open("wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        fill_up(filler)
         codes = [evaluate() for _ in range(5)]
         assert codes[-1] is grpc.StatusCode.UNAVAILABLE, codes
         wait_until(lambda: not serving("0") and not serving("1"), "both processes NOT_SERVING", timeout_s=20)
