@@ -516,15 +516,17 @@ class _AnswerLogits:
     """The answer head's logits of one chunk for the question, computed when first read: only the
     chunks where an answer is located need them (most of the head's cost is the chunk's side)."""
 
-    __slots__ = ("_q", "_c", "_raw", "_z")
+    __slots__ = ("_q", "_c", "_sim", "_z")
 
-    def __init__(self, q: np.ndarray, c: np.ndarray, raw: np.ndarray) -> None:
-        self._q, self._c, self._raw, self._z = q, c, raw, None
+    def __init__(self, q: np.ndarray, c: np.ndarray, sim: np.ndarray) -> None:
+        """``sim``: the question x chunk piece cosines the focus tables were computed from."""
+        self._q, self._c, self._sim, self._z = q, c, sim, None
 
     @property
     def z(self) -> np.ndarray:
         if self._z is None:
-            self._z = default_answer_head().forward(self._q, self._c, raw=self._raw)
+            raw = self._sim.max(axis=0) if self._sim.size else None  # None: forward's own (an empty side)
+            self._z = default_answer_head().forward(self._q, self._c, raw=raw)
         return self._z
 
 
@@ -542,8 +544,7 @@ def question_context(query: str, context: Sequence[str], query_tokens: Any, chun
         overlap = np.array([len(qw & cw) / nq for _, _, cw, _ in parts.sentences], dtype=np.float64)
         sim = np.ascontiguousarray(query_tokens.states @ ts.states.T)
         best, fwd, bwd = kernels.focus_tables(sim)
-        raw = sim.max(axis=0) if sim.size else np.zeros(sim.shape[1], dtype=np.float32)
-        chunks.append(_ChunkWords(parts, qpos, overlap, ts.pieces, best, fwd, bwd, _AnswerLogits(query_tokens.states, ts.states, raw)))
+        chunks.append(_ChunkWords(parts, qpos, overlap, ts.pieces, best, fwd, bwd, _AnswerLogits(query_tokens.states, ts.states, sim)))
     return QuestionContext(qw, _question_type(query), chunks)
 
 
