@@ -142,6 +142,38 @@ class _Connection:
             await self.writer.wait_closed()
 
 
+class _Pending:
+    """Questions sent over one connection, matched to their answers by id. Both ends ask: the
+    front-end numbers its questions 1, 2, ..., the hub its own -1, -2, ... (``step``), so one
+    stream carries both; id 0 is the hub's unasked pushes (health)."""
+
+    def __init__(self, step: int) -> None:
+        self._step, self._last = step, 0
+        self._futures: dict[int, asyncio.Future[tuple[bool, Any]]] = {}
+
+    async def ask(self, conn: _Connection, op: str, args: tuple[Any, ...]) -> tuple[bool, Any]:
+        """Send ``(id, op, args)`` and wait for its ``(ok, value)``."""
+        self._last += self._step
+        rid = self._last
+        fut = asyncio.get_running_loop().create_future()
+        self._futures[rid] = fut
+        try:
+            await conn.send((rid, op, args))
+            return await fut
+        finally:
+            self._futures.pop(rid, None)
+
+    def answered(self, rid: int, ok: bool, value: Any) -> None:
+        fut = self._futures.get(rid)
+        if fut is not None and not fut.done():
+            fut.set_result((ok, value))
+
+    def fail_all(self, exc: BaseException) -> None:
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+
 # -- the hub (in the process `certus-sidecar serve` started) ---------------------------------------
 
 
@@ -174,8 +206,7 @@ class Hub:
         self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._conns: set[_Connection] = set()
-        self._asks: dict[int, asyncio.Future[Any]] = {}  # the hub's own questions to front-ends
-        self._next_ask = 0
+        self._asks = _Pending(-1)  # the hub's own questions to front-ends
         self._loop: asyncio.AbstractEventLoop | None = None
         self.requests = 0
 
@@ -300,18 +331,12 @@ class Hub:
             conn = child.conn
             if conn is None or child.proc is None or child.proc.returncode is not None:
                 return None
-            self._next_ask -= 1
-            rid = self._next_ask
-            fut = asyncio.get_running_loop().create_future()
-            self._asks[rid] = fut
             try:
-                await conn.send((rid, op, ()))
-                return await asyncio.wait_for(fut, timeout_s)
+                ok, value = await asyncio.wait_for(self._asks.ask(conn, op, ()), timeout_s)
             except Exception as exc:  # noqa: BLE001 - a front-end that cannot answer is left out
                 log.warning("frontend_no_answer", index=child.index, op=op, error_type=type(exc).__name__)
                 return None
-            finally:
-                self._asks.pop(rid, None)
+            return value if ok else None
 
         return list(await asyncio.gather(*(ask(c) for c in self._children)))
 
@@ -333,9 +358,7 @@ class Hub:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 if rid < 0:  # a front-end's answer to one of the hub's questions: (rid, ok, value)
-                    fut = self._asks.get(rid)
-                    if fut is not None and not fut.done():
-                        fut.set_result(args if op else None)
+                    self._asks.answered(rid, op, args)
                     continue
                 self._keep(asyncio.create_task(self._answer(conn, rid, op, args)))
         finally:
@@ -395,8 +418,7 @@ class HubClient:
 
     def __init__(self, conn: _Connection) -> None:
         self.conn = conn
-        self._next = 0
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._pending = _Pending(1)
         self.on_health: Any = None  # callable(healthy, reason)
         self.on_request: Any = None  # callable(op) -> value: the hub's questions (metrics)
         self._answers: set[asyncio.Task[None]] = set()
@@ -411,15 +433,7 @@ class HubClient:
     async def request(self, op: str, *args: Any) -> Any:
         if self.lost.done():
             raise Unavailable(HUB_GONE)
-        self._next += 1
-        rid = self._next
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = fut
-        try:
-            await self.conn.send((rid, op, args))
-            ok, value = await fut
-        finally:
-            self._waiting.pop(rid, None)
+        ok, value = await self._pending.ask(self.conn, op, args)
         if not ok:
             raise _rebuild_error(value)
         return value
@@ -437,16 +451,11 @@ class HubClient:
                     if first == "health" and self.on_health is not None:
                         self.on_health(*value)
                     continue
-                fut = self._waiting.get(rid)
-                if fut is not None and not fut.done():
-                    fut.set_result((first, value))
+                self._pending.answered(rid, first, value)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            gone = Unavailable(HUB_GONE)
-            for fut in self._waiting.values():
-                if not fut.done():
-                    fut.set_exception(gone)
+            self._pending.fail_all(Unavailable(HUB_GONE))
             if not self.lost.done():
                 self.lost.set_result(None)
 
