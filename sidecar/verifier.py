@@ -574,10 +574,10 @@ def occurrences(text: str, part: str) -> np.ndarray:
 
 
 def _span_gaps(ch: _ChunkWords, spans: np.ndarray) -> tuple[float, float] | None:
-    """For the best of the char ``spans`` (int64[m, 2]) of chunk ``ch``: the question's focus
-    around it (pieces of the span left out) minus its best focus anywhere in the chunk, and the
-    answer head's highest logit on its pieces minus its highest in the chunk; None when no span
-    reaches a piece (past the encoder's window)."""
+    """Over the char ``spans`` (int64[m, 2]) of chunk ``ch``, each maximum taken on its own: the
+    question's highest focus around a span (its pieces left out) minus its best focus anywhere in
+    the chunk, and the answer head's highest logit on a span's pieces minus its highest in the
+    chunk; None when no span reaches a piece (past the encoder's window)."""
     pieces = ch.pieces
     lo = np.searchsorted(pieces[:, 1], spans[:, 0], side="right")
     hi = np.searchsorted(pieces[:, 0], spans[:, 1], side="left") - 1
