@@ -98,6 +98,7 @@ HEAL_BACKOFF_S = (0.25, 10.0)  # first and longest wait between repair attempts 
 PROBE_BYTES = 65536  # a repair attempt first writes and syncs this much beside the log
 ROTATION_POLL_S = 1.0  # how often the writer looks for a next-key file
 RECENT_CHECKPOINTS = 256  # kept in memory for the forwarder's consistency proofs
+READ_HINTS = 8  # where the last reads stopped, kept so that the next read of each reader seeks there
 Listener = Callable[[int, Envelope], None]
 StateListener = Callable[[bool, str], None]  # (healthy, reason) on failure and on recovery
 
@@ -209,7 +210,9 @@ class EvidenceLog:
         self._rotations: list[Rotation] = []  # the log's rotation records, in order
         self.checkpoints = 0  # signed by this process
         self.rotations = 0
-        self._lock = threading.Lock()  # guards: segments list, durable state, listeners
+        self._lock = threading.Lock()  # guards: segments list, durable state, listeners, read hints
+        # next seq -> (segment index, its path, byte offset, line number): where a read stopped
+        self._read_hints: dict[int, tuple[int, Path, int, int]] = {}
         self._cond = threading.Condition(threading.Lock())  # guards: pending queue, closing flag
         self._pending: collections.deque[_Pending] = collections.deque()
         self._closing = False
@@ -597,19 +600,39 @@ class EvidenceLog:
 
     def read(self, start_seq: int, max_records: int) -> list[LogRecord]:
         """Up to ``max_records`` durable records from ``start_seq`` on (blocking file I/O: call it
-        from a thread). Records are parsed, not signature-checked."""
+        from a thread). Records are parsed, not signature-checked.
+
+        A read that starts where an earlier one stopped (the forwarder's deliveries, its
+        checkpoint proofs: each reader goes on from its own last record) seeks straight to it: the
+        last :data:`READ_HINTS` stopping points are kept. Any other read finds the segment by
+        seq and skips the lines before ``start_seq`` unparsed (a segment holds one record per line,
+        numbered on from its first seq), which the first record it parses confirms; should it not,
+        the segment is read again parsing every line. Parsing the lines it skipped cost 1.3 s of CPU
+        per read near the end of a 53 MB segment."""
         if max_records <= 0:
             return []
         with self._lock:
             durable = self._durable_seq
             segs = list(self._segments)
+            hint = self._read_hints.get(start_seq)
         if start_seq > durable or not segs:
             return []
-        idx = max(0, bisect_right([s.first_seq for s in segs], start_seq) - 1)
-        offset, line_no = 0, 0
-        hint = self._read_hint
-        if hint is not None and hint[0] == start_seq and hint[1] < len(segs) and segs[hint[1]].path == hint[3]:
-            idx, offset, line_no = hint[1], hint[2], hint[4]
+        if hint is not None and hint[0] < len(segs) and segs[hint[0]].path == hint[1]:
+            out = self._read_from(segs, hint[0], hint[2], hint[3], 0, start_seq, durable, max_records)
+        else:
+            idx = max(0, bisect_right([s.first_seq for s in segs], start_seq) - 1)
+            out = self._read_from(segs, idx, 0, 0, max(0, start_seq - segs[idx].first_seq), start_seq, durable, max_records)
+        if out is None:  # the lines were not numbered as assumed: parse them all
+            idx = max(0, bisect_right([s.first_seq for s in segs], start_seq) - 1)
+            out = self._read_from(segs, idx, 0, 0, 0, start_seq, durable, max_records)
+        assert out is not None
+        return out
+
+    def _read_from(self, segs: list[_Segment], idx: int, offset: int, line_no: int, skip: int, start_seq: int,
+                   durable: int, max_records: int) -> list[LogRecord] | None:
+        """:meth:`read` from line ``line_no`` (at byte ``offset``) of segment ``idx``, the next
+        ``skip`` lines unparsed; None when ``skip`` lines were skipped and the first record parsed
+        is not ``start_seq``."""
         out: list[LogRecord] = []
         done = False
         while not done and idx < len(segs):
@@ -620,7 +643,18 @@ class EvidenceLog:
                     if not raw.endswith(b"\n"):
                         done = True
                         break
+                    if skip > 0:
+                        skip -= 1
+                        offset += len(raw)
+                        line_no += 1
+                        if skip == 0:
+                            skip = -1  # the next parsed record must be start_seq
+                        continue
                     rec = parse_line(raw[:-1], seg.path, offset, line_no + 1)
+                    if skip < 0:
+                        if rec.seq != start_seq:
+                            return None
+                        skip = 0
                     if rec.seq > durable:
                         done = True
                         break
@@ -633,13 +667,18 @@ class EvidenceLog:
                         done = True
                         break
             if not done:
+                if skip:  # the segment ended before start_seq's line
+                    return None
                 idx += 1
                 offset, line_no = 0, 0
         if out and idx < len(segs):
-            self._read_hint = (out[-1].seq + 1, idx, offset, segs[idx].path, line_no)
+            with self._lock:
+                hints = self._read_hints
+                hints.pop(out[-1].seq + 1, None)
+                hints[out[-1].seq + 1] = (idx, segs[idx].path, offset, line_no)
+                while len(hints) > READ_HINTS:
+                    del hints[next(iter(hints))]
         return out
-
-    _read_hint: tuple[int, int, int, Path, int] | None = None
 
     def record_at(self, seq: int) -> LogRecord | None:
         recs = self.read(seq, 1)

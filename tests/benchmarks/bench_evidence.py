@@ -8,6 +8,11 @@ Baselines measured in the same run: the pure CPU cost (build canonical payload +
 envelope JSON, no disk) and ``never`` (written, not fsynced). Each log is written to a fresh
 folder under ``--dir`` (default: a temp folder on the repository's disk, so the fsync cost is that
 disk's). ``always`` runs a quarter of the records to stay short.
+
+``--read N`` also times reading back from a log of N records in one segment (the forwarder reads
+each record to deliver it and again for a checkpoint's consistency proof): a read that starts where
+no earlier read stopped, near the segment's end, against the baseline of parsing every line up to
+it (what every such read did before), measured in the same run on the same log.
 """
 
 from __future__ import annotations
@@ -113,12 +118,47 @@ async def bench_log(base: Path, fsync: str, concurrency: int, n: int, wait_ms: f
     }
 
 
+async def bench_read(base: Path, n: int) -> None:
+    """Cold reads of 50 records near the end of a one-segment log of ``n`` records: skipping the
+    lines before them unparsed (now) vs parsing every line (the baseline), CPU ms per read."""
+    cfg = EvidenceConfig(log_dir=Path(tempfile.mkdtemp(dir=base)), fsync="never", segment_bytes=1 << 30)
+    log = EvidenceLog.open(cfg, KEY)
+    for i in range(0, n, 500):
+        await asyncio.gather(*(log.append(decision(j)) for j in range(i, min(n, i + 500))))
+    size = sum(p.stat().st_size for p in cfg.log_dir.glob("segment-*.jsonl"))
+    start, durable, segs = n - 100, n - 1, list(log._segments)
+    rows = []
+    for _ in range(3):
+        t = time.process_time()
+        base_recs = log._read_from(segs, 0, 0, 0, 0, start, durable, 50)  # parse every line
+        t_base = time.process_time() - t
+        log._read_hints.clear()
+        t = time.process_time()
+        recs = log.read(start, 50)
+        t_new = time.process_time() - t
+        assert base_recs is not None and [r.line for r in recs] == [r.line for r in base_recs]
+        rows.append((t_base * 1e3, t_new * 1e3))
+    t = time.process_time()
+    nxt = log.read(n - 50, 50)  # goes on from the hint the read before left
+    t_hint = (time.process_time() - t) * 1e3
+    assert [r.seq for r in nxt] == list(range(n - 50, n))
+    await log.close()
+    shutil.rmtree(cfg.log_dir, ignore_errors=True)
+    b = statistics.median(r[0] for r in rows)
+    c = statistics.median(r[1] for r in rows)
+    print(f"read 50 records near the end of one {size / 1e6:.0f} MB segment ({n} records), CPU ms, median of 3:")
+    print(f"  baseline (parse every line up to them): {b:8.1f} ms")
+    print(f"  skip the lines before them unparsed:    {c:8.1f} ms  ({b / max(c, 1e-9):.0f}x less)")
+    print(f"  50 more, going on from where it stopped: {t_hint:7.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=2000)
     ap.add_argument("--concurrency", default="1,16,64,256")
     ap.add_argument("--wait-ms", default="0,1", help="group_commit_max_wait_ms values to try for group")
     ap.add_argument("--dir", default=str(ROOT / ".certus" / "bench"))
+    ap.add_argument("--read", type=int, default=0, metavar="N", help="also time reads from a log of N records")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
     waits = [float(x) for x in args.wait_ms.split(",")]
@@ -151,6 +191,9 @@ def main() -> None:
         g = results[("group", waits[0], c)]["rate"]
         a = results[("always", 0.0, c)]["rate"]
         print(f"  concurrency {c:>4}: group(wait {waits[0]:g} ms) {g:,.0f}/s vs always {a:,.0f}/s = {g / a:.1f}x")
+    if args.read:
+        print()
+        asyncio.run(bench_read(base, args.read))
 
 
 if __name__ == "__main__":

@@ -349,6 +349,50 @@ def test_a_cancelled_caller_does_not_cancel_the_record(key: SigningKey, log_cfg:
     assert verify_log(cfg.log_dir, key.verify_key).ok
 
 
+def test_reads_parse_only_what_they_return(key: SigningKey, log_cfg: LogCfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two readers taking turns (the forwarder's deliveries and its checkpoint proofs) each go on
+    where they stopped, and a read from anywhere skips the lines before it unparsed: no line is
+    parsed that is not returned (parsing a 53 MB segment up to its end cost 1.3 s of CPU)."""
+    import dataclasses
+
+    import certus.sidecar.evidence.log as log_mod
+
+    cfg = log_cfg(segment_bytes=16384)
+    append_n(cfg, key, 40)
+    parsed: list[int] = []
+    real_parse = log_mod.parse_line
+
+    def counting(line: bytes, *args: object) -> object:
+        parsed.append(1)
+        return real_parse(line, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(log_mod, "parse_line", counting)
+
+    async def run() -> None:
+        log = EvidenceLog.open(cfg, key)
+        try:
+            assert len(log._segments) >= 2
+            for start, count in ((0, 5), (20, 5), (5, 5), (25, 5), (10, 3), (30, 10), (37, 1), (13, 27)):
+                parsed.clear()
+                recs = log.read(start, count)
+                assert [r.seq for r in recs] == list(range(start, min(40, start + count)))
+                assert len(parsed) == len(recs), (start, count, len(parsed))
+            # every slice, read cold, matches
+            for start in range(42):
+                for count in (1, 3, 17, 50):
+                    log._read_hints.clear()
+                    assert [r.seq for r in log.read(start, count)] == list(range(start, min(40, start + count)))
+            # a segment whose lines are not numbered from its first_seq: parsed through, still right
+            log._segments[1] = dataclasses.replace(log._segments[1], first_seq=log._segments[1].first_seq - 2)
+            log._read_hints.clear()
+            first = log._segments[1].first_seq + 2
+            assert [r.seq for r in log.read(first + 3, 4)] == list(range(first + 3, first + 7))
+        finally:
+            await log.close()
+
+    asyncio.run(run())
+
+
 def test_submit_from_a_plain_thread(key: SigningKey, log_cfg: LogCfg) -> None:
     log = EvidenceLog.open(log_cfg(), key)
     try:
