@@ -266,9 +266,29 @@ class _Engines:
         if has_ner:
             registry.add_recognizer(SpacyRecognizer(supported_entities=list(NER_ENTITIES)))
             entities = entities + NER_ENTITIES
-        analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+        analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"],
+                                  context_aware_enhancer=_enhancer())
         log.info("pii_analyzer_ready", nlp_model=model_name, entities=list(entities))
         return analyzer, model_name, entities
+
+
+def _enhancer() -> Any:
+    """Presidio's context enhancer (its defaults), which skips a text whose findings all score
+    the most there is: a context word can only raise a score, to at most 1.0, so it would change
+    nothing, and without NER looking would be all that makes spaCy's tokens (:class:`_LazyArtifacts`).
+    An e-mail address or a card number alone (score 1.0) no longer costs a tokenizer run."""
+    import copy
+
+    from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer, LemmaContextAwareEnhancer
+
+    class TopScoreSkipping(LemmaContextAwareEnhancer):  # type: ignore[misc]
+        def enhance_using_context(self, text: str, raw_results: list[Any], nlp_artifacts: Any,
+                                  recognizers: list[Any], context: list[str] | None = None) -> list[Any]:
+            if not context and all(r.score >= ContextAwareEnhancer.MAX_SCORE for r in raw_results):
+                return copy.deepcopy(raw_results)  # what the base class returns when nothing is raised
+            return super().enhance_using_context(text, raw_results, nlp_artifacts, recognizers, context)
+
+    return TopScoreSkipping()
 
 
 def runs_ner(entities: Sequence[str]) -> bool:
