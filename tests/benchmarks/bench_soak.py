@@ -139,8 +139,8 @@ def main() -> int:
         async def capacity() -> float:
             async with grpc.aio.insecure_channel(target) as channel:
                 stub = pb_grpc.EvaluatorStub(channel)
-                await _closed_loop(stub, Mix(), 4, 5.0, False)  # warm-up: JIT, caches, allocator
-                r = await _closed_loop(stub, Mix(), 8, args.capacity_s, False)
+                await _closed_loop([stub], Mix(), 4, 5.0, False)  # warm-up: JIT, caches, allocator
+                r = await _closed_loop([stub], Mix(), 8, args.capacity_s, False)
                 print(r.line(), flush=True)
                 return r.rps
 
