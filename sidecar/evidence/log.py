@@ -619,11 +619,11 @@ class EvidenceLog:
             return []
         if hint is not None and hint[0] < len(segs) and segs[hint[0]].path == hint[1]:
             out = self._read_from(segs, hint[0], hint[2], hint[3], 0, start_seq, durable, max_records)
-        else:
-            idx = max(0, bisect_right([s.first_seq for s in segs], start_seq) - 1)
-            out = self._read_from(segs, idx, 0, 0, max(0, start_seq - segs[idx].first_seq), start_seq, durable, max_records)
+            assert out is not None  # nothing skipped, nothing to confirm
+            return out
+        idx = max(0, bisect_right([s.first_seq for s in segs], start_seq) - 1)
+        out = self._read_from(segs, idx, 0, 0, max(0, start_seq - segs[idx].first_seq), start_seq, durable, max_records)
         if out is None:  # the lines were not numbered as assumed: parse them all
-            idx = max(0, bisect_right([s.first_seq for s in segs], start_seq) - 1)
             out = self._read_from(segs, idx, 0, 0, 0, start_seq, durable, max_records)
         assert out is not None
         return out
