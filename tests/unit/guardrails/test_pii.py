@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from typing import Any, Iterator
 
 import pytest
 
@@ -395,13 +397,11 @@ def test_every_pattern_finding_in_real_text_holds_a_cue_character() -> None:
     assert sum(found.values()) > 200
 
 
-def test_spacy_runs_for_the_pattern_analyzer_only_when_a_recognizer_found_something() -> None:
-    """Without NER, Presidio's spaCy artifacts serve context enhancement of findings only: they are
-    made on first use, and the findings are the same as with artifacts made up front."""
-    import json
-
+@contextlib.contextmanager
+def _counting_spacy_calls() -> Iterator[tuple[Any, list[str]]]:
+    """A pattern-only ``PiiAnalyzer`` and the texts it hands to spaCy (Presidio's
+    ``process_text``, on the engine every analyzer of the process shares: restored after)."""
     from certus.sidecar.guardrails.pii import PiiAnalyzer
-    from tests.conftest import shared_data
 
     analyzer = PiiAnalyzer(ner=False)
     engine = analyzer._analyzer.nlp_engine
@@ -414,15 +414,32 @@ def test_spacy_runs_for_the_pattern_analyzer_only_when_a_recognizer_found_someth
 
     engine.process_text = counting
     try:
-        assert analyzer.analyze("The 1939 season ended on 12 May with 4 wins.") == [] and calls == []
-        found = analyzer.analyze("Call me on 212-555-0199 tomorrow.")
-        assert [s.entity_type for s in found] == ["PHONE_NUMBER"] and len(calls) == 1
+        yield analyzer, calls
     finally:
         engine.process_text = process_text
+
+
+def _synth_and_passages() -> list[str]:
+    """300 presidio-research synth sentences and 200 HaluEval knowledge passages."""
+    import json
+
+    from tests.conftest import shared_data
 
     texts = [json.loads(line)["full_text"] for line in shared_data("pii", "presidio_synth_dev.jsonl").open()][:300]
     with shared_data("halueval", "qa_dev.jsonl").open() as f:
         texts += [json.loads(line)["knowledge"] for line in list(f)[:200]]
+    return texts
+
+
+def test_spacy_runs_for_the_pattern_analyzer_only_when_a_recognizer_found_something() -> None:
+    """Without NER, Presidio's spaCy artifacts serve context enhancement of findings only: they are
+    made on first use, and the findings are the same as with artifacts made up front."""
+    with _counting_spacy_calls() as (analyzer, calls):
+        assert analyzer.analyze("The 1939 season ended on 12 May with 4 wins.") == [] and calls == []
+        found = analyzer.analyze("Call me on 212-555-0199 tomorrow.")
+        assert [s.entity_type for s in found] == ["PHONE_NUMBER"] and len(calls) == 1
+
+    texts = _synth_and_passages()
     lazy = [analyzer.analyze(t) for t in texts]
     analyzer._lazy = False
     try:
@@ -437,42 +454,23 @@ def test_findings_that_score_the_most_skip_context_enhancement_with_the_same_fin
     (an e-mail address, a card number) is not tokenized for context words; the findings equal
     Presidio's own enhancer's with artifacts made up front, over synth sentences and HaluEval
     passages with and without an e-mail sentence."""
-    import json
-
     from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 
-    from certus.sidecar.guardrails.pii import PiiAnalyzer
-    from tests.conftest import shared_data
-
-    analyzer = PiiAnalyzer(ner=False)
-    engine = analyzer._analyzer.nlp_engine
-    calls: list[str] = []
-    process_text = engine.process_text
-
-    def counting(text: str, language: str) -> object:
-        calls.append(text)
-        return process_text(text, language)
-
-    engine.process_text = counting
-    try:
+    with _counting_spacy_calls() as (analyzer, calls):
         found = analyzer.analyze("Write to john.smith@example.com for details.")
         assert [s.entity_type for s in found] == ["EMAIL_ADDRESS"] and calls == []
         found = analyzer.analyze("Write to john.smith@example.com or call 212-555-0199.")
         assert sorted(s.entity_type for s in found) == ["EMAIL_ADDRESS", "PHONE_NUMBER"] and len(calls) == 1
-    finally:
-        engine.process_text = process_text
 
-    texts = [json.loads(line)["full_text"] for line in shared_data("pii", "presidio_synth_dev.jsonl").open()][:300]
-    with shared_data("halueval", "qa_dev.jsonl").open() as f:
-        texts += [json.loads(line)["knowledge"] for line in list(f)[:200]]
+    texts = _synth_and_passages()
     texts += [t + " Write to john.smith@example.com for details." for t in texts[::2]]
     ours = [analyzer.analyze(t) for t in texts]
-    engine_ = analyzer._analyzer
-    mine = engine_.context_aware_enhancer
-    engine_.context_aware_enhancer, analyzer._lazy = LemmaContextAwareEnhancer(), False
+    engine = analyzer._analyzer
+    mine = engine.context_aware_enhancer
+    engine.context_aware_enhancer, analyzer._lazy = LemmaContextAwareEnhancer(), False
     try:
         stock = [analyzer.analyze(t) for t in texts]
     finally:
-        engine_.context_aware_enhancer, analyzer._lazy = mine, True
+        engine.context_aware_enhancer, analyzer._lazy = mine, True
     assert ours == stock and sum(map(len, stock)) > 300
     assert type(mine) is not LemmaContextAwareEnhancer
