@@ -632,8 +632,9 @@ class EvidenceLog:
                    durable: int, max_records: int) -> list[LogRecord] | None:
         """:meth:`read` from line ``line_no`` (at byte ``offset``) of segment ``idx``, the next
         ``skip`` lines unparsed; None when ``skip`` lines were skipped and the first record parsed
-        is not ``start_seq``."""
+        after them is not ``start_seq`` (or there is none in that segment)."""
         out: list[LogRecord] = []
+        confirm = skip > 0  # the first record parsed must then be start_seq
         done = False
         while not done and idx < len(segs):
             seg = segs[idx]
@@ -647,14 +648,12 @@ class EvidenceLog:
                         skip -= 1
                         offset += len(raw)
                         line_no += 1
-                        if skip == 0:
-                            skip = -1  # the next parsed record must be start_seq
                         continue
                     rec = parse_line(raw[:-1], seg.path, offset, line_no + 1)
-                    if skip < 0:
+                    if confirm:
                         if rec.seq != start_seq:
                             return None
-                        skip = 0
+                        confirm = False
                     if rec.seq > durable:
                         done = True
                         break
@@ -667,7 +666,7 @@ class EvidenceLog:
                         done = True
                         break
             if not done:
-                if skip:  # the segment ended before start_seq's line
+                if confirm:  # the segment ended before start_seq's line
                     return None
                 idx += 1
                 offset, line_no = 0, 0

@@ -21,12 +21,13 @@ from tests.conftest import shared_data
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
-# (harness, arguments, a line of its output that holds the result, needs ../shared/data)
+# (harness, arguments ("{tmp}": the test's own directory), a line of its output that holds the
+# result, needs ../shared/data)
 HARNESSES = [
-    ("bench_evidence.py", ["--records", "50", "--concurrency", "4", "--wait-ms", "0", "--read", "600"],
+    ("bench_evidence.py", ["--records", "50", "--concurrency", "4", "--wait-ms", "0", "--read", "600", "--dir", "{tmp}"],
      "skip the lines before them unparsed", False),
     ("bench_kernels.py", ["--seconds", "0.01"], "split_sentences, per paragraph", False),
-    ("bench_dashboard.py", ["--records", "2000"], "overview warm", False),
+    ("bench_dashboard.py", ["--records", "2000", "--dir", "{tmp}"], "overview warm", False),
     ("bench_telemetry.py", ["--requests", "20", "--rounds", "1"], "spans received by the OTLP collector", False),
     ("bench_trace.py", ["--calls", "100", "--paced-calls", "50", "--rounds", "1"], "worst p99 overhead", False),
     ("bench_sidecar.py", ["--duration", "1", "--variant", "int8", "--concurrency", "1", "--rates", "5"],
@@ -53,13 +54,9 @@ def test_every_harness_is_listed() -> None:
 def test_harness_runs(harness: str, args: list[str], marker: str, needs_data: bool, tmp_path: Path) -> None:
     if needs_data:
         shared_data("halueval", "qa_dev.jsonl")
-    if harness == "bench_dashboard.py":
-        args = [*args, "--dir", str(tmp_path / "dashboard")]
-    if harness == "bench_evidence.py":
-        args = [*args, "--dir", str(tmp_path / "evidence")]
     env = {**os.environ, "LOG_LEVEL": "WARNING"}
     proc = subprocess.run(
-        [sys.executable, str(BENCH / harness), *args],
+        [sys.executable, str(BENCH / harness), *(a.format(tmp=tmp_path / "work") for a in args)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"{harness} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
