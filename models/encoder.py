@@ -121,49 +121,51 @@ class TokenStates:
     ``states`` are the last layer's states of the text's word pieces ([CLS]/[SEP] left out), each
     L2-normalised, float32 (float16 would halve the cache's memory but its NumPy conversions cost
     about 1 ms per request, both ways). ``words`` is the char span of the word each piece belongs
-    to (its content-word test); only claims need it, so it is built from the tokenizer's word ids
-    and offsets on first use. ``pieces`` is each piece's own char span (where ``question_fit``
-    locates an answer in a chunk), also built on first use.
+    to (its content-word test); only claims need it, so it is built from the pieces' word ids on
+    first use. ``pieces`` is each piece's own char span (where ``question_fit`` locates an answer
+    in a chunk).
     """
 
-    __slots__ = ("states", "_word_ids", "_offsets", "_words", "_pieces")
+    __slots__ = ("states", "pieces", "_word_of", "_words")
 
     def __init__(
         self, states: npt.NDArray[np.float32], word_ids: list[int | None], offsets: list[tuple[int, int]]
     ) -> None:
+        # NumPy arrays, not the tokenizer's lists: a cached text's lists of ids and offset tuples
+        # are hundreds of references that every full garbage collection walks (about 18,000 such
+        # lists in a warm cache made each full pass 20-80 ms); arrays are not tracked by the gc
+        ids = np.array(word_ids, dtype=np.float64)  # None -> nan: [CLS], [SEP] and padding
+        real = ~np.isnan(ids)
+        spans = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets))
         self.states = states
-        self._word_ids = word_ids
-        self._offsets = offsets
+        #: int64[n, 2]: each piece's char span in the text, row for row of ``states``
+        self.pieces: npt.NDArray[np.int64] = spans.reshape(-1, 2)[real]
+        self._word_of = ids[real].astype(np.int64)
         self._words: npt.NDArray[np.int32] | None = None
-        self._pieces: npt.NDArray[np.int64] | None = None
 
     @property
     def words(self) -> npt.NDArray[np.int32]:
         """int32[n, 2]: each piece's word span (start of the word's first piece, end of its last)."""
         if self._words is None:
-            spans: dict[int, list[int]] = {}
-            word_ids = self._word_ids
-            for w, (s, e) in zip(word_ids, self._offsets):
-                if w is not None:
-                    span = spans.setdefault(w, [s, e])
-                    span[1] = e
-            out = np.array([spans[w] for w in word_ids if w is not None], dtype=np.int32)
-            self._words = out.reshape(-1, 2)
+            w = self._word_of
+            if w.shape[0] == 0:
+                first = last = row = w
+            elif np.all(w[1:] >= w[:-1]):  # the tokenizer's order: each word's pieces in one run
+                first = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
+                last = np.append(first[1:], w.shape[0]) - 1
+                row = np.repeat(np.arange(first.shape[0]), np.diff(np.append(first, w.shape[0])))
+            else:
+                _, first, row = np.unique(w, return_index=True, return_inverse=True)
+                _, last_from_end = np.unique(w[::-1], return_index=True)
+                last = w.shape[0] - 1 - last_from_end
+            spans = np.stack((self.pieces[first, 0], self.pieces[last, 1]), axis=1)
+            self._words = spans[row.reshape(-1)].astype(np.int32).reshape(-1, 2)
         return self._words
 
     @property
-    def pieces(self) -> npt.NDArray[np.int64]:
-        """int64[n, 2]: each piece's char span in the text, row for row of ``states``."""
-        if self._pieces is None:
-            spans = [o for w, o in zip(self._word_ids, self._offsets) if w is not None]
-            self._pieces = np.array(spans, dtype=np.int64).reshape(-1, 2)
-        return self._pieces
-
-    @property
     def nbytes(self) -> int:
-        """The states plus an estimate of the word ids and offsets kept beside them and of the
-        ``words`` / ``pieces`` arrays built from them (16 bytes per piece each)."""
-        return int(self.states.nbytes) + 152 * len(self._word_ids)
+        """The states, the piece spans and word ids, and the ``words`` array built from them."""
+        return int(self.states.nbytes) + 32 * int(self.pieces.shape[0])
 
     def __repr__(self) -> str:
         return f"TokenStates({self.states.shape[0]} pieces)"

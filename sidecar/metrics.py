@@ -43,6 +43,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
 from certus.sidecar.domain import GuardrailViolation, MetricScore
+from certus.sidecar.memory import GC_PAUSES
 
 log = structlog.get_logger(__name__)
 
@@ -232,7 +233,7 @@ class AppCollector(Collector):
         return []  # dynamic: do not collect at registration
 
     def collect(self) -> Iterator[Metric]:
-        for part in (self._batcher, self._forwarder, self._evidence, self._jobs, self._limits, self._admission):
+        for part in (self._batcher, self._forwarder, self._evidence, self._jobs, self._limits, self._admission, self._gc):
             try:
                 yield from part()
             except Exception as exc:  # noqa: BLE001 - a scrape must not fail because one part did
@@ -329,6 +330,20 @@ class AppCollector(Collector):
         yield CounterMetricFamily(
             "certus_evaluate_admission_refused", "Evaluations answered at once with an overloaded skip by admission", value=st["refused"]
         )
+
+    def _gc(self) -> Iterator[Metric]:
+        passes = CounterMetricFamily(
+            "certus_evaluate_gc_passes", "Garbage collections of this process by generation (2 = full)", labels=["generation"]
+        )
+        paused = CounterMetricFamily(
+            "certus_evaluate_gc_pause_seconds", "Time garbage collections held the GIL, by generation", labels=["generation"]
+        )
+        for g in range(3):
+            passes.add_metric([str(g)], GC_PAUSES.passes[g])
+            paused.add_metric([str(g)], GC_PAUSES.seconds[g])
+        yield passes
+        yield paused
+        yield GaugeMetricFamily("certus_evaluate_gc_full_pause_max_seconds", "Longest full collection since start", value=GC_PAUSES.full_max_s)
 
     def _jobs(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("certus_evaluate_async_jobs", "Async evaluations in the job table", value=len(self._app.jobs))

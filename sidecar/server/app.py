@@ -34,7 +34,7 @@ from certus.sidecar.guardrails import GuardrailSuite
 from certus.sidecar.guardrails.pii import ProcessPiiAnalyzer
 from certus.sidecar.jobs import JobTable
 from certus.sidecar.manifests import ManifestStore
-from certus.sidecar.memory import MemoryReclaimer
+from certus.sidecar.memory import GC_PAUSES, MemoryReclaimer
 from certus.sidecar.metrics import InstrumentedEncoder, Metrics, MetricsServer, attach_app
 from certus.sidecar.pipeline import Pipeline
 from certus.sidecar.protos import pb
@@ -227,6 +227,7 @@ class App(Serving):
             details["frontend.index"] = 0  # this process; the others report their own
             details["frontend.pid"] = os.getpid()
         details.update(pii_details(self.guardrails))
+        details.update(GC_PAUSES.details())
         return {
             "key_id": self.evidence.key_id,  # the current key: a rotation replaces signing_key's
             "payload_type": signing.DECISION_PAYLOAD_TYPE,

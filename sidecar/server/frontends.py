@@ -63,7 +63,7 @@ from certus.sidecar.errors import CertusError, Fatal, Unavailable
 from certus.sidecar.evidence.decision import IntegrityDecision
 from certus.sidecar.guardrails import GuardrailSuite
 from certus.sidecar.manifests import ManifestStore
-from certus.sidecar.memory import MemoryReclaimer
+from certus.sidecar.memory import GC_PAUSES, MemoryReclaimer
 from certus.sidecar.metrics import Metrics
 from certus.sidecar.pipeline import Pipeline
 from certus.sidecar.scoring import Scorer
@@ -668,10 +668,11 @@ class FrontendApp(Serving):
     async def get_info(self) -> tuple[dict[str, Any], bytes]:
         info, public_key = await self.hub.request("info")
         details = info["details"]
-        for k in [k for k in details if k.startswith(("admission.", "manifests.", "ratelimit.", "pii."))]:
+        for k in [k for k in details if k.startswith(("admission.", "manifests.", "ratelimit.", "pii.", "gc."))]:
             del details[k]  # the hub's own: this process's replace them
         assert self.pipeline is not None and self.guardrails is not None
         details.update(pii_details(self.guardrails))
+        details.update(GC_PAUSES.details())
         details.update({f"admission.{k}": v for k, v in self.pipeline.admission.stats().items()})
         details.update({f"manifests.{k}": v for k, v in self.manifests.health_details().items()})
         details.update({f"frontend.local_{k}": v for k, v in self.batcher.stats.as_dict().items()})

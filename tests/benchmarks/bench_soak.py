@@ -10,8 +10,9 @@ own throwaway home, the ``file`` integrity sink) and:
 2. soak: an open loop at ``--load`` x that rate for ``--minutes``, the benchmark's request mix
    (fresh query and answer per call, 5 chunks from a pool of 40). Every ``--window-s`` it prints the
    window's served and skipped calls, p50/p99 latency (scheduled send to answer, so queueing counts),
-   the server's RSS (with the PII worker's), its open file descriptors, and the evidence log's and
-   forwarder's positions;
+   the server's RSS (with the PII worker's), its open file descriptors, the evidence log's and
+   forwarder's positions, and the server's full garbage collections in the window (passes and the
+   milliseconds they held the GIL: GetInfo's ``gc.*``);
 3. at the end: every acknowledged ``evidence_id`` must be in the log (once: ids are distinct);
    ``certus-sidecar verify`` must pass on the log; the integrity file must hold every record.
 
@@ -91,16 +92,20 @@ async def soak(
                 w.latencies.append((time.perf_counter() - scheduled) * 1000.0)
 
         async def reporter() -> None:
+            seen = {"gc.full_passes": 0.0, "gc.full_pause_ms_total": 0.0}  # the counters at the last window
             for k in range(n_windows):
                 await asyncio.sleep(max(0.0, start + (k + 1) * window_s + 2.0 - time.perf_counter()))
                 w = windows[k]
                 lat = np.asarray(w.latencies) if w.latencies else np.asarray([np.nan])
                 rss = sum(rss_bytes(p) for p in [pid, *children(pid)]) / 2**20
                 details = dict((await stub.GetInfo(pb.GetInfoRequest(), timeout=10)).details)
+                full = {key: float(details.get(key, 0)) - seen[key] for key in seen}
+                seen.update({key: float(details.get(key, 0)) for key in seen})
                 row = (
                     f"| {k + 1} | {len(w.latencies)} | {sum(w.skipped.values())} | {sum(w.errors.values())} | "
                     f"{np.percentile(lat, 50):.1f} | {np.percentile(lat, 99):.1f} | {rss:.0f} | {open_fds(pid)} | "
-                    f"{details.get('evidence.last_seq', '?')} | {details.get('forwarder.backlog', '?')} |"
+                    f"{details.get('evidence.last_seq', '?')} | {details.get('forwarder.backlog', '?')} | "
+                    f"{full['gc.full_passes']:.0f} / {full['gc.full_pause_ms_total']:.0f} |"
                 )
                 rows.append(row)
                 print(row, flush=True)
@@ -151,8 +156,8 @@ def main() -> int:
         print(f"\ncapacity {cap:.1f} req/s (closed loop, 8 callers); soak at {rate:.1f} req/s "
               f"({args.load:.0%}) for {args.minutes:g} min; server pid {pid}, {fds0} open fds after warm-up\n")
         print("| window | served | skipped | errors | p50 ms | p99 ms | RSS MiB (server + PII worker) | open fds | "
-              "evidence last_seq | forward backlog |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "evidence last_seq | forward backlog | full gc passes / ms paused |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         t0 = time.time()
         rows, acked = asyncio.run(soak(target, pid, home, rate, args.minutes, args.window_s))
         elapsed = time.time() - t0

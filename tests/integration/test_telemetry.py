@@ -385,6 +385,11 @@ def test_metrics_endpoint_counts_evaluations_with_bounded_labels(sc: RunningSide
         name == "certus_evaluate_service_info" and ("key_id", info.key_id) in labels and v == 1.0
         for (name, labels), v in after.items()
     )
+    # garbage collections, timed since start (generation 2: full passes, GIL held)
+    assert value(after, "certus_evaluate_gc_passes_total", generation="0") > 0
+    assert value(after, "certus_evaluate_gc_pause_seconds_total", generation="0") > 0
+    assert ("certus_evaluate_gc_full_pause_max_seconds", frozenset()) in after
+    assert int(info.details["gc.young_passes"]) > 0 and "gc.full_pause_ms_max" in info.details
 
 
 def test_repeated_request_is_served_from_the_embedding_cache(sc: RunningSidecar) -> None:

@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from certus.sidecar.memory import MemoryReclaimer, reclaim, rss_bytes
+from certus.sidecar.memory import GcPauses, MemoryReclaimer, reclaim, rss_bytes
 
 MIB = 1024 * 1024
 
@@ -118,3 +118,23 @@ def test_a_new_burst_is_reclaimed_promptly_after_passes_that_freed_nothing() -> 
     unproductive, grown, after, waited = asyncio.run(main())
     assert unproductive >= 6
     assert after < grown - 64 * MIB, f"burst not reclaimed within {waited} intervals"
+
+
+def test_gc_pauses_time_every_collection_once() -> None:
+    pauses = GcPauses()
+    pauses.install()
+    pauses.install()  # idempotent: one callback, each pass counted once
+    try:
+        assert gc.callbacks.count(pauses._callback) == 1
+        junk = [[i] for i in range(200_000)]  # something for the full pass to walk
+        before = list(pauses.passes)
+        gc.collect()
+        gc.collect(0)
+        assert pauses.passes[2] == before[2] + 1 and pauses.passes[0] >= before[0] + 1
+        assert pauses.seconds[2] > 0 and 0 < pauses.full_max_s <= pauses.seconds[2]
+        d = pauses.details()
+        assert d["gc.full_passes"] == pauses.passes[2] and d["gc.full_pause_ms_max"] == round(pauses.full_max_s * 1000, 1)
+        assert d["gc.young_passes"] == pauses.passes[0] + pauses.passes[1]
+        del junk
+    finally:
+        gc.callbacks.remove(pauses._callback)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from certus.models.encoder import (
     ModelMissing,
     OnnxEncoder,
     ProviderUnavailable,
+    TokenStates,
     cuda_probe,
 )
 from certus.sidecar.errors import InvalidArgument
@@ -100,6 +102,25 @@ def test_token_states_come_from_the_same_run_one_per_word_piece(cpu_encoder: Onn
     # the mean of the token states points the way of the sentence embedding (mean pooling)
     mean = tokens[0].states.mean(0)
     assert cosine_rows(mean[None, :], vecs[:1])[0] > 0.8
+
+
+def test_token_states_keep_piece_and_word_spans_out_of_the_garbage_collector(cpu_encoder: OnnxEncoder) -> None:
+    """A warm cache holds thousands of TokenStates; every full gc pass walks whatever tracked
+    containers they hold (the tokenizer's lists made each pass 20-80 ms). They hold arrays only,
+    and their spans are what the tokenizer's word ids and offsets say."""
+    texts = ["Normandy's GDP was $89.5 billion.", "", LONG, SENTENCES[6], "naïve café — 😀 ok"]
+    _, tokens = cpu_encoder.encode_tokens(texts)
+    encs = cpu_encoder._tokenizer.encode_batch(texts)
+    for text, ts, e in zip(texts, tokens, encs):
+        real = [(w, o) for w, o in zip(e.word_ids, e.offsets) if w is not None]
+        assert ts.pieces.dtype == np.int64 and ts.pieces.tolist() == [list(o) for _, o in real]
+        first = {w: o[0] for w, o in reversed(real)}
+        last = {w: o[1] for w, o in real}
+        assert ts.words.dtype == np.int32 and ts.words.tolist() == [[first[w], last[w]] for w, _ in real]
+        assert not any(gc.is_tracked(getattr(ts, name)) for name in ts.__slots__)
+    # word ids out of the tokenizer's order (a word's pieces in two runs) still give whole words
+    odd = TokenStates(np.zeros((5, 4), np.float32), [None, 0, 1, 0, 2, 1, None], [(0, 0), (0, 2), (3, 5), (6, 8), (9, 10), (11, 12), (0, 0)])
+    assert odd.words.tolist() == [[0, 8], [3, 12], [0, 8], [9, 10], [3, 12]]
 
 
 def test_token_states_do_not_depend_on_the_batch(cpu_encoder: OnnxEncoder) -> None:
