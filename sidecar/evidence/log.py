@@ -99,6 +99,7 @@ PROBE_BYTES = 65536  # a repair attempt first writes and syncs this much beside 
 ROTATION_POLL_S = 1.0  # how often the writer looks for a next-key file
 RECENT_CHECKPOINTS = 256  # kept in memory for the forwarder's consistency proofs
 READ_HINTS = 8  # where the last reads stopped, kept so that the next read of each reader seeks there
+RECENT_LEAVES = 1 << 16  # leaf hashes of the newest records kept in memory (2 MiB) for checkpoint proofs
 Listener = Callable[[int, Envelope], None]
 StateListener = Callable[[bool, str], None]  # (healthy, reason) on failure and on recovery
 
@@ -203,6 +204,11 @@ class EvidenceLog:
         self._frontier = Frontier()
         self._store = CheckpointStore(self.log_dir)
         self._recent: collections.deque[StoredCheckpoint] = collections.deque(maxlen=RECENT_CHECKPOINTS)
+        # leaf hashes of the newest durable records appended by this process, record seq's at
+        # 32 * (seq % RECENT_LEAVES), from seq _leaves_from on (guarded by _lock); one buffer, so no
+        # garbage-collector work however many it holds
+        self._leaf_ring = bytearray(32 * RECENT_LEAVES)
+        self._leaves_from = 0
         self.origin = cfg.checkpoint_origin
         self._cp_due = 0.0  # time.monotonic() when the next checkpoint is due (0: none pending)
         self._rotation_check = 0.0
@@ -347,6 +353,7 @@ class EvidenceLog:
             self._check_tail_signature(last_good)
         self._next_seq, self._prev_hash = expect_seq, expect_prev
         self._durable_seq = expect_seq - 1
+        self._leaves_from = expect_seq
         self._durable_evidence_id = expect_prev if expect_seq > 0 else ""
         first_seq = self._first_record(path)
         self._open_segment(number, first_seq=first_seq.seq if first_seq else expect_seq, create=False)
@@ -679,6 +686,18 @@ class EvidenceLog:
                     del hints[next(iter(hints))]
         return out
 
+    def leaf_hashes(self, start_seq: int, end_seq: int) -> list[bytes] | None:
+        """The Merkle leaf hashes of records ``start_seq`` .. ``end_seq - 1`` from memory (the newest
+        :data:`RECENT_LEAVES` durable records appended by this process), or None when not all are
+        kept there: a checkpoint's consistency proof then reads them back with :meth:`read`."""
+        ring = self._leaf_ring
+        with self._lock:
+            first = max(self._leaves_from, self._durable_seq + 1 - RECENT_LEAVES)
+            if not first <= start_seq <= end_seq <= self._durable_seq + 1:
+                return None
+            at = [32 * (seq % RECENT_LEAVES) for seq in range(start_seq, end_seq)]
+            return [bytes(ring[k : k + 32]) for k in at]
+
     def record_at(self, seq: int) -> LogRecord | None:
         recs = self.read(seq, 1)
         return recs[0] if recs and recs[0].seq == seq else None
@@ -997,10 +1016,15 @@ class EvidenceLog:
         log.info("evidence_segment_rolled", segment=segment_name(number), first_seq=first_seq)
 
     def _publish(self, items: list[tuple[_Pending, int, str, Envelope, bytes]]) -> None:
-        self._frontier.extend(leaf_hash(item[4]) for item in items)
+        leaves = [leaf_hash(item[4]) for item in items]
+        self._frontier.extend(leaves)
         if not self._cp_due:
             self._cp_due = time.monotonic() + self.cfg.checkpoint_interval_s
+        ring = self._leaf_ring
         with self._lock:
+            for item, leaf in zip(items, leaves):
+                k = 32 * (item[1] % RECENT_LEAVES)
+                ring[k : k + 32] = leaf
             self._durable_seq = items[-1][1]
             self._durable_evidence_id = items[-1][2]
             listeners = list(self._listeners)

@@ -332,7 +332,8 @@ class Forwarder:
             base = self._log.checkpoint_of_size(old_size)
             if base is None:
                 raise ValueError(f"no checkpoint of tree size {old_size} to prove consistency from")
-            leaves: list[bytes] = []
+            # the newest records' leaves are in memory; older ones (a sink that was away) are read back
+            leaves: list[bytes] = self._log.leaf_hashes(old_size, size) or []
             while old_size + len(leaves) < size:
                 recs = self._log.read(old_size + len(leaves), min(4096, size - old_size - len(leaves)))
                 if not recs:

@@ -206,3 +206,32 @@ def test_a_key_rotation_reaches_the_receiver_before_the_new_keys_records(tmp_pat
     assert r.checkpoint is not None and r.checkpoint.size == stats["n"] and r.checkpoint.signers == (OTHER.key_id,)
     assert verify_log(tmp_path / "evidence", KEY.verify_key).ok
     assert json.loads((tmp_path / "outbox" / "cursor.json").read_text())["checkpoint_size"] == stats["n"]
+
+
+def test_consistency_proofs_from_kept_leaves_and_from_the_log_agree(tmp_path: Path) -> None:
+    """The forwarder proves a checkpoint from the leaf hashes the log keeps in memory, and reads
+    the records back only for what an earlier process wrote; both give the proof the records on
+    disk give, and the in-memory one reads nothing."""
+    log_dir = tmp_path / "evidence"
+    write_log(log_dir, [30, 30])  # an earlier process: checkpoints at 30 and 60
+
+    async def run() -> None:
+        log = EvidenceLog.open(ev_cfg(log_dir), KEY)
+        try:
+            for i in range(30):
+                await log.append(decision(100 + i))
+            sc = await asyncio.wrap_future(log.request_checkpoint())
+            assert sc is not None and sc.checkpoint.size == 90
+            fwd = Forwarder(fwd_cfg(tmp_path, "file", "", file_path=tmp_path / "sink.jsonl"), log)
+            reads: list[int] = []
+            real_read = log.read
+            log.read = lambda start, n: reads.append(start) or real_read(start, n)  # type: ignore[method-assign]
+            for old, reads_back in ((60, False), (30, True)):
+                reads.clear()
+                got = fwd._submission(sc, old)
+                assert got.proof == submission(log_dir, old, 90).proof and got.proof
+                assert bool(reads) == reads_back, (old, reads)
+        finally:
+            await log.close()
+
+    asyncio.run(run())

@@ -393,6 +393,38 @@ def test_reads_parse_only_what_they_return(key: SigningKey, log_cfg: LogCfg, mon
     asyncio.run(run())
 
 
+def test_leaf_hashes_of_the_newest_records_come_from_memory(
+    key: SigningKey, log_cfg: LogCfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint's consistency proof needs the leaf hashes of the records since the previous
+    one: the log keeps the newest ones (a ring) instead of reading and parsing them back. What it
+    does not hold (records of an earlier process, overwritten slots, not yet durable) is None."""
+    import certus.sidecar.evidence.log as log_mod
+    from certus.sidecar.evidence.merkle import leaf_hash
+
+    monkeypatch.setattr(log_mod, "RECENT_LEAVES", 16)
+    cfg = log_cfg()
+    append_n(cfg, key, 5)  # an earlier process's records
+
+    async def run() -> None:
+        log = EvidenceLog.open(cfg, key)
+        try:
+            assert log.leaf_hashes(0, 5) is None and log.leaf_hashes(5, 5) == []
+            for i in range(40):
+                await log.append(sample_decision(100 + i))
+                end = 5 + i + 1
+                first = max(5, end - 16)
+                want = [leaf_hash(r.line) for r in log.read(first, end - first)]
+                assert log.leaf_hashes(first, end) == want  # every kept one, after wrapping round
+                assert log.leaf_hashes(first + 1, max(first + 1, end - 1)) == want[1:-1]
+                assert log.leaf_hashes(first - 1, end) is None  # overwritten or an earlier process's
+                assert log.leaf_hashes(first, end + 1) is None  # not written yet
+        finally:
+            await log.close()
+
+    asyncio.run(run())
+
+
 def test_submit_from_a_plain_thread(key: SigningKey, log_cfg: LogCfg) -> None:
     log = EvidenceLog.open(log_cfg(), key)
     try:
