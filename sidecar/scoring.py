@@ -174,17 +174,20 @@ class Scorer:
     ) -> None:
         self.cfg = cfg
         self.verifier = model or verifier.load_verifier(cfg.verifier_path)
-        self._features: LruCache[kernels.TextFeatures] = LruCache(feature_cache_entries)
+        # (terms, numbers) arrays: a plain tuple of arrays drops out of the garbage collector's
+        # sight, a TextFeatures object would be walked by every full pass (20,000 of them)
+        self._features: LruCache[tuple[np.ndarray, np.ndarray]] = LruCache(feature_cache_entries)
         # a chunk's sentence spans and their packed features, for the supporting span of each claim
         # (chunks up to cache.MAX_CACHED_TEXT_CHARS)
         self._chunk_sentences: LruCache[tuple[np.ndarray, Any]] = LruCache(feature_cache_entries // 4)
 
     def features(self, text: str) -> "kernels.TextFeatures":
         key = text_key(text)
-        f = self._features.get(key)
-        if f is None:
-            f = kernels.features(text)
-            self._features.put(key, f)
+        kept = self._features.get(key)
+        if kept is not None:
+            return kernels.TextFeatures(*kept)
+        f = kernels.features(text)
+        self._features.put(key, (f.terms, f.numbers))
         return f
 
     # -- Evaluate ---------------------------------------------------------------------------------

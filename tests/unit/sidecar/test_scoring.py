@@ -259,3 +259,23 @@ def test_a_short_quote_of_the_context_is_supported(encoder: Any) -> None:
         assert s.claims[0].chunk_index == 0 and s.claims[0].reason == "", answer
     wrong, _ = score(encoder, "29", context=ctx, query=q)
     assert wrong.values[FAITHFULNESS] < 0.7 and wrong.claims[0].reason == "number_contradicted"
+
+
+def test_cached_text_features_are_the_same_and_out_of_the_garbage_collectors_sight() -> None:
+    """Up to 20,000 texts' features are cached; what the cache holds is dropped from gc passes
+    (a tuple of arrays), and a cached text gives the features a fresh one does."""
+    import gc
+
+    from certus import kernels
+
+    scorer = Scorer(ScoringConfig())
+    text = "The Eiffel Tower, finished in 1889, is 330 metres tall and stands in Paris."
+    first = scorer.features(text)
+    again = scorer.features(text)
+    fresh = kernels.features(text)
+    for f in (first, again):
+        assert isinstance(f, kernels.TextFeatures)
+        np.testing.assert_array_equal(f.terms, fresh.terms)
+        np.testing.assert_array_equal(f.numbers, fresh.numbers)
+    gc.collect()
+    assert scorer._features.hits == 1 and not gc.is_tracked(scorer._features.peek(next(iter(scorer._features._data))))
