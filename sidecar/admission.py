@@ -53,9 +53,13 @@ class PeerSlots:
     def clear(self, index: int) -> None:
         self._slots[index] = 0.0
 
-    def totals(self) -> tuple[float, float]:
-        """Calls in flight and completions/s, over every process."""
+    def totals(self, own: tuple[float, float] | None = None) -> tuple[float, float]:
+        """Calls in flight and completions/s, over every process; with ``own``, this process's
+        current values in place of its slot's (a read that does not write)."""
         in_flight, rate = self._slots.sum(axis=0)
+        if own is not None:
+            in_flight += own[0] - self._slots[self.index, 0]
+            rate += own[1] - self._slots[self.index, 1]
         return float(in_flight), float(rate)
 
 
@@ -83,11 +87,11 @@ class Admission:
         return self._rate * math.exp(-(self._clock() - self._rate_at) / DECAY_S)
 
     def _load(self) -> tuple[float, float]:
-        """Calls in flight and service rate: this process's, or with peers every process's."""
+        """Calls in flight and service rate: this process's, or with peers every process's (this
+        process's own current values with the others' as last published; nothing is written)."""
         if self.peers is None:
             return self.in_flight, self.service_rate()
-        self.peers.publish(self.in_flight, self.service_rate())
-        return self.peers.totals()
+        return self.peers.totals((self.in_flight, self.service_rate()))
 
     def _limit(self, rate: float) -> int:
         return max(self.min_in_flight, int(rate * self.target_s))

@@ -3,6 +3,7 @@ drops below the floor, it follows the rate down as it decays, and 0 turns it off
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,12 @@ def test_processes_sharing_peer_slots_admit_as_one_sidecar(tmp_path: Path) -> No
             proc.try_enter()
             proc.leave()
     assert a.limit == b.limit == 20
+    # reading the limit (GetInfo, metrics) writes nothing: the slot keeps what try_enter/leave put
+    clock[0] += DECAY_S
+    slot = a.peers._slots[0].copy()
+    assert a.limit == int((40 / math.e + 40) * 0.25) and a.stats()["limit"] == a.limit  # its own decayed, b's as published
+    assert (a.peers._slots[0] == slot).all()
+    clock[0] -= DECAY_S
     a.peers.clear(1)  # the hub clears a dead process's slot
     assert b.peers.totals()[0] == a.in_flight
     # alone (no peers), each counts only itself
