@@ -523,6 +523,11 @@ class _AnswerLogits:
         self._q, self._c, self._sim, self._z = q, c, sim, None
 
     @property
+    def computed(self) -> bool:
+        """Whether :attr:`z` was read (an answer was located in the chunk)."""
+        return self._z is not None
+
+    @property
     def z(self) -> np.ndarray:
         if self._z is None:
             raw = self._sim.max(axis=0) if self._sim.size else None  # None: forward's own (an empty side)
