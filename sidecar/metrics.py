@@ -220,6 +220,21 @@ class InstrumentedEncoder:
         return getattr(self._inner, name)
 
 
+def gc_families() -> list[Metric]:
+    """This process's garbage collections by generation (2 = full): passes and the seconds they held
+    the GIL. Counters, so the hub's endpoint adds the front-ends' into its own (sidecar-wide)."""
+    passes = CounterMetricFamily(
+        "certus_evaluate_gc_passes", "Garbage collections by generation (2 = full), every process", labels=["generation"]
+    )
+    paused = CounterMetricFamily(
+        "certus_evaluate_gc_pause_seconds", "Time garbage collections held the GIL, by generation, every process", labels=["generation"]
+    )
+    for g in range(3):
+        passes.add_metric([str(g)], GC_PAUSES.passes[g])
+        paused.add_metric([str(g)], GC_PAUSES.seconds[g])
+    return [passes, paused]
+
+
 class AppCollector(Collector):
     """Gauges and counters read from a running sidecar's components at scrape time.
 
@@ -332,17 +347,7 @@ class AppCollector(Collector):
         )
 
     def _gc(self) -> Iterator[Metric]:
-        passes = CounterMetricFamily(
-            "certus_evaluate_gc_passes", "Garbage collections of this process by generation (2 = full)", labels=["generation"]
-        )
-        paused = CounterMetricFamily(
-            "certus_evaluate_gc_pause_seconds", "Time garbage collections held the GIL, by generation", labels=["generation"]
-        )
-        for g in range(3):
-            passes.add_metric([str(g)], GC_PAUSES.passes[g])
-            paused.add_metric([str(g)], GC_PAUSES.seconds[g])
-        yield passes
-        yield paused
+        yield from gc_families()
         yield GaugeMetricFamily("certus_evaluate_gc_full_pause_max_seconds", "Longest full collection since start", value=GC_PAUSES.full_max_s)
 
     def _jobs(self) -> Iterator[Metric]:

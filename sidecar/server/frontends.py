@@ -64,7 +64,7 @@ from certus.sidecar.evidence.decision import IntegrityDecision
 from certus.sidecar.guardrails import GuardrailSuite
 from certus.sidecar.manifests import ManifestStore
 from certus.sidecar.memory import GC_PAUSES, MemoryReclaimer
-from certus.sidecar.metrics import Metrics
+from certus.sidecar.metrics import Metrics, gc_families
 from certus.sidecar.pipeline import Pipeline
 from certus.sidecar.scoring import Scorer
 from certus.sidecar.security import AccessControl, server_credentials
@@ -646,8 +646,8 @@ class FrontendApp(Serving):
         await self.set_health(healthy, reason)
 
     def _on_hub_request(self, op: str) -> Any:
-        if op == "metrics":  # this process's request metrics, for the hub's endpoint to add in
-            return list(self.metrics.registry.collect())
+        if op == "metrics":  # this process's request metrics and gc counters, for the hub's endpoint to add in
+            return [*self.metrics.registry.collect(), *gc_families()]
         raise ValueError(f"unknown question {op!r}")
 
     def _on_health(self, serving: bool, reason: str) -> None:  # the hub's push, on this loop

@@ -246,12 +246,21 @@ def test_the_metrics_endpoint_counts_the_calls_of_every_process(sidecar: Sidecar
         stubs["1"].Evaluate(request(4000 + i), timeout=60)
     for i in range(3):
         stubs["0"].Evaluate(request(4100 + i), timeout=60)
+    young = {i: int(st.GetInfo(pb.GetInfoRequest(), timeout=30).details["gc.young_passes"]) for i, st in stubs.items()}
     after = scrape()
     assert evaluate_ok(after) - evaluate_ok(before) == 8  # the hub alone answered 3 of them
     # one family per name: the front-ends' samples are merged in, not listed a second time
     for family in ("certus_evaluate_grpc_requests_total", "certus_evaluate_request_duration_seconds"):
         assert sum(line.startswith(f"# TYPE {family} ") for line in after.splitlines()) == 1, family
     assert sum(line.startswith("certus_evaluate_service_info{") for line in after.splitlines()) == 1
+    # garbage collections: each process's counters added in (each process's GetInfo has its own)
+    gc_young = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in after.splitlines()
+        if line.startswith("certus_evaluate_gc_passes_total{") and ('generation="0"' in line or 'generation="1"' in line)
+    )
+    assert min(young.values()) > 0 and gc_young >= young["0"] + young["1"]
+    assert sum(line.startswith("# TYPE certus_evaluate_gc_passes_total ") for line in after.splitlines()) == 1
 
 
 def test_one_admission_over_both_processes(sidecar: Sidecar) -> None:
