@@ -45,6 +45,7 @@ import numpy as np
 
 from certus import kernels
 from certus.sidecar.toolkit import validate as D
+from certus.models.adam import Adam
 from certus.models.train_verifier import sha256_file
 from certus.sidecar.verifier import AnswerHead, occurrences, unglued
 
@@ -138,22 +139,6 @@ def loss_and_grads(p: dict[str, np.ndarray], q: np.ndarray, c: np.ndarray, targe
     return loss, head.backward(dz, cache)
 
 
-class Adam:
-    def __init__(self, params: dict[str, np.ndarray], lr: float) -> None:
-        self.lr, self.t = lr, 0
-        self.m = {k: np.zeros_like(v) for k, v in params.items()}
-        self.v = {k: np.zeros_like(v) for k, v in params.items()}
-
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
-        self.t += 1
-        b1, b2, eps = 0.9, 0.999, 1e-8
-        for k, g in grads.items():
-            self.m[k] = b1 * self.m[k] + (1 - b1) * g
-            self.v[k] = b2 * self.v[k] + (1 - b2) * g * g
-            mh, vh = self.m[k] / (1 - b1**self.t), self.v[k] / (1 - b2**self.t)
-            params[k] -= self.lr * mh / (np.sqrt(vh) + eps)
-
-
 Item = tuple[np.ndarray, np.ndarray, np.ndarray]  # question states, chunk states, answer pieces
 
 
@@ -203,7 +188,7 @@ def train(data: Path, encoder: object, log: object = print) -> dict[str, np.ndar
     val = items(val_rows, encoder) + items(cloze_examples(val_rows, SEED + 1), encoder)
     log(f"answer head: {len(fit)} fit chunks, {len(val)} val chunks ({time.perf_counter() - t0:.0f}s)")  # type: ignore[operator]
     params = init_params()
-    opt = Adam(params, LEARNING_RATE)
+    opt = Adam(list(params.values()), LEARNING_RATE)
     rng = np.random.default_rng(SEED)
     best = (float("inf"), 0, {k: v.copy() for k, v in params.items()}, 0.0)
     for epoch in range(1, EPOCHS + 1):
@@ -215,7 +200,7 @@ def train(data: Path, encoder: object, log: object = print) -> dict[str, np.ndar
                 _, g = loss_and_grads(params, *fit[i])
                 for k in grads:
                     grads[k] += g[k] / len(part)
-            opt.step(params, grads)
+            opt.step(list(params.values()), [grads[k] for k in params])
         vl, vtop = mean_loss(params, val)
         log(f"answer head: epoch {epoch} val loss {vl:.4f}, top piece in answer {vtop:.3f} ({time.perf_counter() - t0:.0f}s)")  # type: ignore[operator]
         if vl < best[0]:

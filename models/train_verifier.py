@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from certus.models.adam import Adam
 from certus.sidecar import verifier as V
 from certus.sidecar.domain import EvaluateInput
 from certus.sidecar.toolkit import roc
@@ -132,9 +133,7 @@ class Mil:
         self.b2 = np.zeros(1)
         self.project()
         self.params = [self.w1, self.b1, self.w2, self.b2]
-        self.m = [np.zeros_like(p) for p in self.params]
-        self.v = [np.zeros_like(p) for p in self.params]
-        self.t = 0
+        self.opt = Adam(self.params, LEARNING_RATE)
 
     def claim_logits(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h = np.tanh(x @ self.w1 + self.b1)
@@ -157,13 +156,7 @@ class Mil:
         dz[arg] = w * (p - y)
         dh = np.outer(dz, self.w2) * (1.0 - h**2)
         grads = [x.T @ dh + L2 * self.w1, dh.sum(0), h.T @ dz + L2 * self.w2, np.array([dz.sum()])]
-        self.t += 1
-        for i, (p_, g) in enumerate(zip(self.params, grads)):
-            self.m[i] = 0.9 * self.m[i] + 0.1 * g
-            self.v[i] = 0.999 * self.v[i] + 0.001 * g * g
-            mh = self.m[i] / (1 - 0.9**self.t)
-            vh = self.v[i] / (1 - 0.999**self.t)
-            p_ -= LEARNING_RATE * mh / (np.sqrt(vh) + 1e-8)
+        self.opt.step(self.params, grads)
         self.project()
         return loss
 

@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from certus.models.adam import Adam
 from certus.sidecar.guardrails.learned import (
     CHAR_DIM,
     DATA_DIR,
@@ -193,19 +194,14 @@ def fit_logreg(
     """Weighted L2 logistic regression (bias not penalised), full-batch Adam from zero: 4,480
     features are too many for Newton's Hessian, and Adam from a fixed start is deterministic."""
     w = np.zeros(x.shape[1])
-    b = 0.0
+    b = np.zeros(1)
     sw = sw / sw.sum()
-    m, v, mb, vb = np.zeros_like(w), np.zeros_like(w), 0.0, 0.0
-    for t in range(1, epochs + 1):
-        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w + b, -40, 40)))
+    opt = Adam([w, b], LEARNING_RATE)
+    for _ in range(epochs):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w + b[0], -40, 40)))
         gz = sw * (p - y)
-        gw, gb = x.T @ gz + l2 * w, float(gz.sum())
-        m, v = 0.9 * m + 0.1 * gw, 0.999 * v + 0.001 * gw * gw
-        mb, vb = 0.9 * mb + 0.1 * gb, 0.999 * vb + 0.001 * gb * gb
-        c1, c2 = 1 - 0.9**t, 1 - 0.999**t
-        w -= LEARNING_RATE * (m / c1) / (np.sqrt(v / c2) + 1e-8)
-        b -= LEARNING_RATE * (mb / c1) / (np.sqrt(vb / c2) + 1e-8)
-    return Fit(w, b)
+        opt.step([w, b], [x.T @ gz + l2 * w, np.array([gz.sum()])])
+    return Fit(w, float(b[0]))
 
 
 def predict(fit: Fit, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

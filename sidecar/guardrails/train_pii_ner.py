@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from certus.models.adam import Adam
 from certus.models.train_verifier import sha256_file
 from certus.sidecar.guardrails import synth_addresses
 from certus.sidecar.guardrails.pii_ner import (
@@ -164,10 +165,7 @@ class Mlp:
             (rng.standard_normal((HIDDEN, len(LABELS))) * np.sqrt(1.0 / HIDDEN)).astype(np.float32),
             np.zeros(len(LABELS), dtype=np.float32),
         ]
-        self.m = [np.zeros_like(p) for p in self.params]
-        self.v = [np.zeros_like(p) for p in self.params]
-        self.t = 0
-        self.lr = LR
+        self.opt = Adam(self.params, LR)
 
     def head(self, threshold: float, meta: dict[str, Any]) -> NerHead:
         w1, b1, w2, b2 = (p.copy() for p in self.params)
@@ -188,12 +186,7 @@ class Mlp:
         dz /= n
         dh = (dz @ w2.T) * (pre > 0)
         grads = [x.T @ dh, dh.sum(axis=0), h.T @ dz, dz.sum(axis=0)]
-        self.t += 1
-        b1c, b2c = 1 - 0.9**self.t, 1 - 0.999**self.t
-        for i, g in enumerate(grads):
-            self.m[i] = 0.9 * self.m[i] + 0.1 * g
-            self.v[i] = 0.999 * self.v[i] + 0.001 * g * g
-            self.params[i] -= (self.lr * (self.m[i] / b1c) / (np.sqrt(self.v[i] / b2c) + 1e-8)).astype(np.float32)
+        self.opt.step(self.params, grads)
         return loss
 
 
@@ -242,7 +235,7 @@ def train(data: Path, encoder: Any, variant: str, log: Any = print) -> NerHead:
     thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
     best: tuple[float, int, float, NerHead] | None = None
     for epoch in range(1, EPOCHS + 1):
-        mlp.lr = LR * (1.0 - (epoch - 1) / EPOCHS)  # linear decay to LR / EPOCHS
+        mlp.opt.lr = LR * (1.0 - (epoch - 1) / EPOCHS)  # linear decay to LR / EPOCHS
         order = rng.permutation(len(y))
         losses = [mlp.step(x[order[k : k + BATCH]], y[order[k : k + BATCH]]) for k in range(0, len(y), BATCH)]
         head = mlp.head(0.0, {})
