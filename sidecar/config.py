@@ -57,6 +57,11 @@ class ServerConfig:
     # decisions to sign to the hub over a local socket, so batches fill across every caller and
     # there is one hash chain (sidecar/server/frontends.py)
     frontends: int = 1
+    # CERTUS_STAGE_THREADS: threads of the one pool that runs each request's guardrail scan and
+    # scoring (per process). They hold the GIL for most of their work, so more threads add
+    # contention, not speed (tests/benchmarks/bench_floor.py measures 1, 2, 4); 2 lets one thread
+    # keep scoring while the other waits on the encoder or the PII worker process
+    stage_threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -269,6 +274,7 @@ ENV: dict[str, tuple[str, str]] = {
     "CERTUS_ADMISSION_TARGET_MS": ("server", "admission_target_ms"),
     "CERTUS_ADMISSION_MIN_IN_FLIGHT": ("server", "admission_min_in_flight"),
     "CERTUS_FRONTENDS": ("server", "frontends"),
+    "CERTUS_STAGE_THREADS": ("server", "stage_threads"),
     "CERTUS_MODEL_DIR": ("model", "model_dir"),
     "CERTUS_MODEL_VARIANT": ("model", "variant"),
     "CERTUS_PROVIDER": ("model", "provider"),
@@ -355,6 +361,8 @@ class ConfigError(ValueError):
 PII_NER_MODELS = ("minilm", "spacy")
 # string fields that take one of a few values
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {("guardrails", "pii_ner_model"): PII_NER_MODELS}
+# integer fields with a lower bound
+AT_LEAST: dict[tuple[str, str], int] = {("server", "stage_threads"): 1}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -419,6 +427,9 @@ def load(
             choices = CHOICES.get((section, name))
             if choices is not None and value not in choices:
                 raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+            low = AT_LEAST.get((section, name))
+            if low is not None and value < low:
+                raise ValueError(f"must be at least {low}, got {value!r}")
             changes.setdefault(section, {})[name] = value
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{source} ({section}.{name}): {exc}") from None

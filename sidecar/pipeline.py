@@ -103,8 +103,7 @@ class Pipeline:
         manifests: ManifestStore,
         evidence: EvidenceSink,
         jobs: JobTable,
-        kernel_threads: int = 2,
-        guardrail_threads: int = 2,
+        stage_threads: int = 2,
         metrics: Metrics | None = None,
         admission: Admission | None = None,
     ) -> None:
@@ -119,14 +118,14 @@ class Pipeline:
         # called with each recorded result (its evidence_id set), on the event loop; must not block
         # (the dashboard queues claim spans here)
         self.observers: list[Callable[[EvaluationResult], None]] = []
-        self._kernel_pool = concurrent.futures.ThreadPoolExecutor(kernel_threads, thread_name_prefix="kernels")
-        self._guard_pool = concurrent.futures.ThreadPoolExecutor(guardrail_threads, thread_name_prefix="guardrails")
+        # One pool runs both CPU stages (guardrail scan and scoring) of every request: its threads
+        # hold the GIL for most of their work, so a pool per stage (2 + 2 threads before) only added
+        # contention (server.stage_threads; tests/benchmarks/bench_floor.py)
+        self._workers = concurrent.futures.ThreadPoolExecutor(stage_threads, thread_name_prefix="stages")
 
     async def close(self) -> None:
         """Wait for running stage work without blocking the loop (guardrails may still embed)."""
-        loop = asyncio.get_running_loop()
-        for pool in (self._guard_pool, self._kernel_pool):
-            await loop.run_in_executor(None, pool.shutdown, True)
+        await asyncio.get_running_loop().run_in_executor(None, self._workers.shutdown, True)
 
     # -- Evaluate ---------------------------------------------------------------------------------
     @_instrumented
@@ -211,7 +210,7 @@ class Pipeline:
     async def _score_and_guard(self, inp: EvaluateInput, manifest: Manifest) -> tuple[Scores, list[GuardrailViolation]]:
         loop = asyncio.get_running_loop()
         # in_context: the worker threads see this request's span and log context
-        guard = loop.run_in_executor(self._guard_pool, telemetry.in_context(self._scan), inp, manifest.guardrails)
+        guard = loop.run_in_executor(self._workers, telemetry.in_context(self._scan), inp, manifest.guardrails)
         try:
             layout = self.scorer.layout(inp)
             # the guardrails' new texts ride in the same encoder batch (their own lookup then hits
@@ -220,7 +219,7 @@ class Pipeline:
             with telemetry.span(tracer, telemetry.SPAN_EMBED, {telemetry.ATTR_TEXTS: len(layout.texts) + len(extra)}):
                 vecs, tokens = await self.batcher.embed_tokens(layout.texts + extra)
             scores = await loop.run_in_executor(
-                self._kernel_pool, telemetry.in_context(self._score), inp, layout, vecs, tokens
+                self._workers, telemetry.in_context(self._score), inp, layout, vecs, tokens
             )
             violations = await guard
         except BaseException:
@@ -253,7 +252,7 @@ class Pipeline:
     async def measure(self, text1: str, text2: str, threshold: float | None) -> MeasureResult:
         vecs = await self.batcher.embed([text1, text2])
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._kernel_pool, self.scorer.measure, text1, text2, vecs[0], vecs[1], threshold)
+        return await loop.run_in_executor(self._workers, self.scorer.measure, text1, text2, vecs[0], vecs[1], threshold)
 
 
 def _us(t0: int) -> int:

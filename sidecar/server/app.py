@@ -160,7 +160,10 @@ class App(Serving):
         jobs = JobTable(cfg.async_jobs)
         scorer = Scorer(cfg.scoring)
         admission = Admission(cfg.server.admission_target_ms, min_in_flight=cfg.server.admission_min_in_flight)
-        pipeline = Pipeline(batcher, scorer, guardrails, manifests, evidence, jobs, metrics=metrics, admission=admission)
+        pipeline = Pipeline(
+            batcher, scorer, guardrails, manifests, evidence, jobs,
+            stage_threads=cfg.server.stage_threads, metrics=metrics, admission=admission
+        )
         app = cls(cfg, encoder, batcher, scorer, manifests, key, evidence, forwarder, guardrails, jobs, pipeline)
         app.metrics = metrics
         app.mlflow = mlflow

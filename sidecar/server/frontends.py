@@ -634,6 +634,7 @@ class FrontendApp(Serving):
             self.manifests,
             self.evidence,
             None,  # type: ignore[arg-type] - async jobs live in the hub
+            stage_threads=cfg.server.stage_threads,
             metrics=self.metrics,
             admission=admission,
         )

@@ -11,6 +11,7 @@ runs in the export environment (``.venv-export``), not the serving one.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,11 @@ HARNESSES = [
     ("bench_verifier.py", ["--requests", "5"], "token alignment, all in", True),
     ("bench_pii_pipeline.py", ["--limit", "20"], "texts whose findings differ (type, span or score): 0", True),
     ("bench_guardrails.py", ["--latency-requests", "3", "--variant", "int8"], "micro, default entity set", True),
+    ("bench_floor.py", ["--threads", "2,1", "--rounds", "1", "--requests", "30", "--warmup", "5"],
+     "| 1 | 8 |", False),
 ]
+# harnesses that drive a native tool (Debian packages .ci/run installs); skipped with a message without it
+NEEDS_TOOL = {"bench_floor.py": "h2load"}
 
 
 def test_every_harness_is_listed() -> None:
@@ -54,6 +59,9 @@ def test_every_harness_is_listed() -> None:
 def test_harness_runs(harness: str, args: list[str], marker: str, needs_data: bool, tmp_path: Path) -> None:
     if needs_data:
         shared_data("halueval", "qa_dev.jsonl")
+    tool = NEEDS_TOOL.get(harness)
+    if tool is not None and shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (Debian nghttp2-client; .ci/run installs it)")
     env = {**os.environ, "LOG_LEVEL": "WARNING"}
     proc = subprocess.run(
         [sys.executable, str(BENCH / harness), *(a.format(tmp=tmp_path / "work") for a in args)],
