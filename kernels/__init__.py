@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "best_match": "certus.kernels.alignment",
     "focus_at": "certus.kernels.focus",
     "focus_tables": "certus.kernels.focus",
+    "answer_conv": "certus.kernels.reader",
     "extract_terms": "certus.kernels.terms",
     "STOP_WORDS": "certus.kernels.terms",
     "extract_numbers": "certus.kernels.numbers",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from certus.kernels.numbers import NUMBER_CURRENCY, NUMBER_PERCENT, NUMBER_PLAIN, extract_numbers
     from certus.kernels.numeric import DEFAULT_REL_TOL, numeric_consistency, numeric_matrix
     from certus.kernels.pooling import mean_pool
+    from certus.kernels.reader import answer_conv
     from certus.kernels.sentences import ABBREVIATIONS, split_sentences
     from certus.kernels.similarity import cosine_matrix, max_and_argmax_rows
     from certus.kernels.terms import STOP_WORDS, extract_terms
@@ -96,6 +98,7 @@ def warmup() -> float:
     se = importlib.import_module("certus.kernels.sentences")
     al = importlib.import_module("certus.kernels.alignment")
     fo = importlib.import_module("certus.kernels.focus")
+    rd = importlib.import_module("certus.kernels.reader")
     packed = f.features_many(["Revenue was $1.5 billion.", "Revenue: 1.5bn dollars"])
     g.term_grounding(packed.item(0).terms, packed.item(1).terms)
     g.term_grounding_matrix(packed.term_offsets, packed.terms, packed.term_offsets, packed.terms)
@@ -108,4 +111,5 @@ def warmup() -> float:
     al.alignment_rows(al.best_match(emb, emb), np.array([0, 1, 2], dtype=np.int64))
     _, fwd, bwd = fo.focus_tables(emb @ emb.T)
     fo.focus_at(fwd, bwd, np.array([[0, 0]], dtype=np.int64))
+    rd.answer_conv(np.ones((1, 2, 1), dtype=np.float32), np.ones(2, dtype=np.float32), np.ones((2, 3), dtype=np.float32), 1.0)
     return time.perf_counter() - t0

@@ -247,6 +247,7 @@ class AnswerHead:
         # A's K maps as one matrix product on the chunk side, B's on the question side
         self._chunk_w = np.ascontiguousarray(params["A"].transpose(1, 0, 2).reshape(d, k * r))
         self._query_w = np.ascontiguousarray(params["B"].transpose(1, 0, 2).reshape(d, k * r))
+        self._conv = np.ascontiguousarray(params["conv"], dtype=np.float32)
 
     def forward(self, q: np.ndarray, c: np.ndarray, keep: bool = False, raw: np.ndarray | None = None) -> Any:
         """Logits [n] of chunk states ``c`` [n, 384] for question states ``q`` [m, 384] (with
@@ -259,19 +260,23 @@ class AnswerHead:
         p, k, r, w = self.p, self.channels, self.rank, self.window
         ca = (c @ self._chunk_w).reshape(n, k, r).transpose(1, 0, 2)  # [K, n, R]
         qb = (q @ self._query_w).reshape(m, k, r).transpose(1, 0, 2)  # [K, m, R]
-        s = np.matmul(ca, qb.transpose(0, 2, 1)) / math.sqrt(r)  # [K, n, m]
-        best = s.argmax(axis=2) if keep else None
-        x = np.concatenate([s.max(axis=2), ((c @ q.T).max(axis=1) if raw is None else raw)[None]])
-        windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (w, w))), 2 * w + 1, axis=1)
+        raw = (c @ q.T).max(axis=1) if raw is None else raw
         qm = q.mean(axis=0)
         v = qm @ p["E"]
         # the piece's own term and its answer type against the question's: c @ u + (c @ D) @ v / sqrt(R)
         # as one vector per question
         own = c @ (p["u"] + p["D"] @ v / math.sqrt(r)) + p["u_bias"][0]
+        s = np.matmul(ca, qb.transpose(0, 2, 1))  # [K, n, m]
+        if not keep and s.dtype == np.float32:  # serving: the channels' max and the convolution in one pass
+            conv = kernels.answer_conv(s, np.ascontiguousarray(raw, dtype=np.float32), self._conv, 1.0 / math.sqrt(r))
+            return conv + p["conv_bias"][0] + own
+        s = s / math.sqrt(r)
+        x = np.concatenate([s.max(axis=2), raw[None]])
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (w, w))), 2 * w + 1, axis=1)
         z = np.einsum("cnt,ct->n", windows, p["conv"]) + p["conv_bias"][0] + own
-        if not keep:
+        if not keep:  # the trainer's float64 evaluation
             return z
-        return z, (q, c, ca, qb, best, windows, qm, v)
+        return z, (q, c, ca, qb, s.argmax(axis=2), windows, qm, v)
 
     def backward(self, dz: np.ndarray, cache: Any) -> dict[str, np.ndarray]:
         """Gradients of the parameters for the loss gradient ``dz`` [n] of :meth:`forward`'s logits

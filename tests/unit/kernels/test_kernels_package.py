@@ -18,6 +18,7 @@ KERNEL_MODULES = [
     "certus.kernels.numeric",
     "certus.kernels.similarity",
     "certus.kernels.pooling",
+    "certus.kernels.reader",
     "certus.kernels.sentences",
 ]
 
