@@ -180,6 +180,8 @@ class Scorer:
         # a chunk's sentence spans and their packed features, for the supporting span of each claim
         # (chunks up to cache.MAX_CACHED_TEXT_CHARS)
         self._chunk_sentences: LruCache[tuple[np.ndarray, Any]] = LruCache(feature_cache_entries // 4)
+        # how the verifier reads each chunk (glued words separated, plain text for quotes)
+        self._chunk_readings: LruCache[verifier.ChunkReading] = LruCache(feature_cache_entries // 4)
 
     def features(self, text: str) -> "kernels.TextFeatures":
         key = text_key(text)
@@ -249,10 +251,10 @@ class Scorer:
     ) -> RequestContext:
         dim = vecs.shape[1]
         chunk_f = [self.features(c) for c in inp.context]
-        separated = [verifier.unglued(c) for c in inp.context]
+        readings = [self._chunk_readings.get_or_make(c, verifier.chunk_reading) for c in inp.context]
         read_f = list(chunk_f)
         glued_terms: set[int] = set()
-        for k, u in enumerate(separated):
+        for k, (u, _, _) in enumerate(readings):
             if u is not None:
                 fu = self.features(u)
                 glued_terms.update(fu.terms.tolist())
@@ -266,7 +268,7 @@ class Scorer:
             stacked([tokens[layout.query].states] if inp.query else [], dim),
             read_f,
             glued_terms,
-            verifier.quote_texts(inp.context, separated),
+            verifier.quote_texts(inp.context, readings),
         )
 
     def evidence(

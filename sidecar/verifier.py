@@ -124,6 +124,7 @@ _DATE = re.compile(
     r"november|december)\b"
 )
 _YEAR = re.compile(r"\d{3,4}")
+_DIGIT = re.compile(r"[0-9]")
 _Q_NUM = re.compile(r"how (many|much|long|old|large|big|far|often)|what (percentage|number|amount)")
 _Q_DATE = re.compile(r"\bwhen\b|(what|which) (year|century|date|decade)")
 _Q_WHO = re.compile(r"\b(who|whom|whose)\b")
@@ -152,13 +153,24 @@ def _plain(text: str) -> str:
     return _SPACES.sub(" ", text.lower())
 
 
-def quote_texts(chunks: Sequence[str], separated: Sequence[str | None] | None = None) -> list[str]:
+# A chunk as the verifier reads it, whatever the request: (its text with glued words separated or
+# None (:func:`unglued`), its plain text, the plain separated text or None). A plain tuple of
+# strings: the scorer caches one per chunk, and the garbage collector stops tracking such tuples.
+ChunkReading = tuple[str | None, str, str | None]
+
+
+def chunk_reading(chunk: str) -> ChunkReading:
+    u = unglued(chunk)
+    return u, _plain(chunk), (_plain(u) if u is not None else None)
+
+
+def quote_texts(chunks: Sequence[str], readings: Sequence[ChunkReading] | None = None) -> list[str]:
     """What :func:`quoted` searches: each chunk and, where its glued words can be separated
-    (:func:`unglued`; ``separated`` when the caller has them already), that text too; lower-cased,
-    runs of white space as one."""
-    if separated is None:
-        separated = [unglued(c) for c in chunks]
-    return [_plain(c) for c in chunks] + [_plain(u) for u in separated if u is not None]
+    (:func:`unglued`), that text too; lower-cased, runs of white space as one (``readings``: the
+    chunks' :func:`chunk_reading` when the caller has them already)."""
+    if readings is None:
+        readings = [chunk_reading(c) for c in chunks]
+    return [r[1] for r in readings] + [r[2] for r in readings if r[2] is not None]
 
 
 def quoted(claims: Sequence[str], texts: Sequence[str]) -> np.ndarray:
@@ -432,11 +444,19 @@ def claim_features(
     return rows, reasons
 
 
+def _has_digit(text: str) -> bool:
+    """``any(ch.isdigit() for ch in text)``; one regular-expression scan for ASCII text (where
+    ``[0-9]`` and ``str.isdigit`` agree), the character loop otherwise (superscripts are digits too)."""
+    if text.isascii():
+        return _DIGIT.search(text) is not None
+    return any(ch.isdigit() for ch in text)
+
+
 def _answer_type(answer: str) -> str:
     low = answer.lower()
     if _DATE.search(low):
         return "date"
-    if any(ch.isdigit() for ch in answer) or _NUMBER_WORDS.search(low):
+    if _has_digit(answer) or _NUMBER_WORDS.search(low):
         return "num"
     if answer[:1].isupper():
         return "name"
@@ -463,6 +483,7 @@ class _ChunkParts:
     sentence_starts: list[int]
     sentences_of: dict[str, np.ndarray]  # content word -> int64 indices of the sentences that have it
     words: list[tuple[int, str]]  # (char offset, stem) of every word
+    positions: dict[str, tuple[int, ...]]  # stem -> rising indices in ``words`` of the words with it
     starts: list[int]
     ends: list[int]
 
@@ -512,8 +533,13 @@ def _chunk_parts(chunk: str) -> _ChunkParts:
                 index.setdefault(w, []).append(len(sentences))
             sentences.append((s, e, cw, low[s:e]))
     sentences_of = {w: np.array(ids, dtype=np.int64) for w, ids in index.items()}
+    at: dict[str, list[int]] = {}
+    for k, (_, w) in enumerate(words):
+        at.setdefault(w, []).append(k)
+    positions = {w: tuple(ks) for w, ks in at.items()}
     return _ChunkParts(
-        low, sentences, [st[0] for st in sentences], sentences_of, words, [w[0] for w in words], [m.end() for m in matches]
+        low, sentences, [st[0] for st in sentences], sentences_of, words, positions, [w[0] for w in words],
+        [m.end() for m in matches],
     )
 
 
@@ -550,7 +576,7 @@ def question_context(query: str, context: Sequence[str], query_tokens: Any, chun
     chunks = []
     for chunk, ts in zip(context, chunk_tokens):
         parts = CHUNK_WORDS_CACHE.get_or_make(chunk, _chunk_parts)
-        qpos = [k for k, (_, w) in enumerate(parts.words) if w in qw]
+        qpos = sorted(k for w in qw if w in parts.positions for k in parts.positions[w])
         overlap = np.array([len(qw & cw) / nq for _, _, cw, _ in parts.sentences], dtype=np.float64)
         sim = np.ascontiguousarray(query_tokens.states @ ts.states.T)
         best, fwd, bwd = kernels.focus_tables(sim)

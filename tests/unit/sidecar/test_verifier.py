@@ -105,7 +105,7 @@ def test_quoted_claims_occur_word_for_word_between_word_boundaries() -> None:
     }
     texts = V.quote_texts(ctx)
     assert V.quoted(list(claims), texts).tolist() == list(claims.values())
-    assert texts == V.quote_texts(ctx, [V.unglued(c) for c in ctx])  # with the separated texts given
+    assert texts == V.quote_texts(ctx, [V.chunk_reading(c) for c in ctx])  # with the readings given
     assert V.quoted([], texts).tolist() == [] and V.quoted(["28"], V.quote_texts([])).tolist() == [False]
 
 
@@ -235,3 +235,21 @@ def test_question_context_reads_each_chunk_once_whatever_the_question(encoder: A
     V.CHUNK_WORDS_CACHE.clear()
     again = _prepared(encoder, "Who were the Normans descended from?", [chunk])
     assert np.array_equal(x, V.question_features("Norse raiders", again))
+
+
+def test_has_digit_is_str_isdigit_over_the_text() -> None:
+    texts = ["", "no digits here", "in 1066", "x²", "٣ apples", "١٢٣", "Ⅻ", "①", "²³", "café 7", "naïve"]
+    for t in texts:
+        assert V._has_digit(t) == any(ch.isdigit() for ch in t), t
+
+
+def test_the_question_words_positions_in_a_chunk_are_every_word_with_a_question_stem(encoder: Any) -> None:
+    context = (
+        "The Normans were descended from Norse raiders. The Norman dynasty had a major political impact. "
+        "Norse raiders settled in Normandy, and the Normans adopted the Frankish language.",
+        "Nothing of the question is here.",
+    )
+    for question in ("Who were the Normans descended from?", "What language did Norse raiders adopt?", "Why?"):
+        qw = frozenset(V.content_words(question))
+        for ch in _prepared(encoder, question, context).chunks:
+            assert ch.qpos == [k for k, (_, w) in enumerate(ch.parts.words) if w in qw]
