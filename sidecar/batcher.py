@@ -76,16 +76,24 @@ def text_caches(cfg: BatcherConfig) -> tuple[LruCache[np.ndarray], LruCache[Any]
 
 
 class SyncCalls:
-    """``embed_sync`` / ``token_states_sync`` for worker threads (guardrails, the PII head): the
-    subclass's ``embed`` / ``embed_tokens`` coroutines run on its event loop (``_loop``, set at
-    start) while the calling thread blocks."""
+    """``embed_sync`` / ``token_states_sync`` for worker threads (guardrails, the PII head): when
+    every text is in the subclass's caches (``cache``, ``token_cache``: thread-safe) they are read
+    here; otherwise the subclass's ``embed`` / ``embed_tokens`` coroutines run on its event loop
+    (``_loop``, set at start) while the calling thread blocks. In the sidecar the guardrails' texts
+    ride the request's own encoder batch, so by the time a scan asks, they are usually cached: the
+    hop through the event loop (which the loop thread must get the GIL to serve) is then skipped."""
 
     _loop: asyncio.AbstractEventLoop | None
+    cache: LruCache[np.ndarray]
+    token_cache: LruCache[Any]
 
     def embed_sync(self, texts: Sequence[str]) -> np.ndarray:
         """For worker threads (guardrails): the same batched path, blocking the calling thread."""
         if self._loop is None:
             raise Unavailable("batcher not started")
+        hit = self._all_cached(texts, False)
+        if hit is not None:
+            return hit[0]
         return asyncio.run_coroutine_threadsafe(self.embed(list(texts)), self._loop).result()  # type: ignore[attr-defined]
 
     def token_states_sync(self, texts: Sequence[str]) -> list[Any]:
@@ -93,7 +101,22 @@ class SyncCalls:
         caches as :meth:`embed_tokens`, blocking the calling thread."""
         if self._loop is None:
             raise Unavailable("batcher not started")
+        hit = self._all_cached(texts, True)
+        if hit is not None:
+            return hit[1]
         return asyncio.run_coroutine_threadsafe(self.embed_tokens(list(texts)), self._loop).result()[1]  # type: ignore[attr-defined]
+
+    def _all_cached(self, texts: Sequence[str], with_tokens: bool) -> tuple[np.ndarray, list[Any]] | None:
+        """(vectors, token states) when every text is cached (its states too when asked), else None
+        (nothing counted: the event loop's path then looks them up and counts them)."""
+        keys = [text_key(t) for t in texts]
+        if not keys or any(self.cache.peek(k) is None or (with_tokens and self.token_cache.peek(k) is None) for k in keys):
+            return None
+        vecs = [self.cache.get(k) for k in keys]
+        states = [self.token_cache.get(k) for k in keys] if with_tokens else []
+        if any(v is None for v in vecs) or any(st is None for st in states):  # evicted meanwhile
+            return None
+        return np.stack(vecs), states  # type: ignore[arg-type]
 
 
 class Batcher(SyncCalls):

@@ -228,3 +228,36 @@ def test_get_or_make_keeps_short_texts_by_hash_and_makes_long_ones_each_time() -
     assert cache.get_or_make(short, make) == cache.get_or_make(short, make) == len(short)
     assert cache.get_or_make(long, make) == cache.get_or_make(long, make) == len(long)
     assert made == [short, long, long] and len(cache) == 1 and (cache.hits, cache.misses) == (1, 1)
+
+
+def test_worker_threads_read_cached_texts_without_the_event_loop(encoder: Any) -> None:
+    """A guardrail's ``embed_sync`` / ``token_states_sync`` of texts the request's batch already
+    encoded is answered from the caches in the calling thread: here the loop is held busy (it would
+    serve the hop only once free), and the calls return the cached objects while it still is."""
+    rec = Recording(encoder)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    held, free, served = threading.Event(), threading.Event(), threading.Event()
+    try:
+        b = Batcher(rec, cfg())
+        asyncio.run_coroutine_threadsafe(b.start(), loop).result(30)
+        vecs, tokens = asyncio.run_coroutine_threadsafe(b.embed_tokens(["a chunk", "a question"]), loop).result(60)
+        hits = b.cache.hits
+        loop.call_soon_threadsafe(lambda: (held.set(), free.wait(60), served.set()))  # the loop is busy now
+        assert held.wait(30)
+        got = b.token_states_sync(["a question", "a chunk"])
+        assert got[0] is tokens[1] and got[1] is tokens[0]
+        np.testing.assert_array_equal(b.embed_sync(["a chunk"]), vecs[:1])
+        assert not served.is_set() and b.cache.hits == hits + 3  # answered while the loop was still held
+        # a text not cached yet still takes the loop's batched path once the loop is free
+        pending = threading.Thread(target=lambda: b.embed_sync(["a new text"]))
+        pending.start()
+        free.set()
+        pending.join(60)
+        assert not pending.is_alive() and rec.calls[-1] == ["a new text"]
+        asyncio.run_coroutine_threadsafe(b.stop(), loop).result(30)
+    finally:
+        free.set()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
