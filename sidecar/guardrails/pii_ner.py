@@ -82,15 +82,17 @@ def shape_features(text: str, spans: npt.NDArray[np.int32]) -> npt.NDArray[np.fl
             prev = words[i - 1]
             initial = "\n" in text[bounds[i - 1][1] : bounds[i][0]] or (prev in _SENTENCE_MARKS and prev not in "'-")
             prev_cap = caps[i - 1]
+        # most words are letters only: no digit in them and some letter, without a loop over chars
+        alpha = w.isalpha()
         rows.append((
             caps[i] and not upper,
             upper,
-            any(c.isdigit() for c in w),
-            w.isalpha(),
+            not alpha and any(c.isdigit() for c in w),
+            alpha,
             initial,
             prev_cap,
             i + 1 < n and caps[i + 1],
-            not any(c.isalnum() for c in w),
+            not alpha and not any(c.isalnum() for c in w),
         ))
     return np.array(rows, dtype=np.float32).reshape(n, len(SHAPE_FEATURES))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,18 @@ def test_words_and_their_shape(encoder: OnnxEncoder) -> None:
     assert col["sentence_initial"][0] == 1 and col["sentence_initial"][2] == 1  # after "Dr." 's period
     assert col["punct"].tolist() == [0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1]
     assert col["next_capitalised"][6] == 1 and col["prev_capitalised"][6] == 1  # "met": Neil before, IBM after
+
+
+def test_digit_letter_and_punctuation_columns_follow_each_character() -> None:
+    """Letters-only words skip the per-character loops; the rest still read every character
+    (superscripts and Arabic-Indic digits are digits, a circled one is not a letter)."""
+    text = "x² ٣ Ⅻ ① 3rd !! Zürich É-12 ab"
+    spans = np.array([(m.start(), m.end()) for m in re.finditer(r"\S+", text)], dtype=np.int32)
+    f = shape_features(text, spans)
+    col = {name: f[:, i].tolist() for i, name in enumerate(pii_ner.SHAPE_FEATURES)}
+    words = [text[s:e] for s, e in spans.tolist()]
+    assert col["digit"] == [float(any(c.isdigit() for c in w)) for w in words] == [1, 1, 0, 1, 1, 0, 0, 1, 0]
+    assert col["punct"] == [float(not any(c.isalnum() for c in w)) for w in words] == [0, 0, 0, 0, 0, 1, 0, 0, 0]
 
 
 def test_bio_decoding() -> None:
