@@ -106,17 +106,28 @@ class SyncCalls:
             return hit[1]
         return asyncio.run_coroutine_threadsafe(self.embed_tokens(list(texts)), self._loop).result()[1]  # type: ignore[attr-defined]
 
+    def _cached(self, key: bytes, with_tokens: bool, count: bool = True) -> tuple[np.ndarray, Any] | None:
+        """A text's cached (vector, token states or None): with ``with_tokens`` a hit needs both (a
+        text whose states were evicted is encoded again). ``count``: read with ``get`` (a counted
+        hit or miss, recency refreshed), else ``peek``."""
+        st = None
+        if with_tokens:
+            st = self.token_cache.get(key) if count else self.token_cache.peek(key)
+            if st is None:
+                return None
+        vec = self.cache.get(key) if count else self.cache.peek(key)
+        return None if vec is None else (vec, st)
+
     def _all_cached(self, texts: Sequence[str], with_tokens: bool) -> tuple[np.ndarray, list[Any]] | None:
         """(vectors, token states) when every text is cached (its states too when asked), else None
         (nothing counted: the event loop's path then looks them up and counts them)."""
         keys = [text_key(t) for t in texts]
-        if not keys or any(self.cache.peek(k) is None or (with_tokens and self.token_cache.peek(k) is None) for k in keys):
+        if not keys or any(self._cached(k, with_tokens, count=False) is None for k in keys):
             return None
-        vecs = [self.cache.get(k) for k in keys]
-        states = [self.token_cache.get(k) for k in keys] if with_tokens else []
-        if any(v is None for v in vecs) or any(st is None for st in states):  # evicted meanwhile
+        hits = [self._cached(k, with_tokens) for k in keys]
+        if any(h is None for h in hits):  # evicted meanwhile
             return None
-        return np.stack(vecs), states  # type: ignore[arg-type]
+        return np.stack([h[0] for h in hits]), ([h[1] for h in hits] if with_tokens else [])  # type: ignore[index]
 
 
 class Batcher(SyncCalls):
@@ -178,14 +189,11 @@ class Batcher(SyncCalls):
         new: dict[bytes, list[int]] = {}
         for i, text in enumerate(texts):
             key = text_key(text)
-            if tokens is None:
-                cached = self.cache.get(key)
-            else:  # a hit needs both; a text whose states were evicted is encoded again
-                states = self.token_cache.get(key)
-                cached = self.cache.get(key) if states is not None else None
-                tokens[i] = states
-            if cached is not None:
-                out[i] = cached
+            hit = self._cached(key, tokens is not None)
+            if hit is not None:
+                out[i] = hit[0]
+                if tokens is not None:
+                    tokens[i] = hit[1]
                 continue
             item = self._queue.get(key) or self._inflight.get(key)
             if item is not None:

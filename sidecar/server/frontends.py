@@ -520,10 +520,9 @@ class RemoteBatcher(SyncCalls):
         send: dict[bytes, list[int]] = {}
         for i, text in enumerate(texts):
             key = text_key(text)
-            st = self.token_cache.get(key) if tokens else None
-            vec = self.cache.get(key) if (st is not None or not tokens) else None
-            if vec is not None:
-                out[i], states[i] = vec, st
+            hit = self._cached(key, tokens)
+            if hit is not None:
+                out[i], states[i] = hit
                 continue
             shared = self._with_tokens.get(key) or (None if tokens else self._vectors.get(key))
             if shared is not None:
